@@ -1,0 +1,27 @@
+# Sourced by scripts/demo and scripts/test: make ./.venv exist and hold the project, once.
+# Idempotent and fast on a second run: re-installs only when pyproject.toml or setup.py change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "tracelet: creating virtual environment in .venv" >&2
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+want="${TRACELET_EXTRAS:-all,test}"
+stamp=".venv/.tracelet-installed"
+sig="$want $(cat pyproject.toml setup.py syncer/tracelet/reader/_fastscan.c 2>/dev/null | cksum)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ]; then
+  echo "tracelet: installing .[$want] into .venv (first run takes about a minute)" >&2
+  python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+  python -m pip install -q --disable-pip-version-check -e ".[$want]"
+  if [[ "$want" == *test* ]]; then
+    # The CPU build of PyTorch that lies on this machine's disk; tests use it as a real writer.
+    # Pinned: an unpinned torch would pull a multi-GB CUDA build.
+    python -m pip install -q --disable-pip-version-check "torch==2.13.0" \
+      || echo "tracelet: torch==2.13.0 not installable here; PyTorch-writer tests will report as skipped" >&2
+  fi
+  echo "$sig" > "$stamp"
+fi

@@ -1,0 +1,201 @@
+"""The command line: adapters only. Each command parses options, calls one library function,
+renders its result, and turns :class:`TraceletError` s into exit codes:
+
+    0 all synced · 1 some run/destination failed (the rest synced) · 2 bad usage · 75 locked
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import LockedError, TraceletError, UsageError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+
+def _fail(e: TraceletError) -> "NoReturn":  # noqa: F821
+    click.echo(f"tracelet: error: {e}", err=True)
+    if isinstance(e, LockedError):
+        sys.exit(EXIT_LOCKED)
+    if isinstance(e, UsageError):
+        sys.exit(EXIT_USAGE)
+    sys.exit(EXIT_PARTIAL)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tracelet")
+def main() -> None:
+    """Tracelet: replay TensorBoard logdirs into MLflow, W&B, ClearML and Aim, exactly once.
+
+    \b
+    Example:
+      tracelet sync ./runs --to mlflow,wandb
+    """
+
+
+def _destination_options(f):
+    """Options that pick and configure destinations (shared by sync and status)."""
+    opts = [
+        click.option("--to", "to", default=None, metavar="DESTS",
+                     help="Comma-separated destinations: mlflow,wandb,clearml,aim. Default: the "
+                          "backends in each run's manifest."),
+        click.option("--state-dir", default=None, envvar="TRACELET_STATE_DIR",
+                     help="Where checkpoints live (default LOGDIR/.tracelet; env "
+                          "TRACELET_STATE_DIR). Use for read-only logdirs."),
+        click.option("--project", default=None,
+                     help="Project when a run has no manifest (default: the logdir's name)."),
+        click.option("--mlflow-uri", default=None,
+                     help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else MLflow's local store)."),
+        click.option("--wandb-mode", type=click.Choice(["online", "offline"]), default=None,
+                     help="W&B mode (default WANDB_MODE, else online with credentials, offline without)."),
+        click.option("--aim-repo", default=None,
+                     help="Aim repo path or aim://host:port (default ./.aim)."),
+        click.option("--clearml-offline/--no-clearml-offline", default=None,
+                     help="ClearML offline mode (default CLEARML_OFFLINE_MODE)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _dest_config(kw: dict) -> dict:
+    return {k: kw.pop(k) for k in ("mlflow_uri", "wandb_mode", "aim_repo", "clearml_offline")}
+
+
+@main.command()
+@click.argument("logdirs", nargs=-1, required=True)
+@_destination_options
+@click.option("--follow", is_flag=True, help="Keep syncing new data until SIGTERM/SIGINT.")
+@click.option("--interval", default=30.0, show_default=True, type=float,
+              help="Seconds between passes with --follow.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Sync only the K-th of N stable shares of the runs (K from 0).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Runs synced in parallel.")
+@click.option("--dry-run", is_flag=True, help="Report what would be sent; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
+def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_run, as_json, **kw):
+    """Replay LOGDIR(s) into destinations, incrementally and exactly once.
+
+    \b
+    Examples:
+      tracelet sync ./runs --to mlflow
+      MLFLOW_TRACKING_URI=http://mlflow:5000 tracelet sync /scratch/runs --to mlflow,wandb --json
+      tracelet sync /scratch/runs --to aim --shard 0/4 --workers 4
+    """
+    from .engine import SyncOptions, parse_destinations, parse_shard, run_sync
+
+    try:
+        options = SyncOptions(
+            destinations=parse_destinations(to),
+            state_dir=state_dir,
+            project=project,
+            dest_config=_dest_config(kw),
+            shard=parse_shard(shard),
+            workers=workers,
+            dry_run=dry_run,
+            follow=follow,
+            interval_s=interval,
+            json_output=as_json,
+        )
+        report = run_sync(list(logdirs), options)
+    except TraceletError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str))
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("logdirs", nargs=-1, required=True)
+@_destination_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(logdirs, to, state_dir, project, as_json, **kw):
+    """Show, per run and destination, what is synced, behind, or failed.
+
+    \b
+    Example:
+      tracelet status ./runs --to mlflow
+    """
+    from .engine import parse_destinations
+    from .status import collect_status
+
+    _dest_config(kw)
+    try:
+        table = collect_status(list(logdirs), parse_destinations(to, allow_empty=True), state_dir)
+    except TraceletError as e:
+        _fail(e)
+    click.echo(json.dumps(table.to_dict(), indent=1, sort_keys=True, default=str) if as_json
+               else table.render())
+
+
+@main.command()
+@click.argument("logdir")
+@click.option("-o", "--output", required=True,
+              help="Output file: .parquet or .csv (format from the extension).")
+def export(logdir, output):
+    """Write every point of LOGDIR as one tidy table: run, tag, kind, step, wall_time, value.
+
+    \b
+    Examples:
+      tracelet export ./runs -o points.parquet
+      tracelet export ./runs -o points.csv
+    """
+    from .export import export_logdir
+
+    try:
+        summary = export_logdir(logdir, output)
+    except TraceletError as e:
+        _fail(e)
+    for line in summary.problems:
+        click.echo(f"tracelet: warning: {line}", err=True)
+    click.echo(summary.render())
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(path, as_json):
+    """Summarise the runs under PATH: tags by kind, points, steps, time range, problems.
+
+    \b
+    Example:
+      tracelet inspect ./runs
+    """
+    from .inspect import inspect_path
+
+    try:
+        report = inspect_path(path)
+    except TraceletError as e:
+        _fail(e)
+    click.echo(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str) if as_json
+               else report.render())
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--logdir", default=None, help="Logdir (default TRACELET_LOGDIR or ./tracelet_runs).")
+@click.option("--project", default=None, help="Project folder (default 'default').")
+@click.option("--name", default=None, help="Run name (default: the command's name + time).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def record(logdir, project, name, command):
+    """Run COMMAND with system metrics and a manifest recorded beside its event files.
+
+    The command sees TRACELET_RUN_DIR (write event files there). Exit status passes through.
+
+    \b
+    Example:
+      tracelet record --project vision --name resnet50 -- python train.py --lr 0.1
+    """
+    from .recorder.record import run_recorded
+
+    try:
+        code = run_recorded(list(command), logdir=logdir, project=project, name=name)
+    except TraceletError as e:
+        _fail(e)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Every error Tracelet raises on purpose, grouped by what the caller does about it.
+
+::
+
+    TraceletError                      root: catch this to catch everything of ours
+    ├── UsageError                     bad path/option/config: fix the command (exit 2)
+    ├── SourceError                    something wrong with the input files
+    │   ├── CorruptFileError           length CRC bad / unparsable: file reading stops there
+    │   └── FileReplacedError          a file shrank or changed identity since last sync
+    ├── DestinationError               a destination failed (exit 1, other destinations go on)
+    │   ├── TransientDestinationError  connection refused / 5xx / 429: retried with backoff
+    │   └── MissingExtraError          the vendor SDK is not installed: install the extra
+    ├── StateError                     checkpoint unreadable or from an incompatible version
+    └── LockedError                    another sync holds the lock (exit 75)
+
+Messages say what was wrong, where (file, byte offset, run) and what to do.
+"""
+from __future__ import annotations
+
+
+class TraceletError(Exception):
+    """Root of every error Tracelet raises on purpose."""
+
+
+class UsageError(TraceletError):
+    """Bad command line, path or configuration. Fix the invocation; exit code 2."""
+
+
+class SourceError(TraceletError):
+    """Problem in the source files (event files, sidecar, manifest)."""
+
+
+class CorruptFileError(SourceError):
+    """A record whose length CRC does not match: nothing after it can be framed."""
+
+    def __init__(self, path: str, offset: int, reason: str):
+        self.path, self.offset, self.reason = path, offset, reason
+        super().__init__(
+            f"{path}: corrupt at byte {offset}: {reason}. Records before this offset were read; "
+            "the rest of the file is skipped. Restore the file from the writer or remove it."
+        )
+
+
+class FileReplacedError(SourceError):
+    """A file shrank or its first bytes changed since the last sync."""
+
+
+class DestinationError(TraceletError):
+    """A destination refused or failed. Only that destination fails; the others go on."""
+
+
+class TransientDestinationError(DestinationError):
+    """Connection refused, timeouts, HTTP 5xx/429: worth retrying with backoff."""
+
+
+class MissingExtraError(DestinationError):
+    """The vendor SDK for a destination is not installed."""
+
+    def __init__(self, destination: str, module: str):
+        self.destination = destination
+        super().__init__(
+            f"destination '{destination}' needs the '{module}' package, which is not installed. "
+            f"Install it with: pip install 'tracelet[{destination}]'"
+        )
+
+
+class StateError(TraceletError):
+    """The state directory holds a checkpoint Tracelet cannot use."""
+
+
+class LockedError(TraceletError):
+    """Another sync holds the lock for this run; exit code 75 (EX_TEMPFAIL)."""

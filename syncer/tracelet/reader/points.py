@@ -1,0 +1,154 @@
+"""Typed points: what the reader hands to every other layer.
+
+Scalars dominate (millions per run), so they travel column-wise in :class:`ScalarColumns`
+(plain lists, cheap to append, turned into an Arrow table on demand). The rarer kinds are small
+frozen dataclasses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Kinds, as they appear in `tracelet export`'s `kind` column and in reports.
+SCALAR = "scalar"
+HISTOGRAM = "histogram"
+IMAGE = "image"
+TEXT = "text"
+HPARAMS = "hparams"
+KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, HPARAMS)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramPoint:
+    """One histogram. Bucket ``i`` spans ``[lefts[i], rights[i])`` and holds ``counts[i]``."""
+
+    tag: str
+    step: int
+    wall_time: float
+    lefts: tuple[float, ...]
+    rights: tuple[float, ...]
+    counts: tuple[float, ...]
+    min: float | None = None
+    max: float | None = None
+    num: float | None = None
+    sum: float | None = None
+    sum_squares: float | None = None
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.counts)) if self.num is None else float(self.num)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePoint:
+    """One encoded image (PNG/JPEG/GIF bytes exactly as the writer stored them)."""
+
+    tag: str
+    step: int
+    wall_time: float
+    encoded: bytes
+    width: int
+    height: int
+    colorspace: int = 0
+    index: int = 0  # position inside a TF2 image tensor holding several images
+
+    @property
+    def format(self) -> str:
+        head = self.encoded[:8]
+        if head.startswith(b"\x89PNG"):
+            return "png"
+        if head.startswith(b"\xff\xd8"):
+            return "jpeg"
+        if head.startswith(b"GIF8"):
+            return "gif"
+        return "bin"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPoint:
+    tag: str
+    step: int
+    wall_time: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class HParamsPoint:
+    """Hyperparameters of a session (TensorBoard ``hparams`` plugin, ``session_start_info``)."""
+
+    step: int
+    wall_time: float
+    hparams: dict[str, Any]
+    group_name: str = ""
+
+
+@dataclass(slots=True)
+class ScalarColumns:
+    """Scalar points column-wise; index ``i`` across the four lists is one point."""
+
+    tags: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    wall_times: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def append(self, tag: str, step: int, wall_time: float, value: float) -> None:
+        self.tags.append(tag)
+        self.steps.append(step)
+        self.wall_times.append(wall_time)
+        self.values.append(value)
+
+    def to_arrow(self):
+        import pyarrow as pa
+
+        return pa.table(
+            {
+                "tag": pa.array(self.tags, pa.string()),
+                "step": pa.array(self.steps, pa.int64()),
+                "wall_time": pa.array(self.wall_times, pa.float64()),
+                "value": pa.array(self.values, pa.float64()),
+            }
+        )
+
+
+@dataclass(slots=True)
+class Batch:
+    """Points decoded from one contiguous byte range ``[start_offset, end_offset)`` of one file.
+
+    ``end_offset`` is where the next read resumes: committing it (with ``tag_plugins``) after the
+    destination confirmed the batch is the whole checkpoint protocol for a file.
+    """
+
+    path: str
+    start_offset: int
+    end_offset: int = 0
+    scalars: ScalarColumns = field(default_factory=ScalarColumns)
+    histograms: list[HistogramPoint] = field(default_factory=list)
+    images: list[ImagePoint] = field(default_factory=list)
+    texts: list[TextPoint] = field(default_factory=list)
+    hparams: list[HParamsPoint] = field(default_factory=list)
+    other: dict[str, int] = field(default_factory=dict)  # plugin/kind name -> count not decoded
+    records: int = 0
+    skipped_records: int = 0  # bad data CRC or unparsable payload
+    tag_plugins: dict[str, str] = field(default_factory=dict)  # reader's map as of end_offset
+
+    @property
+    def points(self) -> int:
+        return (
+            len(self.scalars) + len(self.histograms) + len(self.images) + len(self.texts)
+            + len(self.hparams)
+        )
+
+    def count_other(self, name: str, n: int = 1) -> None:
+        self.other[name] = self.other.get(name, 0) + n
+
+    def point_counts(self) -> dict[str, int]:
+        return {
+            "scalar": len(self.scalars),
+            "histogram": len(self.histograms),
+            "image": len(self.images),
+            "text": len(self.texts),
+            "hparams": len(self.hparams),
+        }

@@ -1,0 +1,28 @@
+"""Suite-wide fixtures. Destination and server fixtures live beside the tests that use them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _isolate_vendor_state(tmp_path, monkeypatch):
+    """Keep every test's vendor SDK state (W&B, ClearML, MLflow, Aim) inside its tmp dir."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    monkeypatch.setenv("WANDB__DISABLE_STATS", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TRACELET_STATE_DIR", raising=False)
+    monkeypatch.delenv("TRACELET_LOGDIR", raising=False)
+    yield
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
