@@ -32,12 +32,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _crash_point("before_rename")
     try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get("TRACELET_CRASH_AT"):  # fault-injection tests only; see engine.crash_point
+        from .engine import crash_point
+
+        crash_point(name)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,0 +1,160 @@
+"""Checkpoints: one JSON file per (destination target, run), replaced atomically.
+
+Layout under the state dir (``<logdir>/.tracelet`` by default)::
+
+    <state>/checkpoints/<dest>-<target hash>/<quoted run path>.json
+    <state>/locks/<quoted run path>.lock
+
+A checkpoint is an acknowledgement: offsets in it were confirmed by the destination. The one
+exception is ``pending_end``, written *before* a file's first send of a sync: bytes between
+``offset`` and ``pending_end`` may have reached the destination without being committed (a kill
+-9 between send and commit). The next sync re-reads exactly that range with the same batch
+boundaries and sends it with ``dedupe=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._fs import atomic_write_json, read_json
+from .errors import FileReplacedError, StateError
+
+CHECKPOINT_VERSION = 1
+HEAD_HASH_BYTES = 4096  # enough to tell two event files apart (header + first events)
+
+
+def quote_run(run_path: str) -> str:
+    return "%2E" if run_path == "." else urllib.parse.quote(run_path, safe="")
+
+
+@dataclass
+class FileState:
+    offset: int = 0
+    size_seen: int = 0
+    head_len: int = 0
+    head_sha1: str = ""
+    records: int = 0
+    points: int = 0
+    skipped_records: int = 0
+    corrupt_offset: int | None = None
+    corrupt_reason: str = ""
+    pending_end: int | None = None
+    tag_plugins: dict[str, str] = field(default_factory=dict)
+    replaced: str = ""  # non-empty: the file shrank/changed; reported, never replayed
+
+
+@dataclass
+class Checkpoint:
+    destination: str
+    target_key: str
+    run_path: str
+    run_id: str = ""
+    identity: dict[str, Any] | None = None
+    files: dict[str, FileState] = field(default_factory=dict)
+    sidecar_done: list[str] = field(default_factory=list)
+    sidecar_pending: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, list[int]] = field(default_factory=dict)
+    status: str | None = None
+    ended_at: float | None = None
+    points_sent: dict[str, int] = field(default_factory=dict)
+    unsupported: dict[str, int] = field(default_factory=dict)
+    other: dict[str, int] = field(default_factory=dict)
+    reconcile: bool = False  # state was lost and the run found: dedupe until one full pass
+    source_signature: str = ""  # stat-only fingerprint of the run at the last complete sync
+    last_sync: float | None = None
+    last_error: str | None = None
+    version: int = CHECKPOINT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Checkpoint":
+        if d.get("version") != CHECKPOINT_VERSION:
+            raise StateError(f"checkpoint version {d.get('version')} is not {CHECKPOINT_VERSION}")
+        files = {k: FileState(**v) for k, v in (d.get("files") or {}).items()}
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["files"] = files
+        return cls(**d)
+
+    def add_counts(self, field_name: str, counts: dict[str, int]) -> None:
+        target = getattr(self, field_name)
+        for k, n in counts.items():
+            if n:
+                target[k] = target.get(k, 0) + n
+
+    @property
+    def total_points(self) -> int:
+        return sum(self.points_sent.values())
+
+
+class CheckpointStore:
+    """Loads and commits checkpoints under one state dir."""
+
+    def __init__(self, state_dir: str | os.PathLike):
+        self.root = Path(state_dir)
+
+    def path(self, target_key: str, run_path: str) -> Path:
+        return self.root / "checkpoints" / target_key / f"{quote_run(run_path)}.json"
+
+    def lock_path(self, run_path: str) -> Path:
+        return self.root / "locks" / f"{quote_run(run_path)}.lock"
+
+    def load(self, destination: str, target_key: str, run_path: str) -> Checkpoint | None:
+        p = self.path(target_key, run_path)
+        try:
+            return Checkpoint.from_json(read_json(p))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, StateError) as e:
+            raise StateError(
+                f"{p}: unreadable checkpoint ({e}). Move it aside to resync this run; the "
+                "destination is asked what it already has, so nothing is sent twice."
+            ) from e
+
+    def commit(self, ck: Checkpoint) -> None:
+        ck.last_sync = time.time()
+        atomic_write_json(self.path(ck.target_key, ck.run_path), ck.to_json())
+
+    def list_checkpoints(self) -> list[Path]:
+        root = self.root / "checkpoints"
+        if not root.is_dir():
+            return []
+        return sorted(root.glob("*/*.json"))
+
+
+def head_digest(path: str | os.PathLike, length: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read(length)).hexdigest()
+
+
+def check_file_identity(path: Path, fs: FileState, size_now: int) -> None:
+    """Raise FileReplacedError if ``path`` is not the file this state was built from."""
+    if fs.head_len == 0:
+        return
+    if size_now < fs.offset or size_now < fs.head_len:
+        raise FileReplacedError(
+            f"{path}: file shrank from at least {max(fs.offset, fs.head_len)} to {size_now} bytes "
+            "since the last sync; not replayed. If it was rewritten on purpose, move its "
+            "checkpoint aside (tracelet status shows where) to sync it as new."
+        )
+    if head_digest(path, fs.head_len) != fs.head_sha1:
+        raise FileReplacedError(
+            f"{path}: first {fs.head_len} bytes changed since the last sync (file replaced); "
+            "not replayed. Move its checkpoint aside to sync it as new."
+        )
+
+
+def remember_identity(path: Path, fs: FileState, size_now: int) -> None:
+    """Record the head hash once the file is long enough (or grows past the last head)."""
+    want = min(size_now, HEAD_HASH_BYTES)
+    if want > fs.head_len:
+        fs.head_len = want
+        fs.head_sha1 = head_digest(path, want)

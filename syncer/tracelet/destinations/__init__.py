@@ -1,0 +1,87 @@
+"""Destinations: one module per vendor, created through a cheap factory.
+
+The registry maps a name to ``module:Class`` strings so nothing vendor-specific is imported until
+a destination is actually used (``import tracelet`` never imports ``mlflow`` or ``wandb``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from typing import Any, Mapping
+
+from ..errors import MissingExtraError, UsageError
+from .base import Capabilities, Destination, RunHandle, RunRef
+
+# name -> (module, class, vendor module that must be importable)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "mlflow": ("tracelet.destinations.mlflow", "MlflowDestination", "mlflow"),
+    "wandb": ("tracelet.destinations.wandb", "WandbDestination", "wandb"),
+    "clearml": ("tracelet.destinations.clearml", "ClearmlDestination", "clearml"),
+    "aim": ("tracelet.destinations.aim", "AimDestination", "aim"),
+}
+
+
+def known_destinations() -> list[str]:
+    return list(REGISTRY)
+
+
+def create_destination(name: str, config: Mapping[str, Any] | None = None) -> Destination:
+    """Instantiate a destination; raise MissingExtraError if its SDK is absent."""
+    try:
+        module_name, class_name, vendor = REGISTRY[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown destination '{name}'; choose from {', '.join(REGISTRY)}"
+        ) from None
+    if importlib.util.find_spec(vendor) is None:
+        raise MissingExtraError(name, vendor)
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)(config or {})
+
+
+def target_key(name: str, config: Mapping[str, Any] | None = None) -> str:
+    """A short, stable key for (destination, target), computed WITHOUT importing the SDK.
+
+    Checkpoints are kept per target: syncing one logdir to two MLflow servers keeps two
+    independent checkpoints. Cheap on purpose: a no-op resync must not import vendor SDKs.
+    """
+    config = dict(config or {})
+    if name == "mlflow":
+        target = config.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI") \
+            or f"default:{os.getcwd()}"
+    elif name == "wandb":
+        mode = config.get("wandb_mode") or os.environ.get("WANDB_MODE") or ""
+        offline = mode in ("offline", "dryrun") or (not mode and not _wandb_has_credentials())
+        target = ("offline:" + os.path.abspath(os.environ.get("WANDB_DIR", "."))) if offline \
+            else ("online:" + os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+                  + ":" + os.environ.get("WANDB_ENTITY", ""))
+    elif name == "aim":
+        repo = config.get("aim_repo") or os.environ.get("AIM_REPO") or os.path.abspath(".")
+        target = repo if "://" in repo else os.path.abspath(repo)
+    elif name == "clearml":
+        off = config.get("clearml_offline")
+        if off is None:
+            off = os.environ.get("CLEARML_OFFLINE_MODE", "") not in ("", "0", "false", "False")
+        target = "offline" if off else "online:" + os.environ.get("CLEARML_API_HOST", "config")
+    else:
+        target = name
+    digest = hashlib.sha1(target.encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    try:
+        with open(netrc) as f:
+            return "api.wandb.ai" in f.read() or bool(os.environ.get("WANDB_BASE_URL"))
+    except OSError:
+        return False
+
+
+__all__ = [
+    "Capabilities", "Destination", "REGISTRY", "RunHandle", "RunRef", "create_destination",
+    "known_destinations", "target_key",
+]

@@ -1,0 +1,967 @@
+"""The sync engine: discover runs, plan reads, drive the checkpoint protocol per destination.
+
+::
+
+    discover_runs ─► per run (locked) ─► stat signature unchanged? ─► skip (no read, no call)
+                                   └──► open_run on each destination (idempotent)
+                                        params ─► event files ─► sidecar ─► artifacts ─► status
+    per event file:  size at start = signpost
+                     pending_end := signpost  (committed BEFORE the first send)
+                     read [min offset, signpost) once ─► each batch to every destination
+                     whose offset it starts at ─► on success commit that destination's offset
+
+Each destination has its own checkpoint, so a destination that is down fails alone and catches
+up later from its own offset; the source is still read once per batch (segments are split at
+each lagging destination's offset so it joins exactly where it stopped).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ._fs import exclusive_lock
+from .checkpoint import (Checkpoint, CheckpointStore, FileState, check_file_identity,
+                         remember_identity)
+from .destinations import create_destination, known_destinations, target_key
+from .destinations.base import Destination, RunHandle, RunRef
+from .errors import (DestinationError, FileReplacedError, LockedError, SourceError, StateError,
+                     TraceletError, UsageError)
+from .manifest import load_manifest
+from .reader import EventFileReader, RunSource, discover_runs
+from .reader.points import HPARAMS, Batch
+from .retry import call_with_retry
+from .sidecar import list_parts, read_part
+
+log = logging.getLogger("tracelet.sync")
+
+# Large enough to amortise one checkpoint commit (an fsync) per batch; TRACELET_BATCH_POINTS
+# lowers it for fault-injection tests that need many commits in a small logdir.
+DEFAULT_BATCH_POINTS = int(os.environ.get("TRACELET_BATCH_POINTS", "20000"))
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+
+# ---------------------------------------------------------------------------------------------
+# options and reports
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SyncOptions:
+    destinations: list[str] | None = None  # None: each run's manifest `backends`
+    state_dir: str | None = None
+    project: str | None = None
+    dest_config: dict[str, Any] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
+    workers: int = 1
+    dry_run: bool = False
+    follow: bool = False
+    interval_s: float = 30.0
+    json_output: bool = False
+    batch_points: int = DEFAULT_BATCH_POINTS
+    progress: bool | None = None  # None: a progress line on a TTY, log lines otherwise
+    run_filter: Any = None  # callable(RunSource) -> bool, for sync_run_dir
+    stop: threading.Event | None = None  # set to drain: finish the batch in hand, commit, return
+
+
+@dataclass
+class DestReport:
+    destination: str
+    target: str = ""
+    state: str = "synced"  # synced | unchanged | failed | locked | dry-run | interrupted
+    points_sent: dict[str, int] = field(default_factory=dict)
+    unsupported: dict[str, int] = field(default_factory=dict)
+    other: dict[str, int] = field(default_factory=dict)  # non-point records seen (graph, ...)
+    skipped_records: int = 0
+    params_sent: int = 0
+    param_conflicts: list[str] = field(default_factory=list)
+    artifacts_sent: int = 0
+    error: str | None = None
+
+    def add(self, field_name: str, counts: dict[str, int]) -> None:
+        target = getattr(self, field_name)
+        for k, n in counts.items():
+            if n:
+                target[k] = target.get(k, 0) + n
+
+    @property
+    def points(self) -> int:
+        return sum(self.points_sent.values())
+
+
+@dataclass
+class RunReport:
+    run: str
+    logdir: str
+    run_id: str = ""
+    project: str = ""
+    problems: list[str] = field(default_factory=list)
+    destinations: dict[str, DestReport] = field(default_factory=dict)
+    locked: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return any(d.state == "failed" for d in self.destinations.values())
+
+
+@dataclass
+class SyncReport:
+    runs: list[RunReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    failed_destinations: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    passes: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.failed_destinations or any(r.failed for r in self.runs):
+            return EXIT_PARTIAL
+        if any(r.locked for r in self.runs):
+            return EXIT_LOCKED
+        return EXIT_OK
+
+    def totals(self) -> dict[str, Any]:
+        per_dest: dict[str, dict[str, int]] = {}
+        for r in self.runs:
+            for name, d in r.destinations.items():
+                t = per_dest.setdefault(name, {"points": 0, "runs_synced": 0, "runs_failed": 0,
+                                               "runs_unchanged": 0})
+                t["points"] += d.points
+                t["runs_synced"] += d.state == "synced"
+                t["runs_failed"] += d.state == "failed"
+                t["runs_unchanged"] += d.state == "unchanged"
+        return per_dest
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            "exit_code": self.exit_code,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "passes": self.passes,
+            "interrupted": self.interrupted,
+            "problems": self.problems,
+            "failed_destinations": self.failed_destinations,
+            "totals": self.totals(),
+            "runs": [asdict(r) for r in self.runs],
+        }
+
+
+def parse_destinations(text: str | None, allow_empty: bool = False) -> list[str] | None:
+    if text is None or not text.strip():
+        return None
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in known_destinations()]
+    if unknown:
+        raise UsageError(f"--to: unknown destination(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(known_destinations())}")
+    return list(dict.fromkeys(names))
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {text!r}: need 0 <= K < N")
+    return k, n
+
+
+def in_shard(run_path: str, shard: tuple[int, int] | None) -> bool:
+    if shard is None:
+        return True
+    h = int(hashlib.sha1(run_path.encode()).hexdigest()[:8], 16)
+    return h % shard[1] == shard[0]
+
+
+def run_id_for(run_path: str, run: RunSource, manifest: dict | None) -> str:
+    if manifest and manifest.get("run_id"):
+        return str(manifest["run_id"])
+    first = run.event_files[0].name if run.event_files else ""
+    return hashlib.sha1(f"{run_path}\n{first}".encode()).hexdigest()[:32]
+
+
+def state_dir_for(logdir: Path, explicit: str | None) -> Path:
+    if not explicit:
+        return logdir / ".tracelet"
+    # One explicit state dir may serve many logdirs: keep each logdir's checkpoints apart.
+    resolved = logdir.resolve()
+    return Path(explicit) / f"{resolved.name or 'root'}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+
+
+def flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            key = f"{prefix}/{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                out.update(flatten_params(v, key))
+            else:
+                out[key] = v
+    return out
+
+
+def param_text(v: Any) -> str:
+    """A param as the text destinations store (lists/dicts as JSON)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, dict)):
+        import json
+
+        return json.dumps(v, default=str, sort_keys=True)
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# source signature: the stat-only check that makes an unchanged run free
+# ---------------------------------------------------------------------------------------------
+def source_signature(run: RunSource, event_files: list[Path]) -> str:
+    h = hashlib.sha1()
+    for p in event_files:
+        try:
+            st = os.stat(p)
+            h.update(f"e {p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"e {p}:missing\n".encode())
+    for p in (run.manifest_path,):
+        try:
+            st = os.stat(p)
+            h.update(f"m {st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            pass
+    try:
+        h.update(("s " + ",".join(sorted(os.listdir(run.sidecar_dir))) + "\n").encode())
+    except OSError:
+        pass
+    for rel, (size, mtime) in sorted(artifact_files(run.artifacts_dir).items()):
+        h.update(f"a {rel}:{size}:{mtime}\n".encode())
+    return h.hexdigest()
+
+
+def artifact_files(folder: Path) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    if not folder.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".tmp"))
+        for f in filenames:
+            if f.startswith(".") and ".tmp" in f:
+                continue  # an atomic write in progress
+            p = Path(dirpath) / f
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out[p.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# per-thread destination pool
+# ---------------------------------------------------------------------------------------------
+class _DestinationPool:
+    """Destinations are created lazily, once per worker thread (vendor clients are rarely
+    thread-safe), and only when a run actually needs them: a no-op resync imports no SDK."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.local = threading.local()
+        self.all: list[Destination] = []
+        self.lock = threading.Lock()
+        self.failed: dict[str, str] = {}
+
+    def get(self, name: str) -> Destination:
+        if name in self.failed:
+            raise DestinationError(self.failed[name])
+        cache = getattr(self.local, "dests", None)
+        if cache is None:
+            cache = self.local.dests = {}
+        if name not in cache:
+            try:
+                dest = create_destination(name, self.config)
+            except TraceletError as e:
+                with self.lock:
+                    self.failed[name] = str(e)
+                raise
+            cache[name] = dest
+            with self.lock:
+                self.all.append(dest)
+        return cache[name]
+
+    def close(self) -> None:
+        for d in self.all:
+            try:
+                d.close()
+            except Exception as e:  # closing must not hide the sync's own result
+                log.warning("closing %s failed: %s", d.name, e)
+
+
+@dataclass
+class _Slot:
+    """One destination's view of the run during a sync."""
+
+    name: str
+    dest: Destination
+    ck: Checkpoint
+    report: DestReport
+    handle: RunHandle | None = None
+    dedupe_all: bool = False  # lost state dir, run found on destination: dedupe everything
+    failed: bool = False
+
+    def fail(self, err: BaseException) -> None:
+        self.failed = True
+        self.report.state = "failed"
+        self.report.error = str(err)
+        self.ck.last_error = str(err)
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+# ---------------------------------------------------------------------------------------------
+class SyncEngine:
+    def __init__(self, options: SyncOptions):
+        self.o = options
+        self.stop = options.stop or threading.Event()
+        self.pool = _DestinationPool(options.dest_config)
+        self.out = _Output(options)
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan(self, logdirs: list[str]) -> tuple[list[tuple[Path, RunSource]], list[str]]:
+        work: list[tuple[Path, RunSource]] = []
+        problems: list[str] = []
+        for ld in logdirs:
+            root = Path(ld)
+            if not root.exists():
+                raise UsageError(f"{ld}: no such folder. Give the logdir that holds your runs.")
+            if not root.is_dir():
+                raise UsageError(f"{ld}: is a file, not a folder. Give the logdir that holds it "
+                                 f"(e.g. {root.parent}).")
+            disc = discover_runs(root)
+            problems.extend(disc.problems)
+            linked = self._linked_dirs(disc.runs)
+            for run in disc.runs:
+                if run.path.resolve() in linked:
+                    continue  # synced as part of the run whose manifest links it
+                if not in_shard(run.name, self.o.shard):
+                    continue
+                if self.o.run_filter is not None and not self.o.run_filter(run):
+                    continue
+                work.append((root, run))
+        return work, problems
+
+    @staticmethod
+    def _linked_dirs(runs: list[RunSource]) -> set[Path]:
+        out: set[Path] = set()
+        for run in runs:
+            if not run.has_manifest:
+                continue
+            try:
+                m = load_manifest(run.path) or {}
+            except SourceError:
+                continue
+            for d in m.get("linked_logdirs") or []:
+                out.add(Path(d).resolve())
+        return out
+
+    # -- one pass over all runs ---------------------------------------------------------------
+    def run_pass(self, logdirs: list[str], report: SyncReport) -> None:
+        work, problems = self.plan(logdirs)
+        report.problems.extend(p for p in problems if p not in report.problems)
+        self.out.begin(len(work))
+        if self.o.workers > 1 and len(work) > 1:
+            with ThreadPoolExecutor(self.o.workers, thread_name_prefix="tracelet-sync") as ex:
+                results = list(ex.map(lambda w: self.sync_run(*w), work))
+        else:
+            results = [self.sync_run(root, run) for root, run in work]
+        report.runs = _merge_runs(report.runs, results)
+        report.failed_destinations.update(self.pool.failed)
+        self.out.end()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- one run ----------------------------------------------------------------------------
+    def sync_run(self, logdir: Path, run: RunSource) -> RunReport:
+        rr = RunReport(run=run.name, logdir=str(logdir))
+        store = CheckpointStore(state_dir_for(logdir, self.o.state_dir))
+        try:
+            with exclusive_lock(store.lock_path(run.name), f"run '{run.name}'"):
+                self._sync_run_locked(logdir, run, store, rr)
+        except LockedError as e:
+            rr.locked = True
+            rr.problems.append(str(e))
+        except OSError as e:  # state dir not writable, disk full: this run fails, others go on
+            rr.problems.append(f"run '{run.name}': state dir {store.root}: {e}")
+            for name in self._dest_names(None):
+                rr.destinations.setdefault(name, DestReport(name, state="failed", error=str(e)))
+        self.out.run_done(rr)
+        return rr
+
+    def _dest_names(self, manifest: dict | None) -> list[str]:
+        if self.o.destinations:
+            return self.o.destinations
+        wanted = (manifest or {}).get("backends") or []
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        return [w for w in wanted if w in known_destinations()]
+
+    def _sync_run_locked(self, logdir: Path, run: RunSource, store: CheckpointStore,
+                         rr: RunReport) -> None:
+        manifest = None
+        if run.has_manifest:
+            try:
+                manifest = load_manifest(run.path)
+            except SourceError as e:
+                rr.problems.append(str(e))
+        names = self._dest_names(manifest)
+        if not names:
+            rr.problems.append(f"run '{run.name}': no destination (give --to, or record the run "
+                               "with a backend)")
+            return
+        event_files = list(run.event_files) + self._linked_event_files(manifest)
+        project = str((manifest or {}).get("project") or self.o.project or logdir.resolve().name)
+        ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
+                     project=project, source_dir=run.path, manifest=manifest)
+        rr.run_id, rr.project = ref.run_id, project
+        signature = source_signature(run, event_files)
+
+        slots: list[_Slot] = []
+        for name in names:
+            tk = target_key(name, self.o.dest_config)
+            dr = DestReport(name, target=tk)
+            rr.destinations[name] = dr
+            try:
+                ck = store.load(name, tk, run.name)
+            except StateError as e:
+                dr.state, dr.error = "failed", str(e)
+                continue
+            if ck is not None and ck.source_signature == signature and not ck.last_error:
+                dr.state = "unchanged"
+                continue
+            if self.o.dry_run:
+                dr.state = "dry-run"
+                slots.append(_Slot(name, None, ck or Checkpoint(name, tk, run.name), dr))  # type: ignore[arg-type]
+                continue
+            try:
+                dest = self.pool.get(name)
+            except TraceletError as e:
+                dr.state, dr.error = "failed", str(e)
+                continue
+            dr.target = dest.target
+            fresh = ck is None
+            ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
+            slot = _Slot(name, dest, ck, dr)
+            try:
+                slot.handle = self._retry(slot, dest.open_run, ref, ck.identity, what="open run")
+            except DestinationError as e:
+                slot.fail(e)
+                self._commit(store, slot)
+                continue
+            ck.identity = slot.handle.identity
+            ck.last_error = None
+            # Lost state dir but the run exists on the destination: everything we are about to
+            # send may be there already. The destination is the truth: dedupe all of it.
+            if fresh and slot.handle.existed:
+                ck.reconcile = True
+            slot.dedupe_all = ck.reconcile
+            slots.append(slot)
+        if not slots:
+            return
+
+        params = flatten_params((manifest or {}).get("params") or {})
+        self._sync_params(store, slots, params)
+        for path in event_files:
+            if self.stop.is_set():
+                break
+            self._sync_event_file(store, run, path, slots, rr)
+        if not self.stop.is_set():
+            self._sync_sidecar(store, run, ref, slots, rr)
+            self._sync_artifacts(store, run, slots)
+            self._sync_status(store, slots, manifest)
+        for slot in slots:
+            if slot.dest is None:
+                continue
+            if not slot.failed and not self.stop.is_set():
+                slot.ck.source_signature = signature
+                slot.ck.reconcile = False  # a whole pass re-checked everything: caught up
+            if self.stop.is_set() and not slot.failed:
+                slot.report.state = "interrupted"
+            self._commit(store, slot)
+            try:
+                if slot.handle is not None:
+                    slot.dest.close_run(slot.handle)
+            except Exception as e:
+                log.warning("%s: closing run %s: %s", slot.name, run.name, e)
+
+    def _linked_event_files(self, manifest: dict | None) -> list[Path]:
+        out: list[Path] = []
+        for d in (manifest or {}).get("linked_logdirs") or []:
+            disc = discover_runs(d) if Path(d).is_dir() else None
+            for r in disc.runs if disc else []:
+                out.extend(r.event_files)
+        return out
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _retry(self, slot: _Slot, fn, *args, what: str, **kw):
+        return call_with_retry(fn, *args, what=f"{slot.name}: {what}",
+                               is_transient=slot.dest.is_transient, stop=self.stop, **kw)
+
+    def _commit(self, store: CheckpointStore, slot: _Slot) -> None:
+        if self.o.dry_run or slot.dest is None:
+            return
+        store.commit(slot.ck)
+
+    @staticmethod
+    def _live(slots: Iterable[_Slot]) -> list[_Slot]:
+        return [s for s in slots if not s.failed]
+
+    def _sync_params(self, store: CheckpointStore, slots: list[_Slot], params: dict[str, Any]) -> None:
+        if not params:
+            return
+        for slot in self._live(slots):
+            new = {k: v for k, v in params.items() if slot.ck.params.get(k) != param_text(v)}
+            if not new:
+                continue
+            if slot.dest is None:
+                slot.report.params_sent += len(new)
+                continue
+            if not slot.dest.capabilities.params:
+                slot.report.add("unsupported", {"params": len(new)})
+            else:
+                try:
+                    conflicts = self._retry(slot, slot.dest.log_params, slot.handle, new,
+                                            what="log params") or []
+                except DestinationError as e:
+                    slot.fail(e)
+                    self._commit(store, slot)
+                    continue
+                for k in conflicts:
+                    slot.report.param_conflicts.append(
+                        f"param '{k}': destination keeps its earlier value; new value "
+                        f"{param_text(new[k])!r} not applied ({slot.name} params are write-once)")
+                slot.report.params_sent += len(new) - len(conflicts)
+            slot.ck.params.update({k: param_text(v) for k, v in new.items()})
+            self._commit(store, slot)
+
+    def _sync_event_file(self, store: CheckpointStore, run: RunSource, path: Path,
+                         slots: list[_Slot], rr: RunReport) -> None:
+        try:
+            rel = path.relative_to(run.path).as_posix()
+        except ValueError:
+            rel = "linked:" + str(path)
+        try:
+            size = os.stat(path).st_size  # the signpost: bytes appended later wait for next sync
+        except OSError as e:
+            rr.problems.append(f"{path}: cannot stat ({e.strerror}); skipped this sync.")
+            return
+        active: list[tuple[_Slot, FileState, int]] = []  # slot, state, old pending end
+        for slot in self._live(slots):
+            fs = slot.ck.files.setdefault(rel, FileState())
+            try:
+                check_file_identity(path, fs, size)
+            except FileReplacedError as e:
+                fs.replaced = str(e)
+            except OSError as e:
+                rr.problems.append(f"{path}: unreadable ({e.strerror}); skipped this sync.")
+                return
+            if fs.replaced:
+                if fs.replaced not in rr.problems:
+                    rr.problems.append(fs.replaced)
+                continue
+            old_pending = fs.pending_end if fs.pending_end and fs.pending_end > fs.offset else fs.offset
+            if slot.dedupe_all:
+                old_pending = size
+            active.append((slot, fs, old_pending))
+        work = [(s, fs, p) for s, fs, p in active if fs.offset < size and fs.corrupt_offset is None]
+        for s, fs, _ in active:
+            if fs.corrupt_offset is not None:
+                note = (f"{path}: corrupt at byte {fs.corrupt_offset} ({fs.corrupt_reason}); "
+                        "records before it were synced, the rest of the file is skipped.")
+                if note not in rr.problems:
+                    rr.problems.append(note)
+        if not work:
+            return
+        # Durably note "up to `size` may be in flight" before the first send of this file.
+        for slot, fs, _ in work:
+            try:
+                remember_identity(path, fs, size)
+            except OSError:
+                pass
+            fs.pending_end = max(size, fs.pending_end or 0)
+            self._commit(store, slot)
+        bounds = sorted({fs.offset for _, fs, _ in work} | {size})
+        tag_plugins = min(work, key=lambda w: w[1].offset)[1].tag_plugins
+        status = None
+        for a, b in zip(bounds, bounds[1:]):
+            joined = [w for w in work if w[1].offset <= a and not w[0].failed]
+            if not joined:
+                continue
+            reader = EventFileReader(path, a, tag_plugins)
+            for batch in reader.batches(end=b, max_points=self.o.batch_points):
+                self._fan_out(store, batch, joined, rr)
+                if self.stop.is_set() or all(s.failed for s, _, _ in joined):
+                    break
+            tag_plugins = reader.tag_plugins
+            status = reader.status
+            if self.stop.is_set() or status.corrupt_offset is not None or status.offset < b:
+                break
+        if status is not None:
+            if status.corrupt_offset is not None:
+                note = (f"{path}: corrupt at byte {status.corrupt_offset} ({status.corrupt_reason}); "
+                        "records before it were synced, the rest of the file is skipped. Restore "
+                        "the file or remove it.")
+                rr.problems.append(note)
+            if status.bad_data_crc:
+                rr.problems.append(f"{path}: {status.bad_data_crc} record(s) with a bad data CRC "
+                                   "skipped (counted in skipped_records).")
+        for slot, fs, old_pending in work:
+            if slot.failed:
+                continue  # its last send may have landed: keep pending_end for the next sync
+            if status is not None and status.corrupt_offset is not None and fs.offset == status.offset:
+                fs.corrupt_offset, fs.corrupt_reason = status.corrupt_offset, status.corrupt_reason
+            fs.size_seen = size
+            # Every batch sent to a healthy slot was committed, so nothing of *this* sync is in
+            # flight; only an older in-flight range not yet re-read stays marked.
+            fs.pending_end = old_pending if fs.offset < old_pending else None
+            self._commit(store, slot)
+
+    def _fan_out(self, store: CheckpointStore, batch: Batch, joined, rr: RunReport) -> None:
+        counts = batch.point_counts()
+        for slot, fs, old_pending in joined:
+            if slot.failed or fs.offset != batch.start_offset:
+                continue
+            caps_kinds = slot.dest.capabilities.kinds if slot.dest is not None else None
+            sent = {k: n for k, n in counts.items() if n and k != HPARAMS
+                    and (caps_kinds is None or k in caps_kinds)}
+            unsupported = {k: n for k, n in counts.items() if n and k != HPARAMS
+                           and caps_kinds is not None and k not in caps_kinds}
+            if slot.dest is not None and (sent or batch.points):
+                dedupe = batch.start_offset < old_pending
+                try:
+                    self._retry(slot, slot.dest.send, slot.handle, batch, dedupe=dedupe,
+                                what=f"send {batch.points} points of {batch.path}")
+                except DestinationError as e:
+                    slot.fail(e)
+                    self._commit(store, slot)
+                    continue
+                crash_point("after_send")
+            if batch.hparams:
+                merged: dict[str, Any] = {}
+                for hp in batch.hparams:
+                    merged.update(hp.hparams)
+                sent[HPARAMS] = len(batch.hparams)
+                self._sync_params(store, [slot], merged)
+                if slot.failed:
+                    continue
+            fs.offset = batch.end_offset
+            fs.records += batch.records
+            fs.points += batch.points
+            fs.skipped_records += batch.skipped_records
+            fs.tag_plugins = batch.tag_plugins
+            slot.ck.add_counts("points_sent", sent)
+            slot.ck.add_counts("unsupported", unsupported)
+            slot.ck.add_counts("other", batch.other)
+            slot.report.add("points_sent", sent)
+            slot.report.add("unsupported", unsupported)
+            slot.report.add("other", batch.other)
+            slot.report.skipped_records += batch.skipped_records
+            self._commit(store, slot)
+            self.out.points(sum(sent.values()))
+
+    def _sync_sidecar(self, store: CheckpointStore, run: RunSource, ref: RunRef,
+                      slots: list[_Slot], rr: RunReport) -> None:
+        try:
+            parts = list_parts(run.path)
+        except SourceError as e:
+            rr.problems.append(str(e))
+            return
+        for part in parts:
+            if self.stop.is_set():
+                return
+            need = [s for s in self._live(slots) if part.name not in s.ck.sidecar_done]
+            if not need:
+                continue
+            try:
+                table = read_part(part)  # read once, whatever the number of destinations
+            except SourceError as e:
+                rr.problems.append(str(e))
+                continue
+            for slot in need:
+                if slot.dest is None:
+                    slot.report.add("points_sent", {"system": table.num_rows})
+                    continue
+                if not slot.dest.capabilities.system_metrics:
+                    slot.report.add("unsupported", {"system": table.num_rows})
+                    slot.ck.add_counts("unsupported", {"system": table.num_rows})
+                else:
+                    dedupe = slot.dedupe_all or slot.ck.sidecar_pending == part.name
+                    slot.ck.sidecar_pending = part.name
+                    self._commit(store, slot)
+                    try:
+                        self._retry(slot, slot.dest.send_system, slot.handle, table, ref,
+                                    dedupe=dedupe, what=f"send system metrics {part.name}")
+                    except DestinationError as e:
+                        slot.fail(e)
+                        self._commit(store, slot)
+                        continue
+                    slot.report.add("points_sent", {"system": table.num_rows})
+                    slot.ck.add_counts("points_sent", {"system": table.num_rows})
+                slot.ck.sidecar_done.append(part.name)
+                slot.ck.sidecar_pending = None
+                self._commit(store, slot)
+
+    def _sync_artifacts(self, store: CheckpointStore, run: RunSource, slots: list[_Slot]) -> None:
+        files = artifact_files(run.artifacts_dir)
+        if not files:
+            return
+        for slot in self._live(slots):
+            changed = [(run.artifacts_dir / rel, rel) for rel, sig in sorted(files.items())
+                       if slot.ck.artifacts.get(rel) != list(sig)]
+            if not changed:
+                continue
+            if slot.dest is None:
+                slot.report.artifacts_sent += len(changed)
+                continue
+            if not slot.dest.capabilities.artifacts:
+                slot.report.add("unsupported", {"artifact": len(changed)})
+            else:
+                try:
+                    self._retry(slot, slot.dest.log_artifacts, slot.handle, changed,
+                                what=f"upload {len(changed)} artifact(s)")
+                except DestinationError as e:
+                    slot.fail(e)
+                    self._commit(store, slot)
+                    continue
+                slot.report.artifacts_sent += len(changed)
+            for _, rel in changed:
+                slot.ck.artifacts[rel] = list(files[rel])
+            self._commit(store, slot)
+
+    def _sync_status(self, store: CheckpointStore, slots: list[_Slot], manifest: dict | None) -> None:
+        status = (manifest or {}).get("status")
+        if not status:
+            return
+        ended_at = (manifest or {}).get("ended_at")
+        ended = _as_unix(ended_at)
+        for slot in self._live(slots):
+            if slot.ck.status == status and slot.ck.ended_at == ended:
+                continue
+            if slot.dest is not None and slot.dest.capabilities.status:
+                try:
+                    self._retry(slot, slot.dest.finish, slot.handle, status, ended,
+                                what=f"set status {status}")
+                except DestinationError as e:
+                    slot.fail(e)
+                    self._commit(store, slot)
+                    continue
+            slot.ck.status, slot.ck.ended_at = status, ended
+            self._commit(store, slot)
+
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the kill -9 tests: ``TRACELET_CRASH_AT=name:N`` SIGKILLs this process
+    the N-th time it passes ``name``. A real kill of a real process, at an exact protocol step."""
+    spec = os.environ.get("TRACELET_CRASH_AT")
+    if not spec:
+        return
+    want, _, nth = spec.partition(":")
+    if want != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _as_unix(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
+    """Across --follow passes keep one report per run, accumulating counts."""
+    by_key = {(r.logdir, r.run): r for r in old}
+    for r in new:
+        prev = by_key.get((r.logdir, r.run))
+        if prev is None:
+            by_key[(r.logdir, r.run)] = r
+            continue
+        prev.problems = r.problems
+        prev.locked = r.locked
+        for name, d in r.destinations.items():
+            p = prev.destinations.get(name)
+            if p is None or d.state in ("synced", "failed", "interrupted"):
+                if p is not None:
+                    d.add("points_sent", p.points_sent)
+                    d.add("unsupported", p.unsupported)
+                    d.skipped_records += p.skipped_records
+                prev.destinations[name] = d
+    return list(by_key.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# output: progress bar on a TTY, log lines in cron
+# ---------------------------------------------------------------------------------------------
+class _Output:
+    def __init__(self, options: SyncOptions):
+        self.tty = options.progress if options.progress is not None else sys.stderr.isatty()
+        self.quiet = options.json_output and not self.tty
+        self.lock = threading.Lock()
+        self.total = 0
+        self.done = 0
+        self.npoints = 0
+        self.t0 = time.monotonic()
+
+    def begin(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.monotonic()
+
+    def points(self, n: int) -> None:
+        with self.lock:
+            self.npoints += n
+            if self.tty:
+                self._bar()
+
+    def _bar(self) -> None:
+        width = 30
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(frac * width)
+        rate = self.npoints / max(time.monotonic() - self.t0, 1e-6)
+        sys.stderr.write(f"\r[{bar:<{width}}] {self.done}/{self.total} runs  "
+                         f"{self.npoints:,} points  {rate:,.0f} pts/s ")
+        sys.stderr.flush()
+
+    def run_done(self, rr: RunReport) -> None:
+        with self.lock:
+            self.done += 1
+            if self.tty:
+                self._bar()
+                for d in rr.destinations.values():
+                    if d.state == "failed":
+                        sys.stderr.write(f"\n{rr.run} -> {d.destination}: FAILED: {d.error}\n")
+                return
+            if self.quiet:
+                return
+            for d in rr.destinations.values():
+                if d.state == "unchanged":
+                    continue
+                line = f"tracelet: {rr.run} -> {d.destination}: {d.state}"
+                if d.points_sent:
+                    line += " " + ", ".join(f"{k} {n}" for k, n in sorted(d.points_sent.items()))
+                if d.unsupported:
+                    line += " (unsupported: " + ", ".join(
+                        f"{k} {n}" for k, n in sorted(d.unsupported.items())) + ")"
+                if d.error:
+                    line += f": {d.error}"
+                print(line, file=sys.stderr, flush=True)
+            for p in rr.problems:
+                print(f"tracelet: {rr.run}: {p}", file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------------
+def run_sync(logdirs: list[str], options: SyncOptions) -> SyncReport:
+    """Sync ``logdirs`` once, or until stopped with ``options.follow``. Library entry point."""
+    if not logdirs:
+        raise UsageError("give at least one LOGDIR")
+    report = SyncReport()
+    engine = SyncEngine(options)
+    restore = _install_signal_handlers(engine.stop)
+    t0 = time.monotonic()
+    try:
+        while True:
+            engine.run_pass(logdirs, report)
+            report.passes += 1
+            if not options.follow or engine.stop.is_set():
+                break
+            if engine.stop.wait(options.interval_s):
+                break
+    finally:
+        restore()
+        engine.close()
+        report.elapsed_s = time.monotonic() - t0
+    if engine.stop.is_set():
+        report.interrupted = True
+        if not options.follow:
+            report.problems.append("interrupted: what was sent is committed; run sync again to "
+                                   "continue")
+            for r in report.runs:
+                for d in r.destinations.values():
+                    if d.state == "interrupted":
+                        d.state = "failed"
+                        d.error = d.error or "interrupted"
+    return report
+
+
+def sync(logdir: str | os.PathLike, to: str | list[str], **kw: Any) -> SyncReport:
+    """Python API: ``tracelet.sync("runs", to="mlflow")``."""
+    dests = parse_destinations(to if isinstance(to, str) else ",".join(to))
+    return run_sync([os.fspath(logdir)], SyncOptions(destinations=dests, progress=False, **kw))
+
+
+def sync_run_dir(run_dir: str | os.PathLike, backends: list[str] | str | None = None,
+                 logdir: str | os.PathLike | None = None, **kw: Any) -> SyncReport:
+    """Sync one run directory (the recorder's live mode). Its name on destinations is its path
+    relative to ``logdir`` (default: two levels up, ``<logdir>/<project>/<name>``), the same as
+    a later ``tracelet sync <logdir>`` would use, so both share checkpoints."""
+    run_dir = Path(run_dir).resolve()
+    root = Path(logdir).resolve() if logdir else run_dir.parent.parent
+    dests = None
+    if backends:
+        dests = parse_destinations(backends if isinstance(backends, str) else ",".join(backends))
+    kw.setdefault("progress", False)
+    opts = SyncOptions(destinations=dests, run_filter=lambda r: r.path.resolve() == run_dir, **kw)
+    return run_sync([str(root)], opts)
+
+
+def _install_signal_handlers(stop: threading.Event):
+    """SIGTERM/SIGINT: drain (finish the batch in hand, commit) and stop. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+
+    def handler(signum, frame):
+        if stop.is_set():  # second signal: the user really wants out
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+
+    def restore():
+        for sig, h in previous.items():
+            try:
+                signal.signal(sig, h)
+            except (ValueError, OSError):
+                pass
+
+    return restore

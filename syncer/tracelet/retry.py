@@ -1,0 +1,47 @@
+"""The one retry policy: bounded exponential backoff for transient destination errors."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+from .errors import DestinationError, TraceletError
+
+# 6 tries, 0.5 s doubling to 8 s: ~15 s of patience, enough for a tracking server restart or a
+# 429 burst, short enough that a destination that stays down fails itself within one cron period.
+RETRY_ATTEMPTS = int(os.environ.get("TRACELET_RETRY_ATTEMPTS", "6"))
+RETRY_BASE_DELAY_S = float(os.environ.get("TRACELET_RETRY_BASE_DELAY_S", "0.5"))
+RETRY_MAX_DELAY_S = 8.0
+
+
+def call_with_retry(
+    fn: Callable[..., Any],
+    *args: Any,
+    what: str,
+    is_transient: Callable[[BaseException], bool],
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Call ``fn``; retry transient failures; wrap the final failure in DestinationError."""
+    delay = RETRY_BASE_DELAY_S
+    wait = sleep or (stop.wait if stop is not None else threading.Event().wait)
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return fn(*args, **kwargs)
+        except TraceletError:
+            raise
+        except Exception as e:  # vendor SDKs raise anything; classify, don't guess by type only
+            transient = is_transient(e)
+            if not transient or attempt == RETRY_ATTEMPTS:
+                hint = (f"still failing after {attempt} tries; it is retried at the next sync"
+                        if transient else "not retried (not a transient error)")
+                raise DestinationError(f"{what}: {type(e).__name__}: {_short(e)} ({hint})") from e
+            wait(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+    raise AssertionError("unreachable")
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    text = str(e).strip().replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,132 @@
+"""``tracelet status``: runs x destinations — points synced, bytes behind, last sync, last error.
+
+Reads only checkpoints and ``stat`` results: no destination is contacted, no event file read.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .checkpoint import CheckpointStore, quote_run
+from .engine import state_dir_for
+from .errors import StateError, UsageError
+from .reader import discover_runs
+
+
+@dataclass
+class StatusRow:
+    logdir: str
+    run: str
+    destination: str
+    target_key: str
+    points_synced: int = 0
+    bytes_behind: int = 0
+    files_behind: int = 0
+    sidecar_parts_behind: int = 0
+    last_sync: float | None = None
+    status: str | None = None
+    last_error: str | None = None
+    state: str = "never synced"  # up to date | behind | failed | never synced
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StatusTable:
+    rows: list[StatusRow]
+
+    def to_dict(self) -> dict:
+        return {"runs": [asdict(r) for r in self.rows]}
+
+    def render(self) -> str:
+        if not self.rows:
+            return "no runs found"
+        head = ("RUN", "DEST", "STATE", "POINTS", "BEHIND", "LAST SYNC", "ERROR")
+        lines = []
+        for r in self.rows:
+            behind = _human_bytes(r.bytes_behind) if r.bytes_behind else "-"
+            if r.sidecar_parts_behind:
+                behind += f" +{r.sidecar_parts_behind} parts"
+            last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.last_sync)) \
+                if r.last_sync else "-"
+            err = (r.last_error or "; ".join(r.problems) or "")[:80]
+            lines.append((r.run, r.destination, r.state, f"{r.points_synced:,}", behind, last, err))
+        widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(len(head))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return "\n".join(fmt.format(*row).rstrip() for row in [head, *lines])
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def collect_status(logdirs: list[str], destinations: list[str] | None,
+                   state_dir: str | None) -> StatusTable:
+    rows: list[StatusRow] = []
+    for ld in logdirs:
+        root = Path(ld)
+        if not root.is_dir():
+            raise UsageError(f"{ld}: no such folder. Give the logdir you sync.")
+        store = CheckpointStore(state_dir_for(root, state_dir))
+        disc = discover_runs(root)
+        ck_dirs = sorted(p.name for p in (store.root / "checkpoints").glob("*")) \
+            if (store.root / "checkpoints").is_dir() else []
+        for run in disc.runs:
+            keys = [k for k in ck_dirs if destinations is None or k.split("-")[0] in destinations]
+            if destinations:
+                for d in destinations:
+                    if not any(k.split("-")[0] == d for k in keys):
+                        rows.append(StatusRow(str(root), run.name, d, "", state="never synced"))
+            for key in keys:
+                dest = key.split("-")[0]
+                path = store.root / "checkpoints" / key / f"{quote_run(run.name)}.json"
+                row = StatusRow(str(root), run.name, dest, key)
+                if not path.exists():
+                    rows.append(row)
+                    continue
+                try:
+                    ck = store.load(dest, key, run.name)
+                except StateError as e:
+                    row.state, row.last_error = "failed", str(e)
+                    rows.append(row)
+                    continue
+                assert ck is not None
+                row.points_synced = ck.total_points
+                row.last_sync, row.status, row.last_error = ck.last_sync, ck.status, ck.last_error
+                for f in run.event_files:
+                    rel = f.relative_to(run.path).as_posix()
+                    fs = ck.files.get(rel)
+                    try:
+                        size = os.stat(f).st_size
+                    except OSError:
+                        continue
+                    done = (fs.offset if fs else 0)
+                    if fs and fs.corrupt_offset is not None:
+                        row.problems.append(f"{rel}: corrupt at byte {fs.corrupt_offset}")
+                        continue
+                    if fs and fs.replaced:
+                        row.problems.append(fs.replaced)
+                        continue
+                    if size > done:
+                        row.bytes_behind += size - done
+                        row.files_behind += 1
+                from .sidecar import list_parts
+
+                try:
+                    row.sidecar_parts_behind = sum(p.name not in ck.sidecar_done
+                                                   for p in list_parts(run.path))
+                except Exception:
+                    pass
+                if ck.last_error:
+                    row.state = "failed"
+                elif row.bytes_behind or row.sidecar_parts_behind:
+                    row.state = "behind"
+                else:
+                    row.state = "up to date"
+                rows.append(row)
+    return StatusTable(rows)

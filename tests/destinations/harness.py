@@ -1,0 +1,71 @@
+"""The destination test harness: how a test configures a destination and reads it back.
+
+Every destination registers one or more harnesses in ``harness_<name>.py`` (a module-level
+``HARNESSES`` list); ``conftest.py`` collects them and the conformance suite runs each test
+against each harness. Reading back uses the vendor's OWN client or on-disk format, never
+Tracelet code: the question is what the vendor will show, not what we think we sent.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ReadBack:
+    """A run as the vendor shows it."""
+
+    runs_found: int = 0  # runs on the destination carrying this run's identity (must be 1)
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)]
+    params: dict[str, str] = field(default_factory=dict)
+    system_points: int = 0
+    histograms: int = 0
+    images: int = 0
+    texts: int = 0
+    artifacts: list[str] = field(default_factory=list)
+    status: str | None = None
+
+
+class Harness:
+    name = ""  # destination name for --to
+    label = ""  # pytest id
+    kill_trials = 10
+    supports = frozenset({"scalar", "histogram", "image", "text", "params", "system", "artifacts",
+                          "status"})
+
+    def setup(self, tmp_path: Path, monkeypatch) -> dict[str, Any]:
+        """Prepare the destination; return the ``dest_config`` for SyncOptions. Env vars the
+        destination reads must be set with ``monkeypatch`` AND returned in ``env()`` for
+        subprocess syncs."""
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def cli_args(self) -> list[str]:
+        return []
+
+    def read_back(self, project: str, run_path: str) -> ReadBack:
+        raise NotImplementedError
+
+    def metric_key(self, tag: str) -> str:
+        from tracelet.destinations import REGISTRY
+        import importlib
+
+        mod, cls, _ = REGISTRY[self.name]
+        return getattr(importlib.import_module(mod), cls).metric_key(None, tag)  # type: ignore[arg-type]
+
+    def teardown(self) -> None:
+        pass
+
+
+def canon(v: float) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    if isinstance(v, float) and math.isinf(v):
+        return "+inf" if v > 0 else "-inf"
+    if isinstance(v, float) and abs(v) >= 1.7976931348623157e308:  # MLflow stores ±Inf so
+        return "+inf" if v > 0 else "-inf"
+    return round(float(v), 6) if abs(v) >= 1e-3 or v == 0 else float(f"{v:.6g}")

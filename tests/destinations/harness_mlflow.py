@@ -1,0 +1,146 @@
+"""MLflow harnesses: the default local store (sqlite file) and a real `mlflow server`."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import Harness, ReadBack
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a sqlite backend, started and stopped here."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = root
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 120) -> "MlflowServer":
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts")]
+        self.log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=self.root)
+        deadline = time.monotonic() + timeout_s
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("mlflow server did not become healthy in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+
+class _MlflowHarness(Harness):
+    name = "mlflow"
+    uri = ""
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.uri}
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def read_back(self, project: str, run_path: str) -> ReadBack:
+        c = self._client()
+        rb = ReadBack()
+        exp = c.get_experiment_by_name(project)
+        if exp is None:
+            return rb
+        runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`tracelet.run_path` = '{run_path}'")
+        rb.runs_found = len(runs)
+        if not runs:
+            return rb
+        r = runs[0]
+        assert r.info.run_name == run_path
+        for key in r.data.metrics:
+            hist = c.get_metric_history(r.info.run_id, key)
+            if key.startswith("system/"):
+                rb.system_points += len(hist)
+                continue
+            rb.scalars[key] = [(m.step, m.value) for m in hist]
+        rb.params = dict(r.data.params)
+        rb.status = r.info.status
+
+        def walk(path):
+            for a in c.list_artifacts(r.info.run_id, path):
+                if a.is_dir:
+                    yield from walk(a.path)
+                else:
+                    yield a.path
+
+        paths = list(walk(None))
+        rb.histograms = sum(p.startswith("tensorboard/histograms/") for p in paths)
+        rb.images = sum(p.startswith("tensorboard/images/") for p in paths)
+        rb.texts = sum(p.startswith("tensorboard/text/") for p in paths)
+        rb.artifacts = sorted(p for p in paths if not p.startswith("tensorboard/"))
+        return rb
+
+
+class MlflowLocalHarness(_MlflowHarness):
+    """MLflow's default local store, as `tracelet sync --to mlflow` uses it with no URI."""
+
+    label = "mlflow-local"
+
+    def setup(self, tmp_path, monkeypatch):
+        self.uri = f"sqlite:///{tmp_path / 'mlflow-local.db'}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", self.uri)
+        return {"mlflow_uri": self.uri}
+
+
+class MlflowServerHarness(_MlflowHarness):
+    """A real `mlflow server` on 127.0.0.1 (one per test session, shared)."""
+
+    label = "mlflow-server"
+    server: MlflowServer | None = None
+
+    def setup(self, tmp_path, monkeypatch):
+        cls = type(self)
+        if cls.server is None:
+            cls.server = MlflowServer(Path(os.environ.get("TRACELET_TEST_TMP", "/tmp")) /
+                                      f"tracelet-mlflow-server-{os.getpid()}").start()
+        self.uri = cls.server.uri
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", self.uri)
+        return {"mlflow_uri": self.uri}
+
+
+HARNESSES = [MlflowLocalHarness, MlflowServerHarness]

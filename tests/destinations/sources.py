@@ -1,0 +1,215 @@
+"""Deterministic source logdirs for the destination tests, with the truth they must produce.
+
+Built from raw protos (``frame_record``), so the tests know every point that must land: each
+destination test compares what the vendor's own client reads back with ``SourceTruth``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+
+from tracelet.reader import frame_record
+
+T0 = 1_700_000_000.0
+
+
+@dataclass
+class SourceTruth:
+    # (run_path, tag) -> list of (step, value, wall_time)
+    scalars: dict[tuple[str, str], list[tuple[int, float, float]]] = field(default_factory=dict)
+    histograms: dict[str, int] = field(default_factory=dict)  # run -> count
+    images: dict[str, int] = field(default_factory=dict)
+    texts: dict[str, int] = field(default_factory=dict)
+    params: dict[str, dict[str, str]] = field(default_factory=dict)
+    system: dict[str, int] = field(default_factory=dict)  # run -> number of sidecar rows
+    artifacts: dict[str, list[str]] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+
+    def add(self, run: str, tag: str, step: int, value: float, wall: float) -> None:
+        self.scalars.setdefault((run, tag), []).append((step, value, wall))
+
+    def runs(self) -> list[str]:
+        return sorted({r for r, _ in self.scalars})
+
+
+def _event(step: int, wall: float, values) -> bytes:
+    return frame_record(event_pb2.Event(step=step, wall_time=wall,
+                                        summary=summary_pb2.Summary(value=values)).SerializeToString())
+
+
+def _header(wall: float = T0) -> bytes:
+    return frame_record(event_pb2.Event(wall_time=wall, file_version="brain.Event:2").SerializeToString())
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def write_simple_run(path: Path, run: str, truth: SourceTruth, tags: list[str], steps: list[int],
+                     seed: int = 0, file_name: str = "events.out.tfevents.1700000000.host.1.0",
+                     append: bool = False) -> Path:
+    """PyTorch layout: one simple_value per event."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    f = path / file_name
+    chunks = [] if append else [_header()]
+    for i, step in enumerate(steps):
+        for tag in tags:
+            v = _f32(rng.standard_normal())
+            wall = T0 + seed * 1000 + i * 0.5
+            chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=v)]))
+            truth.add(run, tag, step, v, wall)
+    with open(f, "ab" if append else "wb") as fh:
+        fh.write(b"".join(chunks))
+    return f
+
+
+def _scalar_tensor(value, dtype_enum: int, np_dtype) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(dtype=dtype_enum, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                  tensor_content=np.asarray(value, np_dtype).tobytes())
+
+
+def _string_tensor(values: list[bytes], shape: list[int]) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(
+        dtype=7, string_val=values,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
+
+
+def _png(w: int, h: int, seed: int) -> bytes:
+    from PIL import Image
+
+    arr = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
+    """TF2 layout: tensor scalars with plugin metadata on the first value only, a tensor
+    histogram, a string-tensor image and text, and an hparams session_start_info."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from google.protobuf import struct_pb2
+
+    path.mkdir(parents=True, exist_ok=True)
+    chunks = [_header()]
+
+    def md(plugin: str, content: bytes = b"") -> summary_pb2.SummaryMetadata:
+        return summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content))
+
+    for i in range(40):
+        wall = T0 + 5000 + i
+        v = 0.5 ** i
+        val = summary_pb2.Summary.Value(tag="epoch_loss", tensor=_scalar_tensor(v, 1, np.float32))
+        if i == 0:
+            val.metadata.CopyFrom(md("scalars"))
+        chunks.append(_event(i, wall, [val]))
+        truth.add(run, "epoch_loss", i, _f32(v), wall)
+        acc = summary_pb2.Summary.Value(tag="epoch_accuracy", tensor=_scalar_tensor(i / 40, 2, np.float64))
+        if i == 0:
+            acc.metadata.CopyFrom(md("scalars"))
+        chunks.append(_event(i, wall, [acc]))
+        truth.add(run, "epoch_accuracy", i, i / 40, wall)
+    for i in range(3):
+        wall = T0 + 6000 + i
+        edges = np.linspace(-1, 1, 6)
+        hist = np.stack([edges[:-1], edges[1:], np.arange(5, dtype=np.float64) + i], axis=1)
+        t = tensor_pb2.TensorProto(dtype=2, tensor_content=hist.astype(np.float64).tobytes(),
+                                   tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
+                                       tensor_shape_pb2.TensorShapeProto.Dim(size=5),
+                                       tensor_shape_pb2.TensorShapeProto.Dim(size=3)]))
+        hv = summary_pb2.Summary.Value(tag="dense/kernel", tensor=t)
+        if i == 0:
+            hv.metadata.CopyFrom(md("histograms"))
+        chunks.append(_event(i, wall, [hv]))
+        iv = summary_pb2.Summary.Value(tag="samples", tensor=_string_tensor([b"8", b"6", _png(8, 6, i)], [3]),
+                                       metadata=md("images"))
+        chunks.append(_event(i, wall, [iv]))
+        tv = summary_pb2.Summary.Value(tag="notes", tensor=_string_tensor([f"note {i}".encode()], []),
+                                       metadata=md("text"))
+        chunks.append(_event(i, wall, [tv]))
+    truth.histograms[run] = 3
+    truth.images[run] = 3
+    truth.texts[run] = 3
+    hp = plugin_data_pb2.HParamsPluginData(version=0, session_start_info=plugin_data_pb2.SessionStartInfo(
+        hparams={"optimizer": struct_pb2.Value(string_value="adam"),
+                 "units": struct_pb2.Value(number_value=64)}))
+    chunks.append(_event(0, T0 + 7000, [summary_pb2.Summary.Value(
+        tag="_hparams_/session_start_info", metadata=md("hparams", hp.SerializeToString()))]))
+    truth.params.setdefault(run, {}).update({"optimizer": "adam", "units": "64"})
+    (path / "events.out.tfevents.1700000000.tfhost.2.v2").write_bytes(b"".join(chunks))
+
+
+def write_recorded_run(path: Path, run: str, truth: SourceTruth, project: str) -> None:
+    """A Tracelet-recorder-style run: manifest, sidecar parts, artifacts, plus events."""
+    write_simple_run(path, run, truth, ["Loss/Train/CrossEntropy", "Metrics/Accuracy/Validation"],
+                     list(range(25)), seed=7)
+    manifest = {
+        "schema_version": 1, "run_id": f"rid-{run.replace('/', '-')}", "name": run.split("/")[-1],
+        "project": project, "backends": ["mlflow"], "status": "finished",
+        "started_at": T0, "ended_at": T0 + 3600,
+        "params": {"learning_rate": 0.001, "batch_size": 32, "optimizer": "AdamW",
+                   "api_key": "***REDACTED***", "model": {"depth": 50}},
+        "tags": {"team": "vision"},
+    }
+    (path / "tracelet.json").write_text(json.dumps(manifest))
+    truth.params.setdefault(run, {}).update({"learning_rate": "0.001", "batch_size": "32",
+                                            "optimizer": "AdamW", "api_key": "***REDACTED***",
+                                            "model/depth": "50"})
+    truth.status[run] = "finished"
+    side = path / "sysmetrics"
+    side.mkdir()
+    rows = 0
+    for part in (1, 2):
+        ts = [T0 + part * 100 + k for k in range(10)]
+        names = ["cpu/utilization_percent", "memory/used_bytes"] * 5
+        vals = [float(k) for k in range(10)]
+        pq.write_table(pa.table({"timestamp": ts, "name": names, "value": vals}),
+                       side / f"part-{part:06d}.parquet")
+        rows += 10
+    truth.system[run] = rows
+    art = path / "artifacts"
+    (art / "configs").mkdir(parents=True)
+    (art / "config.yaml").write_text("lr: 0.001\n")
+    (art / "configs" / "model.py").write_text("class Net: pass\n")
+    truth.artifacts[run] = ["config.yaml", "configs/model.py"]
+
+
+def build_conformance_logdir(root: Path, project: str = "conformance") -> SourceTruth:
+    """Three runs covering every kind, writers' encodings and awkward values."""
+    truth = SourceTruth()
+    a = root / "torch" / "resnet"
+    write_simple_run(a, "torch/resnet", truth, ["Loss/train", "Accuracy/val"], list(range(0, 300, 3)), seed=1)
+    # awkward values and steps in a second file of the same run (a restart)
+    f = a / "events.out.tfevents.1700000500.host.1.1"
+    chunks = [_header(T0 + 500)]
+    odd = [(-5, float("nan")), (0, float("inf")), (2**40, float("-inf")), (7, 1e-30), (7, 3.5)]
+    for k, (step, v) in enumerate(odd):
+        wall = T0 + 500 + k
+        chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag="Loss/train", simple_value=v)]))
+        truth.add("torch/resnet", "Loss/train", step, _f32(v) if math.isfinite(v) else v, wall)
+    for k, tag in enumerate(["ünïcode/损失", "weird tag:with%chars", "a//b/./c"]):
+        wall = T0 + 600 + k
+        chunks.append(_event(k, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=float(k))]))
+        truth.add("torch/resnet", tag, k, float(k), wall)
+    f.write_bytes(b"".join(chunks))
+    write_tf2_run(root / "keras" / "train", "keras/train", truth)
+    write_recorded_run(root / project / "recorded", f"{project}/recorded", truth, project)
+    return truth
+
+
+def build_kill_logdir(root: Path, runs: int = 3, steps: int = 2000) -> SourceTruth:
+    truth = SourceTruth()
+    for r in range(runs):
+        write_simple_run(root / f"run{r}", f"run{r}", truth, ["loss", "acc"], list(range(steps)), seed=r)
+    return truth
