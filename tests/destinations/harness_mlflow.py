@@ -143,4 +143,20 @@ class MlflowServerHarness(_MlflowHarness):
         return {"mlflow_uri": self.uri}
 
 
-HARNESSES = [MlflowLocalHarness, MlflowServerHarness]
+class MlflowFileStoreHarness(_MlflowHarness):
+    """MLflow's file store (``./mlruns``, still behind many servers): unlike the SQL stores it
+    appends a resent metric again, so this harness is the one that proves dedupe works."""
+
+    label = "mlflow-filestore"
+
+    def setup(self, tmp_path, monkeypatch):
+        self.uri = f"file:{tmp_path / 'mlruns'}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", self.uri)
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        return {"mlflow_uri": self.uri}
+
+    def env(self):
+        return {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+
+HARNESSES = [MlflowLocalHarness, MlflowServerHarness, MlflowFileStoreHarness]
