@@ -5,6 +5,13 @@ Writers disagree on how a scalar looks: PyTorch and tensorboardX write ``simple_
 that comes **only with a tag's first value**. The tag -> plugin map therefore outlives a read: it
 is returned in every :class:`Batch` and given back to resume, so a value read in a later sync
 is classified the same way as if the whole file had been read at once.
+
+Speed: the optional C extension ``_fastscan`` (built by setup.py) frames records, checks CRCs and
+decodes plain ``simple_value`` events itself -- the bulk of PyTorch / tensorboardX files -- and
+hands every other record back, undecoded and in file order, to the same Python code the
+pure-Python path runs. Both paths yield identical batches (tests/reader/test_fastscan.py);
+``TRACELET_NO_FASTSCAN=1`` forces the pure-Python path, which also runs when the extension was
+not built (no C compiler at install time).
 """
 from __future__ import annotations
 
@@ -16,7 +23,15 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2
 
 from .points import Batch, HistogramPoint, HParamsPoint, ImagePoint, TextPoint
-from .records import FramingStatus, iter_records
+from .records import (FOOTER_BYTES, HEADER_BYTES, LENGTH_CRC_MISMATCH, FramingStatus, _refill,
+                      iter_records)
+
+try:  # built by setup.py where a C compiler exists; optional, same results, tens of times faster
+    from . import _fastscan
+except ImportError:
+    _fastscan = None
+
+_parse_event = event_pb2.Event.FromString
 
 # TensorFlow DataType enum -> (numpy dtype, typed repeated field of TensorProto)
 _DTYPES = {
@@ -45,6 +60,9 @@ _NON_SUMMARY = {
     "log_message": "log_message",
 }
 DEFAULT_BATCH_POINTS = 20_000
+# Set to 1 to read with the pure-Python path even where the C extension is built (debugging,
+# or to rule the extension out when a read looks wrong).
+NO_FASTSCAN_ENV = "TRACELET_NO_FASTSCAN"
 _BATCH_IMAGE_BYTES = 32 << 20  # cap memory held by one batch of images
 
 
@@ -92,6 +110,10 @@ def _text_of(arr: np.ndarray) -> str:
     return "\n".join(" | ".join(s(x) for x in row) for row in arr.reshape(arr.shape[0], -1))
 
 
+def _fastscan_disabled() -> bool:
+    return os.environ.get(NO_FASTSCAN_ENV, "").strip() not in ("", "0")
+
+
 class EventFileReader:
     """Read one event file from a byte offset and yield :class:`Batch` es of typed points.
 
@@ -118,53 +140,128 @@ class EventFileReader:
         return Batch(path=self.path, start_offset=start)
 
     def _batches(self, f, end: int, max_points: int) -> Iterator[Batch]:
+        if _fastscan is not None and not _fastscan_disabled():
+            return self._batches_fast(f, end, max_points)
+        return self._batches_python(f, end, max_points)
+
+    def _batches_python(self, f, end: int, max_points: int) -> Iterator[Batch]:
+        """The reference path: every record through ``iter_records`` and protobuf."""
         status = self.status
-        parse = event_pb2.Event.FromString
         batch = self._new_batch(self.start_offset)
         crc_skipped_before = 0
-        cols = batch.scalars
-        tags_append, steps_append = cols.tags.append, cols.steps.append
-        walls_append, values_append = cols.wall_times.append, cols.values.append
-        n_scalars = 0
         records = 0
-        heavy = 0  # non-scalar points + image bytes/1MB, to cap batch memory
+        weight = 0  # scalars + non-scalar points + image bytes/1MB, to cap batch memory
         for _, data in iter_records(f, self.start_offset, end, status):
             records += 1
-            try:
-                ev = parse(data)
-            except DecodeError:
-                self.unparsable += 1
-                batch.skipped_records += 1
+            w = self._decode_event(data, batch)
+            if w is None:
                 continue
-            values = ev.summary.value
-            if values:
-                step, wall = ev.step, ev.wall_time
-                for v in values:
-                    kind = v.WhichOneof("value")
-                    if kind == "simple_value":
-                        tags_append(v.tag)
-                        steps_append(step)
-                        walls_append(wall)
-                        values_append(v.simple_value)
-                        n_scalars += 1
-                    else:
-                        heavy += self._decode_value(v, kind, step, wall, batch)
-            else:
-                what = ev.WhichOneof("what")
-                if what in _NON_SUMMARY:
-                    batch.count_other(_NON_SUMMARY[what])
-            if n_scalars + heavy >= max_points:
+            weight += w
+            if weight >= max_points:
                 batch.records = records
                 yield self._seal(batch, crc_skipped_before)
                 crc_skipped_before = status.bad_data_crc
-                records = n_scalars = heavy = 0
+                records = weight = 0
                 batch = self._new_batch(status.offset)
-                cols = batch.scalars
-                tags_append, steps_append = cols.tags.append, cols.steps.append
-                walls_append, values_append = cols.wall_times.append, cols.values.append
         batch.records = records
         if status.offset > batch.start_offset or batch.points or batch.other:
             yield self._seal(batch, crc_skipped_before)
+
+    def _batches_fast(self, f, end: int, max_points: int) -> Iterator[Batch]:
+        """Same batches as :meth:`_batches_python`, with framing and simple_value events in C.
+
+        The framing loop is ``iter_records``' (same refills, same outcomes); ``Scanner.scan``
+        consumes whole records from the buffer and returns whenever Python must act: refill,
+        decode a record C does not take (``SCAN_SLOW``: anything but simple_value scalars), seal a
+        full batch, or stop. Records keep their file order because C stops *at* a slow record.
+        """
+        status = self.status
+        status.offset = pos = self.start_offset
+        scan = _fastscan.Scanner().scan
+        buf = b""
+        i = 0  # index into buf of the next record; buf[0] is file offset `pos`
+        batch = self._new_batch(self.start_offset)
+        crc_skipped_before = 0
+        records = 0
+        weight = 0
+        while True:
+            cols = batch.scalars
+            code, i, n_records, n_points, n_bad, x, y = scan(
+                buf, i, cols.tags, cols.steps, cols.wall_times, cols.values, max_points - weight
+            )
+            records += n_records
+            weight += n_points
+            status.bad_data_crc += n_bad
+            status.offset = pos + i
+            if code == _fastscan.SCAN_SLOW:
+                records += 1
+                w = self._decode_event(buf[x:y], batch)
+                if w is None:
+                    continue
+                weight += w
+                if weight < max_points:
+                    continue
+            elif code == _fastscan.SCAN_NEED_HEADER:
+                avail = len(buf) - i
+                if pos + len(buf) >= end:
+                    break
+                buf, pos, i = _refill(f, buf, pos, i, end, HEADER_BYTES)
+                if len(buf) == avail:
+                    break  # file shrank under us; the identity check reports it
+                continue
+            elif code == _fastscan.SCAN_NEED_BODY:
+                total = HEADER_BYTES + x + FOOTER_BYTES
+                if pos + i + total > end:
+                    break  # incomplete tail: "not yet"
+                buf, pos, i = _refill(f, buf, pos, i, end, total)
+                if len(buf) - i < total:
+                    break  # file shrank under us; treat as not yet, identity check reports it
+                continue
+            elif code == _fastscan.SCAN_ZERO_HEADER:
+                break  # hole not yet filled in by the FS: "not yet"
+            elif code == _fastscan.SCAN_CORRUPT:
+                status.corrupt_offset = pos + i
+                status.corrupt_reason = LENGTH_CRC_MISMATCH
+                break
+            # SCAN_FULL, or a slow record that filled the batch
+            batch.records = records
+            yield self._seal(batch, crc_skipped_before)
+            crc_skipped_before = status.bad_data_crc
+            records = weight = 0
+            batch = self._new_batch(status.offset)
+        status.pending_bytes = max(0, end - status.offset) if status.corrupt_offset is None else 0
+        batch.records = records
+        if status.offset > batch.start_offset or batch.points or batch.other:
+            yield self._seal(batch, crc_skipped_before)
+
+    def _decode_event(self, data: bytes, batch: Batch) -> int | None:
+        """Decode one record's payload into ``batch``; its weight, or None if unparsable."""
+        try:
+            ev = _parse_event(data)
+        except DecodeError:
+            self.unparsable += 1
+            batch.skipped_records += 1
+            return None
+        values = ev.summary.value
+        if not values:
+            what = ev.WhichOneof("what")
+            if what in _NON_SUMMARY:
+                batch.count_other(_NON_SUMMARY[what])
+            return 0
+        step, wall = ev.step, ev.wall_time
+        cols = batch.scalars
+        weight = 0
+        for v in values:
+            kind = v.WhichOneof("value")
+            if kind == "simple_value":  # inlined ScalarColumns.append: this is the hot loop
+                cols.tags.append(v.tag)
+                cols.steps.append(step)
+                cols.wall_times.append(wall)
+                cols.values.append(v.simple_value)
+                weight += 1
+            else:
+                weight += self._decode_value(v, kind, step, wall, batch)
+        return weight
 
     def _seal(self, batch: Batch, crc_skipped_before: int) -> Batch:
         batch.end_offset = self.status.offset
@@ -181,6 +278,8 @@ class EventFileReader:
             self.tag_plugins[tag] = plugin
         else:
             plugin = self.tag_plugins.get(tag, "")
+        if plugin == "hparams":  # PyTorch writes hparams as metadata with no value at all
+            return self._decode_hparams(v, step, wall, batch)
         if kind == "tensor":
             return self._decode_tensor(v, tag, plugin, step, wall, batch)
         if kind == "histo":

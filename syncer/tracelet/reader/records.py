@@ -27,6 +27,7 @@ _CHUNK_BYTES = 8 << 20  # read granularity: large enough that syscalls vanish fr
 _MASK_DELTA = 0xA282EAD8
 _U64_U32 = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
+LENGTH_CRC_MISMATCH = "record length CRC mismatch (not a TFRecord frame)"
 
 
 def masked_crc32c(data) -> int:
@@ -82,7 +83,7 @@ def iter_records(
             if buf[i : i + HEADER_BYTES] == b"\0" * HEADER_BYTES:
                 break  # hole not yet filled in by the FS: "not yet"
             status.corrupt_offset = pos + i
-            status.corrupt_reason = "record length CRC mismatch (not a TFRecord frame)"
+            status.corrupt_reason = LENGTH_CRC_MISMATCH
             break
         total = HEADER_BYTES + length + FOOTER_BYTES
         if avail < total:
