@@ -7,9 +7,12 @@ Special cases, each for a writer's habit:
 * PyTorch/tensorboardX ``add_hparams`` writes a child folder named ``str(time.time())`` inside
   the run; such a child (numeric name, parent is a run) belongs to its parent: its files are
   read as part of the parent run.
-* ``add_scalars`` writes sibling folders ``<main>_<tag>``; those are ordinary runs.
-* ``.tracelet/`` (state) and hidden folders are never runs; symlink loops are cut, unreadable
-  folders reported, neither is fatal.
+* ``add_scalars`` writes child folders ``<run>/<main>_<tag>`` (tensorboardX:
+  ``<run>/<main>/<tag>``); those are ordinary runs.
+* ``.tracelet/`` (state) and hidden folders are never runs; neither are ``sysmetrics/`` and
+  ``artifacts/`` inside a run that has a manifest (a copied event file is an artifact, not a run).
+* Symlinked folders are followed, after the real tree, so a run is named by its real path when it
+  has one; symlink loops are cut, unreadable folders reported; neither is fatal.
 """
 from __future__ import annotations
 
@@ -64,41 +67,67 @@ def _event_file_order(p: Path):
 
 
 def discover_runs(logdir: str | os.PathLike) -> Discovery:
+    """Every run under ``logdir``, sorted by name, and the folders that could not be read.
+
+    Real folders are walked first; folders reached through a symlink only afterwards. So a run
+    reachable both ways is always named by its real path (a ``latest -> run_3`` link does not
+    rename ``run_3`` to ``latest``, which would make it a new run on every destination the day
+    the link moves), and a link that leads back to a folder already read (a loop, or a second
+    link to the same run) is reported once and not followed.
+    """
     root = Path(logdir)
     problems: list[str] = []
     runs: dict[str, RunSource] = {}
-    seen_dirs: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> the path it was read under
+    links: list[str] = []  # symlinked folders met during a walk: walked after the real tree
 
     def onerror(err: OSError) -> None:
         problems.append(f"{err.filename}: cannot read folder ({err.strerror}); skipped. "
                         "Fix its permissions to sync it.")
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
-        try:
-            st = os.stat(dirpath)
+    def walk(top: str) -> None:
+        # followlinks=False: links are queued in `links`, never descended into from here
+        for dirpath, dirnames, filenames in os.walk(top, onerror=onerror):
+            try:
+                st = os.stat(dirpath)
+            except OSError as e:
+                problems.append(f"{dirpath}: cannot stat ({e.strerror}); skipped.")
+                dirnames[:] = []
+                continue
             key = (st.st_dev, st.st_ino)
-        except OSError as e:
-            problems.append(f"{dirpath}: cannot stat ({e.strerror}); skipped.")
-            dirnames[:] = []
-            continue
-        if key in seen_dirs:
-            problems.append(f"{dirpath}: symlink loop (already visited); not followed.")
-            dirnames[:] = []
-            continue
-        seen_dirs.add(key)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        events = sorted((Path(dirpath) / f for f in filenames if is_event_file(f)),
-                        key=_event_file_order)
-        has_manifest = MANIFEST_NAME in filenames
-        if not events and not has_manifest:
-            continue
-        rel = Path(dirpath).relative_to(root).as_posix()
-        name = "." if rel in ("", ".") else rel
-        parent_name = str(Path(name).parent.as_posix()) if name != "." else None
-        if parent_name is not None and parent_name in runs and _HPARAMS_CHILD.match(Path(dirpath).name) \
-                and not has_manifest:
-            runs[parent_name].event_files.extend(events)
-            continue
-        runs[name] = RunSource(name=name, path=Path(dirpath), event_files=events,
-                               has_manifest=has_manifest)
+            if key in seen:
+                problems.append(f"{dirpath}: same folder as {seen[key]} (a symlink loop or a "
+                                "second link to it); read once, under the first name.")
+                dirnames[:] = []
+                continue
+            seen[key] = dirpath
+            has_manifest = MANIFEST_NAME in filenames
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue  # .tracelet/ state, .ipynb_checkpoints/, .git/ ...: never runs
+                if has_manifest and d in (SIDECAR_DIR, ARTIFACTS_DIR):
+                    continue  # a Tracelet run's own parts: artifacts may be copied event files
+                if os.path.islink(os.path.join(dirpath, d)):
+                    links.append(os.path.join(dirpath, d))
+                    continue
+                keep.append(d)
+            dirnames[:] = keep
+            events = sorted((Path(dirpath) / f for f in filenames if is_event_file(f)),
+                            key=_event_file_order)
+            if not events and not has_manifest:
+                continue
+            rel = Path(dirpath).relative_to(root).as_posix()
+            name = "." if rel in ("", ".") else rel
+            parent_name = Path(name).parent.as_posix() if name != "." else None
+            if (parent_name is not None and parent_name in runs and not has_manifest
+                    and _HPARAMS_CHILD.match(Path(dirpath).name)):
+                runs[parent_name].event_files.extend(events)
+                continue
+            runs[name] = RunSource(name=name, path=Path(dirpath), event_files=events,
+                                   has_manifest=has_manifest)
+
+    walk(os.fspath(root))
+    while links:  # FIFO: shallow links first; links inside a linked tree queue up behind
+        walk(links.pop(0))
     return Discovery(root, sorted(runs.values(), key=lambda r: r.name), problems)

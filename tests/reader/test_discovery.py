@@ -1,0 +1,179 @@
+"""``discover_runs``: which folders are runs, what they are named, which files each reads."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from conftest import FIXTURES
+
+from tracelet.reader import discover_runs
+
+
+def _runs(logdir) -> dict[str, list[str]]:
+    """run name -> its event files, relative to the run folder, in read order."""
+    return {r.name: [p.relative_to(r.path).as_posix() for p in r.event_files]
+            for r in discover_runs(logdir).runs}
+
+
+def _event_file(folder, name="events.out.tfevents.1700000000.h.1.0"):
+    folder.mkdir(parents=True, exist_ok=True)
+    src = next((FIXTURES / "nested_logdir/projA/run1").glob("*tfevents*"))
+    shutil.copy(src, folder / name)
+
+
+def test_nested_logdir():
+    disc = discover_runs(FIXTURES / "nested_logdir")
+    assert disc.problems == []
+    runs = {r.name: r for r in disc.runs}
+    assert list(runs) == ["projA/run1", "projA/run1/eval", "projA/run2", "projB/baseline/seed0",
+                          "projB/manifest_only"]
+    # .tracelet/, .hidden_run/ and projA/.ipynb_checkpoints/ hold event files, yet are not runs
+    assert not [n for n in runs if "." in n.split("/")[0] or "/." in n]
+    only = runs["projB/manifest_only"]
+    assert only.has_manifest and only.event_files == []
+    assert only.manifest_path.is_file()
+    assert not runs["projA/run1"].has_manifest
+    # projA/run2's add_hparams child is part of projA/run2, read after its own file
+    assert [p.parent.name for p in runs["projA/run2"].event_files] == ["run2", "1700000060.0"]
+
+
+def test_add_hparams_child_belongs_to_parent():
+    assert _runs(FIXTURES / "torch_add_hparams") == {"sweep": [
+        "events.out.tfevents.1700000000.fixturehost.4242.0",
+        "1700000010.0/events.out.tfevents.1700000010.fixturehost.4242.1",
+        "1700000020.0/events.out.tfevents.1700000020.fixturehost.4242.2",
+    ]}
+
+
+def test_add_scalars_children_are_runs():
+    runs = _runs(FIXTURES / "torch_scalars")
+    assert sorted(runs) == ["resnet", "resnet/Loss_compare_train", "resnet/Loss_compare_val"]
+    assert runs["resnet"][1] == "1700000100.0/events.out.tfevents.1700000100.fixturehost.4242.3"
+    assert sorted(_runs(FIXTURES / "torch_add_scalars")) == [
+        "mnist", "mnist/Loss_compare_train", "mnist/Loss_compare_val", "mnist/acc_top1",
+        "mnist/acc_top5"]
+    # tensorboardX nests one level deeper: <run>/<main_tag>/<key>
+    assert sorted(_runs(FIXTURES / "tensorboardx_scalars")) == ["run", "run/pair/a", "run/pair/b"]
+
+
+def test_restart_files_in_name_order():
+    assert _runs(FIXTURES / "restart_overlapping_steps") == {"torch": [
+        "events.out.tfevents.1700000000.fixturehost.4242.0",
+        "events.out.tfevents.1700003600.fixturehost.4242.0"]}
+
+
+def test_keras_train_and_validation():
+    assert sorted(_runs(FIXTURES / "keras_fit")) == ["train", "validation"]
+
+
+def test_event_files_directly_in_logdir_are_run_dot(tmp_path):
+    _event_file(tmp_path)
+    _event_file(tmp_path / "1700000001.5")  # add_hparams child of the root run
+    assert _runs(tmp_path) == {".": ["events.out.tfevents.1700000000.h.1.0",
+                                     "1700000001.5/events.out.tfevents.1700000000.h.1.0"]}
+
+
+def test_numeric_folder_without_parent_run_is_a_run(tmp_path):
+    _event_file(tmp_path / "sweeps/1700000001.5")  # sweeps/ holds no event files
+    _event_file(tmp_path / "run/1700000002.5")
+    (tmp_path / "run/1700000002.5/tracelet.json").write_text("{}")  # a manifest: its own run
+    _event_file(tmp_path / "run")
+    assert sorted(_runs(tmp_path)) == ["run", "run/1700000002.5", "sweeps/1700000001.5"]
+
+
+def test_state_and_hidden_folders_skipped(tmp_path):
+    _event_file(tmp_path / "run")
+    _event_file(tmp_path / ".tracelet/run")
+    _event_file(tmp_path / "run/.hidden")
+    (tmp_path / "run/.events.out.tfevents.1.h").write_bytes(b"")  # hidden file: not an event file
+    assert _runs(tmp_path) == {"run": ["events.out.tfevents.1700000000.h.1.0"]}
+
+
+def test_artifacts_and_sysmetrics_of_a_tracelet_run_are_not_runs(tmp_path):
+    run = tmp_path / "proj/run"
+    _event_file(run)
+    (run / "tracelet.json").write_text("{}")
+    _event_file(run / "artifacts/copied_logs")  # the user logged an event file as an artifact
+    _event_file(run / "sysmetrics")
+    _event_file(tmp_path / "plain/artifacts")  # no manifest: a plain TensorBoard folder name
+    assert sorted(_runs(tmp_path)) == ["plain/artifacts", "proj/run"]
+
+
+def test_symlink_loop_is_cut_and_reported(tmp_path):
+    _event_file(tmp_path / "a/run")
+    os.symlink("..", tmp_path / "a/run/up")  # a/run/up -> a
+    os.symlink(tmp_path, tmp_path / "a/root")  # a/root -> logdir
+    disc = discover_runs(tmp_path)
+    assert [r.name for r in disc.runs] == ["a/run"]
+    assert len(disc.problems) == 2
+    assert all("symlink loop" in p for p in disc.problems)
+    assert any(str(tmp_path / "a/run/up") in p for p in disc.problems)
+
+
+def test_symlinked_run_is_named_by_its_real_path(tmp_path):
+    """A `latest -> run_3` link sorts before run_3, yet run_3 keeps its own name; the link is
+    reported, not read a second time."""
+    _event_file(tmp_path / "run_3")
+    os.symlink("run_3", tmp_path / "latest")
+    disc = discover_runs(tmp_path)
+    assert [r.name for r in disc.runs] == ["run_3"]
+    assert len(disc.problems) == 1 and str(tmp_path / "latest") in disc.problems[0]
+
+
+def test_symlink_to_a_folder_outside_is_followed(tmp_path):
+    outside = tmp_path / "scratch/big_run"
+    _event_file(outside)
+    logdir = tmp_path / "logdir"
+    logdir.mkdir()
+    os.symlink(outside, logdir / "big_run")
+    disc = discover_runs(logdir)
+    assert [r.name for r in disc.runs] == ["big_run"] and disc.problems == []
+    assert disc.runs[0].event_files[0].is_file()
+
+
+def test_unreadable_folder_reported_not_fatal(tmp_path, monkeypatch):
+    """A folder we may not list is reported by path, the rest is found. Tests run as root, where
+    chmod 000 does not stop reads, so the refusal is simulated at os.scandir (what os.walk
+    calls); the real chmod case is the next test."""
+    _event_file(tmp_path / "ok")
+    _event_file(tmp_path / "locked/run")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    disc = discover_runs(tmp_path)
+    assert [r.name for r in disc.runs] == ["ok"]
+    assert len(disc.problems) == 1
+    assert str(tmp_path / "locked") in disc.problems[0] and "Permission denied" in disc.problems[0]
+
+
+def test_unreadable_folder_real_chmod(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root from reading; the refusal "
+                    "is covered by test_unreadable_folder_reported_not_fatal (simulated)")
+    _event_file(tmp_path / "ok")
+    _event_file(tmp_path / "locked/run")
+    os.chmod(tmp_path / "locked", 0)
+    try:
+        disc = discover_runs(tmp_path)
+    finally:
+        os.chmod(tmp_path / "locked", 0o755)
+    assert [r.name for r in disc.runs] == ["ok"]
+    assert len(disc.problems) == 1 and str(tmp_path / "locked") in disc.problems[0]
+
+
+def test_missing_logdir_is_a_problem_not_a_crash(tmp_path):
+    disc = discover_runs(tmp_path / "nope")
+    assert disc.runs == [] and len(disc.problems) == 1
+    assert str(tmp_path / "nope") in disc.problems[0]
+
+
+def test_run_names_use_forward_slashes_and_sort(tmp_path):
+    for rel in ("b/x", "a/y/z", "a/y"):
+        _event_file(tmp_path / rel)
+    assert [r.name for r in discover_runs(tmp_path).runs] == ["a/y", "a/y/z", "b/x"]
