@@ -6,7 +6,7 @@ Usage (from the repository root)::
     . .venv/bin/activate
     python scripts/build_fixtures.py                 # every fixture that needs no TensorFlow
     python scripts/build_fixtures.py --only nan_inf  # just these (repeatable)
-    python scripts/build_fixtures.py --check         # rebuild into a temp dir, diff against fixtures/
+    python scripts/build_fixtures.py --check         # rebuild in a temp dir, diff with fixtures/
     python scripts/build_fixtures.py --list          # names, writers, what each exercises
 
     # The TensorFlow fixtures (tf2_*, keras_fit) are built ONCE and committed, because TensorFlow
@@ -23,6 +23,13 @@ Every event file is written by a REAL writer where one exists here: PyTorch's
 ``TensorBoard`` callback. The damaged fixtures are real writer output damaged afterwards (a byte
 flipped, a tail cut), and ``corruptions.json`` records exactly what was done, at which byte.
 
+Where "plugin metadata only on a tag's first value" comes from: TF 2.21's own ``tf.summary``
+writer (eager) puts the metadata on EVERY value; TensorFlow's ``tf.compat.v1.summary.FileWriter``
+strips it from every value after a tag's first ("to save space", in TF's source). So each TF
+fixture has two runs: ``tf2_summary_writer/`` (the TF2 writer's bytes) and ``tf1_file_writer/``
+(the same summaries re-emitted through that FileWriter, plus typed-field tensors from
+``tf.make_tensor_proto``). Wall times in ``tf1_file_writer/`` are the time of the build.
+
 Determinism
 -----------
 * Seeds are fixed (``random``, ``numpy``, ``torch``, TensorFlow/Keras).
@@ -31,17 +38,19 @@ Determinism
   ``str(time.time())``, the event file name's timestamp/hostname/pid) the clock, hostname and pid
   are frozen while the writer lives (:func:`frozen_writer_env`), and TensorBoard's process-wide
   file counter is reset. So the non-TF fixtures are byte-identical on every rebuild with the same
-  library versions (``--check`` verifies it).
+  library versions (``--check`` verifies it), except for the hparams map order in (2) below.
+  The committed ones were built with torch 2.13.0+cpu, tensorboardX 2.6.5, tensorboard 2.21.0,
+  protobuf 7.36.2 (upb), numpy 2.4.6, Pillow 13.0.0.
 * What is NOT byte-stable: (1) PNG bytes come from Pillow's zlib; another Pillow/zlib may encode
   differently (the pixels are the same). (2) Protobuf serialisation is deterministic within one
   protobuf version only, and not at all for map fields: upb writes the hparams maps
   (``session_start_info.hparams``, inside the ``hparams`` plugin content) in hash-table order,
   which changes from process to process (PYTHONHASHSEED does not fix it). Files holding hparams
   therefore differ in bytes between rebuilds; ``--check`` compares those semantically (every
-  record parsed, the hparams content parsed too) and says so. (3) The TensorFlow fixtures: TF stamps wall times in C++ from the real
-  clock and writes the host/pid into the file name; the builder renames the files to the fixed
-  pattern afterwards, but the wall times inside are the real time of the build. They are
-  therefore built once and committed, never rebuilt by default.
+  record parsed, the hparams content parsed too) and says so. (3) The TensorFlow fixtures: TF
+  stamps wall times in C++ from the real clock and writes the host/pid into the file name; the
+  builder renames the files to the fixed pattern afterwards, but the wall times inside are the
+  real time of the build. They are therefore built once and committed, never rebuilt by default.
 
 Nothing here imports ``tracelet``: the fixtures must not depend on the code they test.
 """
@@ -686,7 +695,8 @@ BUILDERS = {
                           "runs", "PyTorch SummaryWriter"),
     "tensorboardx_scalars": (build_tensorboardx_scalars,
                              "tensorboardX encodings: simple_value (plain and with metadata), "
-                             "histo, image, text, add_scalars, add_hparams, a pr_curve (other)", "tensorboardX SummaryWriter"),
+                             "histo, image, text, add_scalars, add_hparams, a pr_curve (other)",
+                             "tensorboardX SummaryWriter"),
     "tb_writer": (build_tb_writer,
                   "TF2 tensor layout without TF: tensor scalars, [k,3] histograms, string-tensor "
                   "images [w,h,png,png] and text (scalar and table), hparams session_start_info",
@@ -734,7 +744,8 @@ TF_FIXTURES = {
                                    "TensorFlow 2.21 tf.summary + tensorboard hparams api; "
                                    "tf.compat.v1.summary.FileWriter"),
     "keras_fit": ("Keras fit: train/ and validation/ runs, epoch scalars, weight histograms, "
-                  "graph_def", "Keras 3.15 TensorBoard callback (TF 2.21)"),
+                  "the model config (`keras` tag, plugin graph_keras_model: counted as other)",
+                  "Keras 3.15 TensorBoard callback (TF 2.21)"),
 }
 
 

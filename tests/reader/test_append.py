@@ -1,8 +1,9 @@
 """Concurrent append: another process writes while we read from the saved offset, again and again.
 
 The writer is a real separate process. It frames records itself (TFRecord framing written out
-in the script, C crc32c; TensorBoard's ``RecordWriter`` would cost ~2 s of imports) and writes the bytes in random-sized pieces with flushes, so reads see records
-cut anywhere, header included. At chosen records it writes only the first part, tells us the
+in the script with the C crc32c; TensorBoard's ``RecordWriter`` would cost ~2 s of imports) and
+writes the bytes in random-sized pieces, unbuffered, with short random sleeps, so reads see
+records cut anywhere, header included. At chosen records it writes only the first part, tells us the
 record's start offset, and waits until we have read: at that moment a read must stop exactly at
 that offset with ``pending_bytes > 0`` (a handshake, not a sleep, so nothing depends on timing).
 At the end the union of everything read must equal TensorBoard's read of the finished file:

@@ -91,6 +91,7 @@ def _after_step0(path) -> int:
     """Byte offset of the first record whose step is >= 1: every tag's first value is behind."""
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
+    prev = 0
     for end, ev in zip(record_ends(path), LegacyEventFileLoader(str(path)).Load()):
         if ev.step >= 1:
             return prev
