@@ -1,0 +1,463 @@
+"""``tracelet export``: every point of a logdir as one tidy table, streamed to Parquet or CSV.
+
+Columns (one row per point, in file order per run; within one reader batch the rows are grouped
+by kind — sort by ``run, tag, step`` if you need a global order):
+
+==========  =======  ===============================================================
+column      type     meaning
+==========  =======  ===============================================================
+run         string   run path relative to the logdir (``.`` for the logdir itself)
+tag         string   TensorBoard tag; hparams rows use ``_hparams_/session_start_info``
+kind        string   ``scalar`` | ``histogram`` | ``image`` | ``text`` | ``hparams``
+step        int64    TensorBoard step
+wall_time   float64  event wall time, unix seconds
+value       float64  the scalar; null for every other kind
+summary     string   null for scalars; otherwise a short description of the point:
+                     histogram ``count=1000 min=-2.1 max=2.3 mean=0.01 buckets=30``
+                     (TF2 tensor histograms carry no exact sum: their mean is estimated
+                     from bucket centres and written ``mean~=``); image
+                     ``png 64x48, 1234 bytes`` (``#k`` for the k-th image of a TF2 image
+                     tensor); text: the text, cut to :data:`TEXT_SUMMARY_CHARS` characters
+                     with ``…``; hparams: the hyperparameters as sorted JSON
+==========  =======  ===============================================================
+
+Memory stays flat whatever the size of the logdir: points travel from the reader in batches
+(:data:`tracelet.reader.events.DEFAULT_BATCH_POINTS`) and are written batch by batch; at most one
+Parquet row group (:data:`ROW_GROUP_ROWS` rows) is held. The table is written to a temporary file
+beside the output and renamed over it only when complete, so a crash or Ctrl-C never leaves half a
+table under the output's name.
+
+Damaged input never stops an export: intact records are exported, and every corrupt file,
+truncated tail, skipped record and unreadable folder is listed in :attr:`ExportSummary.problems`
+with its file and byte offset.
+
+:func:`read_scalars` is the in-memory sibling for notebooks: a drop-in for tbparse's
+``SummaryReader(logdir).scalars``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UsageError
+from .reader import (HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
+                     HistogramPoint, discover_runs)
+
+FORMATS = {".parquet": "parquet", ".csv": "csv"}
+ROW_GROUP_ROWS = 128 * 1024  # rows per Parquet row group: big enough to compress well, small
+#                              enough (~10 MB of scalars) that memory stays flat
+TEXT_SUMMARY_CHARS = 200  # text points are summarised, not stored: the table stays scannable
+HPARAMS_TAG = "_hparams_/session_start_info"  # the tag TensorBoard itself stores hparams under
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("run", pa.string()),
+        ("tag", pa.string()),
+        ("kind", pa.string()),
+        ("step", pa.int64()),
+        ("wall_time", pa.float64()),
+        ("value", pa.float64()),
+        ("summary", pa.string()),
+    ])
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export_logdir` wrote, and what it could not read."""
+
+    output: Path
+    format: str
+    runs: int = 0
+    files: int = 0
+    records: int = 0
+    points: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
+    other: dict[str, int] = field(default_factory=dict)  # values read but not exported (graphs…)
+    problems: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def total_points(self) -> int:
+        return sum(self.points.values())
+
+    def render(self) -> str:
+        kinds = ", ".join(f"{n:,} {k}" for k, n in self.points.items() if n) or "no points"
+        text = (f"exported {self.total_points:,} points ({kinds}) from {self.runs} run"
+                f"{'' if self.runs == 1 else 's'} ({self.files} event file"
+                f"{'' if self.files == 1 else 's'}) to {self.output} in {self.elapsed_s:.1f} s")
+        if self.other:
+            text += "\nnot exported (no tabular form): " + ", ".join(
+                f"{k} {n:,}" for k, n in sorted(self.other.items()))
+        if self.problems:
+            n = len(self.problems)
+            text += (f"\n{n} problem{'' if n == 1 else 's'} in the input (see the warnings); "
+                     "every intact record was exported")
+        return text
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "format": self.format, "runs": self.runs,
+                "files": self.files, "records": self.records, "points": dict(self.points),
+                "other": dict(self.other), "problems": list(self.problems),
+                "elapsed_s": round(self.elapsed_s, 3)}
+
+
+# -- shared with `tracelet inspect`: resolving a logdir and reading files with problem notes ------
+
+def resolve_logdir(path: str | os.PathLike, *, allow_file: bool = False):
+    """Check ``path`` and return ``(Discovery, None)`` for a folder or ``(None, file)`` for a file.
+
+    Raises :class:`UsageError` for a missing path, a file when ``allow_file`` is false, and a
+    folder holding no event files at any depth.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file or folder. Give a TensorBoard logdir: a folder "
+                         "holding events.out.tfevents.* files, directly or in subfolders.")
+    if p.is_file():
+        if allow_file:
+            return None, p
+        raise UsageError(f"{p} is a file; expected a logdir folder holding event files "
+                         f"(try its folder: {p.parent}).")
+    if not p.is_dir():
+        raise UsageError(f"{p}: not a folder; expected a TensorBoard logdir.")
+    discovery = discover_runs(p)
+    if not any(r.event_files for r in discovery.runs):
+        detail = f" ({'; '.join(discovery.problems)})" if discovery.problems else ""
+        raise UsageError(f"{p}: no event files found; expected files named "
+                         f"events.out.tfevents.* in it or its subfolders{detail}.")
+    return discovery, None
+
+
+class FileScan:
+    """Read one event file batch by batch and describe what went wrong, with byte offsets.
+
+    Iterate :meth:`batches`; afterwards :attr:`records`, :attr:`size_bytes` and
+    :meth:`problems` describe the file. An unreadable file is a problem, not an exception.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.reader = EventFileReader(self.path)
+        self.size_bytes = 0
+        self.records = 0
+        self.points = 0
+        self.read_error = ""
+        self._skipped_ranges: list[tuple[int, int, int]] = []  # (start, end, records skipped)
+
+    def batches(self) -> Iterator[Batch]:
+        try:
+            # The signpost: bytes appended while we read wait for the next export.
+            self.size_bytes = os.stat(self.path).st_size
+            for batch in self.reader.batches(end=self.size_bytes):
+                self.records += batch.records
+                self.points += batch.points
+                if batch.skipped_records:
+                    self._skipped_ranges.append(
+                        (batch.start_offset, batch.end_offset, batch.skipped_records))
+                yield batch
+        except OSError as e:
+            self.read_error = (f"{self.path}: cannot read ({e.strerror or e}) at byte "
+                               f"{self.reader.status.offset}; the rest of the file was skipped")
+
+    def state(self) -> str:
+        """A short label for tables: ``ok``, ``corrupt at byte N``, ``incomplete tail``…"""
+        status, labels = self.reader.status, []
+        if self.read_error:
+            labels.append("unreadable")
+        if status.corrupt_offset is not None:
+            labels.append(f"corrupt at byte {status.corrupt_offset}")
+        if status.pending_bytes:
+            labels.append(f"incomplete tail at byte {status.offset}")
+        skipped = sum(k for _, _, k in self._skipped_ranges)
+        if skipped:
+            labels.append(f"{skipped} record{'' if skipped == 1 else 's'} skipped")
+        return ", ".join(labels) or "ok"
+
+    def problems(self) -> list[str]:
+        status, out = self.reader.status, []
+        if self.read_error:
+            out.append(self.read_error)
+        if status.corrupt_offset is not None:
+            out.append(
+                f"{self.path}: corrupt at byte {status.corrupt_offset}: {status.corrupt_reason}; "
+                f"{self.records:,} records before it were read, the remaining "
+                f"{max(0, self.size_bytes - status.corrupt_offset):,} bytes skipped")
+        if status.pending_bytes:
+            out.append(
+                f"{self.path}: incomplete record at byte {status.offset} (the last "
+                f"{status.pending_bytes:,} bytes): a truncated tail, or a writer still appending; "
+                "not read")
+        if self._skipped_ranges:
+            n = sum(k for _, _, k in self._skipped_ranges)
+            causes = []
+            if status.bad_data_crc:
+                causes.append(f"{status.bad_data_crc} payload CRC mismatch")
+            if self.reader.unparsable:
+                causes.append(f"{self.reader.unparsable} not an Event")
+            first, last = self._skipped_ranges[0], self._skipped_ranges[-1]
+            where = (f"between bytes {first[0]} and {first[1]}" if len(self._skipped_ranges) == 1
+                     else f"between bytes {first[0]} and {last[1]}")
+            out.append(f"{self.path}: {n:,} record{'' if n == 1 else 's'} skipped {where} "
+                       f"({', '.join(causes)}); the records around them were read")
+        return out
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def histogram_summary(h: HistogramPoint) -> str:
+    """``count=… min=… max=… mean=… buckets=…`` for one histogram."""
+    if h.num is not None:  # TF1/PyTorch `histo`: exact statistics come with the point
+        count = h.num
+        mean = f"mean={_fmt(h.sum / h.num)}" if h.num else "mean=nan"
+        lo, hi = h.min, h.max
+    else:  # TF2 tensor histogram: buckets only
+        count = float(sum(h.counts))
+        nonzero = [i for i, c in enumerate(h.counts) if c]
+        lo = h.lefts[nonzero[0]] if nonzero else float("nan")
+        hi = h.rights[nonzero[-1]] if nonzero else float("nan")
+        est = (sum(c * (a + b) / 2 for a, b, c in zip(h.lefts, h.rights, h.counts)) / count
+               if count else float("nan"))
+        mean = f"mean~={_fmt(est)}"
+    return f"count={_fmt(count)} min={_fmt(lo)} max={_fmt(hi)} {mean} buckets={len(h.counts)}"
+
+
+def _text_summary(text: str) -> str:
+    return text if len(text) <= TEXT_SUMMARY_CHARS else text[:TEXT_SUMMARY_CHARS] + "…"
+
+
+def batch_to_table(batch: Batch, run: str):
+    """All points of one batch as a table with the export schema (see the module docstring)."""
+    import pyarrow as pa
+
+    schema = _schema()
+    parts = []
+    n = len(batch.scalars)
+    if n:
+        s = batch.scalars
+        parts.append(pa.Table.from_arrays([
+            pa.repeat(pa.scalar(run, pa.string()), n),
+            pa.array(s.tags, pa.string()),
+            pa.repeat(pa.scalar(SCALAR, pa.string()), n),
+            pa.array(s.steps, pa.int64()),
+            pa.array(s.wall_times, pa.float64()),
+            pa.array(s.values, pa.float64()),
+            pa.nulls(n, pa.string()),
+        ], schema=schema))
+    rows: list[tuple] = []  # (tag, kind, step, wall_time, summary): the rarer kinds
+    for h in batch.histograms:
+        rows.append((h.tag, HISTOGRAM, h.step, h.wall_time, histogram_summary(h)))
+    for im in batch.images:
+        desc = f"{im.format} {im.width}x{im.height}, {len(im.encoded)} bytes"
+        if im.index:
+            desc += f" #{im.index}"
+        rows.append((im.tag, IMAGE, im.step, im.wall_time, desc))
+    for t in batch.texts:
+        rows.append((t.tag, TEXT, t.step, t.wall_time, _text_summary(t.text)))
+    for hp in batch.hparams:
+        rows.append((HPARAMS_TAG, HPARAMS, hp.step, hp.wall_time,
+                     json.dumps(hp.hparams, sort_keys=True, default=str)))
+    if rows:
+        tags, kinds, steps, walls, summaries = zip(*rows)
+        m = len(rows)
+        parts.append(pa.Table.from_arrays([
+            pa.repeat(pa.scalar(run, pa.string()), m),
+            pa.array(tags, pa.string()),
+            pa.array(kinds, pa.string()),
+            pa.array(steps, pa.int64()),
+            pa.array(walls, pa.float64()),
+            pa.nulls(m, pa.float64()),
+            pa.array(summaries, pa.string()),
+        ], schema=schema))
+    if not parts:
+        return schema.empty_table()
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+class _TableSink:
+    """Streams tables to ``tmp``: Parquet row group by row group, or CSV batch by batch."""
+
+    def __init__(self, fmt: str, tmp: Path):
+        import pyarrow as pa
+
+        self.fmt, self.schema = fmt, _schema()
+        self._pending: list = []
+        self._pending_rows = 0
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            # Dictionary pages only where values repeat: on floats they cost time and save nothing.
+            self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd",
+                                            use_dictionary=["run", "tag", "kind"])
+        else:
+            import pyarrow.csv as pacsv
+
+            self._file = pa.OSFile(str(tmp), "wb")
+            self._writer = pacsv.CSVWriter(self._file, self.schema)
+
+    def write(self, table) -> None:
+        if not table.num_rows:
+            return
+        if self.fmt == "csv":
+            self._writer.write_table(table)
+            return
+        # ParquetWriter makes one row group per call: gather small batches into one.
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=1 << 30)
+            self._pending, self._pending_rows = [], 0
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._flush()
+            self._writer.close()
+        else:
+            self._writer.close()
+            self._file.close()
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            if self.fmt == "csv":
+                self._file.close()
+        except Exception:  # noqa: BLE001 - the temp file is deleted next; its state is moot
+            pass
+
+
+def _check_output(output: str | os.PathLike) -> tuple[Path, str]:
+    out = Path(output)
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{out}: unknown output format '{out.suffix or '(no extension)'}'; "
+                         "name the output *.parquet or *.csv.")
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; give a file name ending in .parquet or .csv.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot create its folder {out.parent} ({e.strerror or e}); "
+                         "choose a writable output path.") from e
+    return out, fmt
+
+
+def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike) -> ExportSummary:
+    """Write every point of every run under ``logdir`` to ``output`` (``.parquet`` or ``.csv``).
+
+    Streams batch by batch (memory stays flat), writes a temporary file beside ``output`` and
+    renames it into place when complete. Damaged files do not stop the export: their intact
+    records are written and the damage is listed in :attr:`ExportSummary.problems`.
+
+    Raises :class:`UsageError` for a missing logdir, a file given instead of a folder, a folder
+    without event files, an unknown output extension or an unwritable output.
+    """
+    from ._fs import _fsync_dir, _unlink_quietly
+
+    started = time.monotonic()
+    discovery, _ = resolve_logdir(logdir)
+    out, fmt = _check_output(output)
+    summary = ExportSummary(output=out, format=fmt, problems=list(discovery.problems))
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        sink = _TableSink(fmt, tmp)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write there ({e.strerror or e}); "
+                         "choose a writable output path.") from e
+    try:
+        for run in discovery.runs:
+            if not run.event_files:
+                continue
+            summary.runs += 1
+            for path in run.event_files:
+                summary.files += 1
+                scan = FileScan(path)
+                for batch in scan.batches():
+                    sink.write(batch_to_table(batch, run.name))
+                    for kind, n in batch.point_counts().items():
+                        summary.points[kind] += n
+                    for name, n in batch.other.items():
+                        summary.other[name] = summary.other.get(name, 0) + n
+                summary.records += scan.records
+                summary.problems.extend(scan.problems())
+        sink.close()
+        with open(tmp, "rb+") as f:  # durable before it takes the output's name
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        sink.abort()
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(out.parent)
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+# -- read_scalars: tbparse drop-in ---------------------------------------------------------------
+
+SCALAR_COLUMNS = ["step", "tag", "value", "wall_time", "run"]
+
+
+def read_scalars(logdir: str | os.PathLike):
+    """Every scalar under ``logdir`` as a DataFrame: a drop-in for tbparse's
+    ``SummaryReader(logdir).scalars``, plus ``wall_time`` and ``run`` columns.
+
+    Same rows, values and order as tbparse: columns ``step`` (int64), ``tag`` (pandas string),
+    ``value`` (float64), then ``wall_time`` (float64, unix s) and ``run`` (run path relative to
+    ``logdir``, ``.`` for the logdir itself; PyTorch's ``add_hparams`` child folder belongs to
+    its parent run); sorted stably by ``tag, step`` with files concatenated in tbparse's
+    depth-first, name-sorted order. ``logdir`` may also be a single event file.
+
+    Where it differs from tbparse, on purpose: TF2 tensor scalars (``tf.summary.scalar``) are
+    scalars here (tbparse lists them under ``.tensors``); no points are dropped after a
+    ``SessionLog.START`` restart (TensorBoard's accumulator purges them); an empty logdir gives
+    an empty frame with the columns above instead of one without columns; damaged files are read
+    up to the damage and each problem is reported with ``warnings.warn`` (file, byte offset).
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    discovery, single = resolve_logdir(logdir, allow_file=True)
+    if single is not None:
+        root, sources = single.parent, [(".", single)]
+        problems: list[str] = []
+    else:
+        root = discovery.logdir
+        sources = [(run.name, p) for run in discovery.runs for p in run.event_files]
+        problems = list(discovery.problems)
+    # tbparse walks sorted os.listdir depth-first: ordering by path components gives that order.
+    sources.sort(key=lambda rp: Path(rp[1]).relative_to(root).parts)
+    tables = []
+    for run, path in sources:
+        scan = FileScan(path)
+        for batch in scan.batches():
+            n = len(batch.scalars)
+            if n:
+                t = batch.scalars.to_arrow()
+                tables.append(t.append_column("run", pa.repeat(pa.scalar(run, pa.string()), n)))
+        problems.extend(scan.problems())
+    for p in problems:
+        warnings.warn(p, RuntimeWarning, stacklevel=2)
+    if tables:
+        df = pa.concat_tables(tables).select(SCALAR_COLUMNS).to_pandas()
+    else:
+        df = pd.DataFrame({"step": pd.Series([], dtype="int64"), "tag": pd.Series([], dtype="str"),
+                           "value": pd.Series([], dtype="float64"),
+                           "wall_time": pd.Series([], dtype="float64"),
+                           "run": pd.Series([], dtype="str")})
+    return df.sort_values(["tag", "step"], kind="stable", ignore_index=True)
