@@ -622,8 +622,10 @@ class SyncEngine:
                         "the file or remove it.")
                 rr.problems.append(note)
             if status.bad_data_crc:
+                where = ", ".join(str(o) for o in status.bad_data_offsets[:10])
                 rr.problems.append(f"{path}: {status.bad_data_crc} record(s) with a bad data CRC "
-                                   "skipped (counted in skipped_records).")
+                                   f"skipped at byte(s) {where} (counted in skipped_records); "
+                                   "the records around them were synced.")
         for slot, fs, old_pending in work:
             if slot.failed:
                 continue  # its last send may have landed: keep pending_end for the next sync

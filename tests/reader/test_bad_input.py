@@ -48,11 +48,6 @@ def test_bad_data_crc_is_counted_in_the_batch_that_covers_it(path, info, read_pa
     assert b.start_offset <= info["record_start"] and info["record_end"] <= b.end_offset
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reader gap (records.py, FramingStatus / iter_records): a skipped bad-data-CRC record is "
-    "only counted (status.bad_data_crc += 1); its byte offset is recorded nowhere, so no "
-    "message can say where the damaged record is (CONVENTIONS: messages say file and byte "
-    "offset). Expected: e.g. a list of skipped record offsets (first N) in FramingStatus"))
 @pytest.mark.parametrize("path,info", _damaged("bad_data_crc"))
 def test_bad_data_crc_status_names_the_record_offset(path, info, read_path):
     _, reader, _ = read_points(path)

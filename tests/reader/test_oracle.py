@@ -50,14 +50,6 @@ def test_small_batches_change_nothing(path, read_path):
 LEGACY_HISTO_FILES = [p for p in INTACT if _oracle(p)["_legacy_histos"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reader bug (events.py, EventFileReader._decode_value, `histo` branch): buckets are "
-    "lefts=[min]+bucket_limit[:-1], rights=bucket_limit[:-1]+[max] over ALL buckets. PyTorch's "
-    "and tensorboardX's default bins ('tensorflow') write an EMPTY first bucket whose limit lies "
-    "below min (e.g. torch_scalars weights/conv1@0: min=-2.732, bucket_limit[0]=-2.879, "
-    "bucket[0]=0), so the reader's first bucket is [-2.732, -2.879): backwards. TensorBoard's "
-    "data_compat._migrate_histogram_value drops empty buckets at both ends first, then uses "
-    "min/max as the outer edges"))
 @pytest.mark.parametrize("path", LEGACY_HISTO_FILES, ids=fixture_id)
 def test_legacy_histo_buckets_equal_tensorboard(path, read_path):
     got, _, _ = read_points(path)
@@ -75,11 +67,10 @@ def test_legacy_histo_fields_exact(path, read_path):
     assert got == _oracle(path)["_legacy_histos"]
 
 
-@pytest.mark.parametrize("path", [p for p in INTACT if p not in LEGACY_HISTO_FILES],
-                         ids=fixture_id)
+@pytest.mark.parametrize("path", INTACT, ids=fixture_id)
 def test_no_bucket_is_backwards(path, read_path):
-    """A histogram bucket spans [left, right): never left > right. (Legacy ``histo`` files are
-    left out: see the xfail above.)"""
+    """A histogram bucket spans [left, right): never left > right (legacy ``histo`` included:
+    empty edge buckets are dropped as TensorBoard's data_compat does)."""
     got, _, _ = read_points(path)
     for tag, step, _, lefts, rights, _ in got["histogram"]:
         for l, r in zip(lefts, rights):

@@ -154,32 +154,8 @@ def test_end_bound_inside_a_record_is_not_yet(read_path):
 
 
 # -- batch size: max_points bounds what one batch holds ------------------------------------
-def _has_tensor_scalars(path) -> bool:
-    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-
-    plugin = {}
-    for ev in LegacyEventFileLoader(str(path)).Load():
-        for v in ev.summary.value:
-            if v.metadata.plugin_data.plugin_name:
-                plugin.setdefault(v.tag, v.metadata.plugin_data.plugin_name)
-            if (v.WhichOneof("value") == "tensor" and v.tensor.dtype != 7  # DT_STRING
-                    and not v.tensor.tensor_shape.dim
-                    and plugin.get(v.tag, "") in ("scalars", "")):
-                return True
-    return False
-
-
-_CAP_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "reader bug (events.py, EventFileReader._decode_tensor): a tensor scalar is appended with "
-    "`batch.scalars.append(...); return 0`, weight 0, so TF2/Keras scalars never count toward "
-    "max_points and a file of tensor scalars comes back as ONE batch however large (e.g. "
-    "tf2_tensor_scalars/tf1_file_writer with max_points=1: 1 batch of 156 scalars); expected "
-    "weight 1 per scalar, like simple_value"))
-
-
 @pytest.mark.parametrize("path", [
-    pytest.param(p, id=fixture_id(p), marks=[_CAP_XFAIL] if _has_tensor_scalars(p) else [])
-    for p in INTACT if p.stat().st_size
+    pytest.param(p, id=fixture_id(p)) for p in INTACT if p.stat().st_size
 ])
 def test_max_points_caps_every_batch(path, read_path):
     """With max_points=1 a batch is sealed after each record that holds a point, so no batch

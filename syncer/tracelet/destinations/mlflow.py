@@ -71,6 +71,11 @@ def mlflow_key(tag: str) -> str:
     return cleaned
 
 
+def wall_ms(wall: float) -> int:
+    """Wall time in ms; a NaN/Inf wall time (a broken writer clock) becomes 0, not a crash."""
+    return int(wall * 1000) if math.isfinite(wall) else 0
+
+
 def _canon(value: float) -> float | str:
     """A value as MLflow stores it, for comparing what landed with what we would send."""
     if math.isnan(value):
@@ -172,7 +177,7 @@ class MlflowDestination(Destination):
                 key = keys.get(tag)
                 if key is None:
                     key = keys[tag] = mlflow_key(tag)
-                metrics.append(Metric(key, value, int(wall * 1000), step))
+                metrics.append(Metric(key, value, wall_ms(wall), step))
             if dedupe:
                 metrics = self._missing(handle, metrics)
             self._log_metrics(run_id, metrics)
@@ -230,7 +235,7 @@ class MlflowDestination(Destination):
         names = table.column("name").to_pylist()
         values = table.column("value").to_pylist()
         metrics = [
-            Metric(mlflow_key(f"system/{n}"), v, int(t * 1000), max(0, int(t - start)) if start else 0)
+            Metric(mlflow_key(f"system/{n}"), v, wall_ms(t), max(0, int(t - start)) if start and math.isfinite(t) else 0)
             for t, n, v in zip(ts, names, values) if v is not None
         ]
         if dedupe:

@@ -37,6 +37,7 @@ enum {
     SCAN_FULL = 3,        /* `room` points appended: the caller seals the batch */
     SCAN_ZERO_HEADER = 4, /* 12 zero bytes where a header should be: a hole, "not yet" */
     SCAN_CORRUPT = 5,     /* bad length CRC at i: nothing after it can be framed */
+    SCAN_BAD_DATA = 6,    /* bad data CRC: record at x skipped (counted), i is past it */
 };
 
 #define HEADER_BYTES 12
@@ -596,9 +597,11 @@ Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
         const uint8_t *data_end = data + length;
         Py_ssize_t next = i + HEADER_BYTES + (Py_ssize_t)length + FOOTER_BYTES;
         if (masked_crc(data, (size_t)length) != load_le32(data_end)) {
-            bad++; /* frame intact, payload not: skip it and go on */
+            bad++; /* frame intact, payload not: skip it; return so Python records where */
+            code = SCAN_BAD_DATA;
+            x = (unsigned long long)i;
             i = next;
-            continue;
+            break;
         }
         Py_ssize_t got = 0;
         int rc = decode_event(self, data, data_end, &cols, &got);
@@ -715,6 +718,7 @@ PyInit__fastscan(void)
         PyModule_AddIntConstant(m, "SCAN_FULL", SCAN_FULL) ||
         PyModule_AddIntConstant(m, "SCAN_ZERO_HEADER", SCAN_ZERO_HEADER) ||
         PyModule_AddIntConstant(m, "SCAN_CORRUPT", SCAN_CORRUPT) ||
+        PyModule_AddIntConstant(m, "SCAN_BAD_DATA", SCAN_BAD_DATA) ||
         PyModule_AddIntConstant(m, "CRC_HARDWARE", crc_is_hardware)) {
         Py_DECREF(m);
         return NULL;

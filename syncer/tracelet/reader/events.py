@@ -24,7 +24,7 @@ from tensorboard.compat.proto import event_pb2
 
 from .points import Batch, HistogramPoint, HParamsPoint, ImagePoint, TextPoint
 from .records import (FOOTER_BYTES, HEADER_BYTES, LENGTH_CRC_MISMATCH, FramingStatus, _refill,
-                      iter_records)
+                      iter_records, note_bad_data)
 
 try:  # built by setup.py where a C compiler exists; optional, same results, tens of times faster
     from . import _fastscan
@@ -219,6 +219,9 @@ class EventFileReader:
                 continue
             elif code == _fastscan.SCAN_ZERO_HEADER:
                 break  # hole not yet filled in by the FS: "not yet"
+            elif code == _fastscan.SCAN_BAD_DATA:
+                note_bad_data(status, pos + x, counted=True)  # C counted it in n_bad
+                continue
             elif code == _fastscan.SCAN_CORRUPT:
                 status.corrupt_offset = pos + i
                 status.corrupt_reason = LENGTH_CRC_MISMATCH
@@ -283,14 +286,21 @@ class EventFileReader:
         if kind == "tensor":
             return self._decode_tensor(v, tag, plugin, step, wall, batch)
         if kind == "histo":
+            # TensorBoard's own migration (data_compat): drop empty buckets at both ends, then
+            # min/max are the outer edges. PyTorch/tensorboardX write an empty first bucket
+            # whose limit lies below min; kept, it would make a backwards bucket.
             h = v.histo
-            limits = list(h.bucket_limit)
-            counts = tuple(h.bucket)
-            if limits:
-                lefts = tuple([h.min] + limits[:-1])
-                rights = tuple(limits[:-1] + [h.max])
+            all_counts = list(h.bucket)
+            n = len(all_counts)
+            first = next((i for i in range(n) if all_counts[i] > 0), n)
+            last = next((i for i in reversed(range(n)) if all_counts[i] > 0), -1)
+            if first > last:
+                lefts = rights = counts = ()
             else:
-                lefts = rights = ()
+                inner = list(h.bucket_limit[first:last])
+                lefts = tuple([h.min] + inner)
+                rights = tuple(inner + [h.max])
+                counts = tuple(all_counts[first : last + 1])
             batch.histograms.append(
                 HistogramPoint(tag, step, wall, lefts, rights, counts, h.min, h.max, h.num,
                                h.sum, h.sum_squares)
@@ -317,7 +327,7 @@ class EventFileReader:
             return 0
         if plugin in ("scalars", "") and arr.dtype != object and arr.size == 1:
             batch.scalars.append(tag, step, wall, float(arr.reshape(-1)[0]))
-            return 0
+            return 1
         if plugin in ("histograms", "") and arr.dtype != object and arr.ndim == 2 and arr.shape[1] == 3:
             a = arr.astype(np.float64)
             batch.histograms.append(

@@ -16,7 +16,7 @@ Outcomes at a position, and why each is handled the way it is:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from crc32c import crc32c
@@ -25,6 +25,7 @@ HEADER_BYTES = 12  # u64 length + u32 length crc
 FOOTER_BYTES = 4  # u32 data crc
 _CHUNK_BYTES = 8 << 20  # read granularity: large enough that syscalls vanish from profiles
 _MASK_DELTA = 0xA282EAD8
+MAX_NOTED = 100  # bad-record offsets kept per read: enough to locate damage, bounded memory
 _U64_U32 = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
 LENGTH_CRC_MISMATCH = "record length CRC mismatch (not a TFRecord frame)"
@@ -49,6 +50,7 @@ class FramingStatus:
 
     offset: int = 0  # next unread byte: resume here
     bad_data_crc: int = 0  # records skipped because their payload CRC did not match
+    bad_data_offsets: list[int] = field(default_factory=list)  # where (first MAX_NOTED of them)
     corrupt_offset: int | None = None  # bad length CRC here; nothing after it was read
     corrupt_reason: str = ""
     pending_bytes: int = 0  # bytes after `offset` that do not form a whole record yet
@@ -98,12 +100,20 @@ def iter_records(
         data = buf[data_start:data_end]
         i = data_end + FOOTER_BYTES
         if masked_crc32c(data) != unpack_u32(buf, data_end)[0]:
-            status.bad_data_crc += 1
+            note_bad_data(status, pos + data_start - HEADER_BYTES)
             status.offset = pos + i
             continue
         status.offset = pos + i
         yield status.offset, data
     status.pending_bytes = max(0, end - status.offset) if status.corrupt_offset is None else 0
+
+
+def note_bad_data(status: FramingStatus, record_offset: int, counted: bool = False) -> None:
+    """Count a record skipped for its data CRC and remember where it starts."""
+    if not counted:
+        status.bad_data_crc += 1
+    if len(status.bad_data_offsets) < MAX_NOTED:
+        status.bad_data_offsets.append(record_offset)
 
 
 def _refill(f: BinaryIO, buf: bytes, pos: int, i: int, end: int, need: int):
