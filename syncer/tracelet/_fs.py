@@ -106,8 +106,9 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
                     "Wait for it to finish, or give each sync its own --shard."
                 ) from e
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        # Who holds it, for the "locked" message. Fixed width, no ftruncate: truncating costs a
+        # metadata write per run, which dominated a no-op pass over 1000 runs.
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}"[:120].ljust(120).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lockf lock

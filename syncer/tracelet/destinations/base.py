@@ -34,11 +34,12 @@ import abc
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..reader.points import HISTOGRAM, HPARAMS, IMAGE, SCALAR, TEXT, Batch
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
