@@ -1,0 +1,343 @@
+"""ClearML specifics: tag → title/series, monitor titles, one session per resync holding only new
+points, the upload instructions against the files produced, repeats and non-finite values."""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from harness_clearml import ClearmlOfflineHarness, offline_sessions
+from sources import T0, SourceTruth, _event, _header, build_conformance_logdir, write_simple_run
+from tensorboard.compat.proto import summary_pb2
+from test_conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.destinations.clearml import (_Copies, clearml_key, plan_offline_import,
+                                           series_name, split_tag, system_series)
+
+
+@pytest.fixture
+def cml(tmp_path, monkeypatch):
+    h = ClearmlOfflineHarness()
+    h.config = h.setup(tmp_path, monkeypatch)
+    return h
+
+
+def events_of(session) -> list[dict]:
+    return [e for line in session.lines() for e in json.loads(line)]
+
+
+def scalar_series(session) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for e in events_of(session):
+        if e["type"] == "training_stats_scalar":
+            out.setdefault((e["metric"], e["variant"]), []).append((e["iter"], e["value"]))
+    return out
+
+
+def write_values(path: Path, run: str, truth: SourceTruth, points, name: str,
+                 append: bool = False) -> None:
+    """(tag, step, value, wall) events into one file (raw protos: any value, any step order)."""
+    path.mkdir(parents=True, exist_ok=True)
+    chunks = [] if append else [_header()]
+    for tag, step, value, wall in points:
+        chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=value)]))
+        truth.add(run, tag, step, float(np.float32(value)), wall)
+    with open(path / name, "ab" if append else "wb") as f:
+        f.write(b"".join(chunks))
+
+
+# -- names -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tag, title, series", [
+    ("Loss/Train/CrossEntropy", "Loss/Train", "CrossEntropy"),
+    ("loss", "loss", "loss"),
+    ("Accuracy/val", "Accuracy", "val"),
+    ("a//b/./c", "a//b/.", "c"),
+    ("trailing/", "trailing/", "trailing/"),
+    ("/leading", "/leading", "/leading"),
+    ("ünïcode/损失", "ünïcode", "损失"),
+])
+def test_tag_to_title_series(tag, title, series):
+    assert split_tag(tag) == (title, series)
+    assert clearml_key(tag) == (title if title == series else f"{title}/{series}")
+
+
+def test_titles_and_series_in_the_session(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["Loss/Train/CrossEntropy", "loss", "lr/"],
+                     list(range(5)))
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    (session,) = cml.sessions("p", "r")
+    got = scalar_series(session)
+    assert set(got) == {("Loss/Train", "CrossEntropy"), ("loss", "loss"), ("lr/", "lr/")}
+    assert all(len(v) == 5 for v in got.values())
+    assert_exactly_once(cml, truth, project_fn("p"))
+
+
+def test_wall_time_is_the_event_timestamp(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["x"], list(range(10)), seed=3)
+    sync_once(logdir, cml, "p")
+    (session,) = cml.sessions("p", "r")
+    stamps = sorted((e["iter"], e["timestamp"]) for e in events_of(session))
+    assert stamps == [(s, int(w * 1000)) for s, _, w in truth.scalars[("r", "x")]]
+
+
+# -- repeats and values ClearML cannot hold ------------------------------------------------------
+def test_repeated_steps_and_non_finite_values(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_values(logdir / "r", "r", truth, [("m/x", s, float(s), T0 + s) for s in range(5)],
+                 "events.out.tfevents.1.h.1.0")
+    # a restart: steps 0..2 again, and values Elasticsearch's float field rejects
+    write_values(logdir / "r", "r", truth,
+                 [("m/x", 0, 10.0, T0 + 10), ("m/x", 1, float("nan"), T0 + 11),
+                  ("m/x", 2, float("inf"), T0 + 12), ("m/x", 9, float("-inf"), T0 + 13)],
+                 "events.out.tfevents.2.h.1.0")
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    (session,) = cml.sessions("p", "r")
+    got = scalar_series(session)
+    assert sorted(got[("m", "x")]) == [(s, float(s)) for s in range(5)]
+    assert got[("m", "x #2")] == [(0, 10.0)]
+    assert got[("m", "x (nan) #2")] == [(1, 0.0)]
+    assert got[("m", "x (+inf) #2")] == [(2, 0.0)]
+    assert got[("m", "x (-inf)")] == [(9, 0.0)]
+    for e in events_of(session):
+        assert np.isfinite(e["value"]) and abs(e["value"]) <= 3.4028234663852886e38
+    assert_exactly_once(cml, truth, project_fn("p"))
+
+
+def test_copy_numbers_are_unique_and_a_function_of_the_source_order():
+    rng = random.Random(7)
+    for trial in range(200):
+        steps = [rng.choice([rng.randrange(50), rng.randrange(10), 10**12]) for _ in range(60)]
+        state: dict = {}
+        c = _Copies(state)
+        first = []
+        for s in steps:
+            first.append(c.take("k", s))
+        c.commit()
+        assert len({(s, k) for s, k in zip(steps, first)}) == len(steps)
+        # the same source replayed in batches, committing in between: same copy numbers
+        state2: dict = {}
+        again, i = [], 0
+        while i < len(steps):
+            n = rng.randrange(1, 9)
+            c2 = _Copies(state2)
+            got = [c2.take("k", s) for s in steps[i:i + n]]
+            if rng.random() < 0.3:  # a failed send: nothing committed, the batch comes again
+                continue
+            c2.commit()
+            again += got
+            i += n
+        assert again == first
+    assert series_name("x", 1) == "x" and series_name("x", 3, "nan") == "x (nan) #3"
+
+
+# -- system metrics -----------------------------------------------------------------------------
+def test_system_metrics_use_clearmls_monitor_titles(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    run = logdir / "p" / "rec"
+    write_simple_run(run, "p/rec", truth, ["loss"], [0, 1])
+    (run / "tracelet.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": "rid-rec", "project": "p", "status": "running",
+        "started_at": T0}))
+    (run / "sysmetrics").mkdir()
+    names = ["cpu/utilization_percent", "memory/used_bytes", "gpu/0/utilization_percent",
+             "gpu/0/memory_used_bytes", "gpu/0/power_watts", "process/rss_bytes"]
+    values = [50.0, 2.0 * 2**30, 90.0, 3.0 * 2**30, 250.0, 1024.0]
+    pq.write_table(pa.table({"timestamp": [T0 + 12.5] * 6, "name": names, "value": values}),
+                   run / "sysmetrics" / "part-000001.parquet")
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    (session,) = cml.sessions("p", "p/rec")
+    got = {(e["metric"], e["variant"]): (e["iter"], e["value"]) for e in events_of(session)
+           if e["metric"].startswith(":monitor:")}
+    assert got == {
+        (":monitor:machine", "cpu_usage"): (12, 50.0),
+        (":monitor:machine", "memory_used_gb"): (12, 2.0),
+        (":monitor:gpu", "gpu_0_utilization"): (12, 90.0),
+        (":monitor:gpu", "gpu_0_mem_used_gb"): (12, 3.0),
+        (":monitor:gpu", "gpu_0_power_draw"): (12, 250.0),
+        (":monitor:machine", "process_rss_bytes"): (12, 1024.0),
+    }
+    assert system_series("network/sent_bytes") == (":monitor:machine", "network_tx_mb_total",
+                                                   1 / 2**20)
+    assert cml.read_back("p", "p/rec").status == "running"
+
+
+# -- sessions per resync ------------------------------------------------------------------------
+def test_each_resync_adds_a_session_holding_only_new_points(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["a/b"], list(range(20)))
+    sync_once(logdir, cml, "p")
+    write_simple_run(logdir / "r", "r", truth, ["a/b"], list(range(20, 30)), seed=1, append=True)
+    sync_once(logdir, cml, "p")
+    s1, s2 = cml.sessions("p", "r")
+    assert [it for it, _ in scalar_series(s1)[("a", "b")]] == list(range(20))
+    assert [it for it, _ in scalar_series(s2)[("a", "b")]] == list(range(20, 30))
+    assert s1.doc["id"] < s2.doc["id"] and s1.doc["id"][:28] == s2.doc["id"][:28]
+
+    # nothing new: no session; a lost state dir with nothing new: no session either
+    sync_once(logdir, cml, "p")
+    shutil.rmtree(logdir / ".tracelet")
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    assert len(cml.sessions("p", "r")) == 2
+    # lost state dir and new points: the new session holds exactly the new points
+    shutil.rmtree(logdir / ".tracelet")
+    write_simple_run(logdir / "r", "r", truth, ["a/b"], list(range(30, 35)), seed=2, append=True)
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    s3 = cml.sessions("p", "r")[2]
+    assert [it for it, _ in scalar_series(s3)[("a", "b")]] == list(range(30, 35))
+    assert set(s3.doc.get("hyperparams", {})) == {"tracelet"}  # nothing re-recorded
+    assert_exactly_once(cml, truth, project_fn("p"))
+
+
+def test_killed_sync_leaves_a_session_the_next_sync_continues(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(600)))
+    env = dict(os.environ, **cml.env(), TRACELET_BATCH_POINTS="100", TRACELET_CRASH_AT="after_send:3")
+    proc = subprocess.run([sys.executable, "-m", "tracelet.cli", "sync", str(logdir), "--to",
+                           "clearml", "--project", "p", "--clearml-offline"], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    (folder,) = [p for p in cml.offline.iterdir() if p.is_dir()]
+    assert not folder.with_name(folder.name + ".zip").exists()  # unfinished
+    (run,) = plan_offline_import(cml.offline)  # the helper imports it as a folder, unmarked
+    assert run["sessions"] == [{"path": str(folder), "seq": 1, "finished": False,
+                                "status": None, "imported_as": None}]
+    # a kill in the middle of a line: ClearML's importer would fail on it (and re-send)
+    with open(folder / "metrics.jsonl", "ab") as f:
+        f.write(b'[{"timestamp": 1, "type": "training_stats_scal')
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    (session,) = cml.sessions("p", "r")
+    assert session.folder == folder and folder.with_name(folder.name + ".zip").exists()
+    assert all(line.endswith(b"]") for line in session.lines())
+    assert len(events_of(session)) == 600  # the re-sent batch was not written twice
+    assert_exactly_once(cml, truth, project_fn("p"))
+
+
+def test_changed_offline_folder_is_refused(cml, tmp_path, monkeypatch):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["x"], list(range(3)))
+    sync_once(logdir, cml, "p")
+    write_simple_run(logdir / "r", "r", truth, ["x"], [3], append=True)
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "elsewhere"))
+    report = sync_once(logdir, cml, "p")
+    assert report.exit_code == 1
+    assert "offline folder is now" in report.runs[0].destinations["clearml"].error
+
+
+# -- the upload instructions against the files ---------------------------------------------------
+def test_upload_instructions_match_the_files(cml, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = build_conformance_logdir(logdir, "p")
+    sync_once(logdir, cml, "p")
+    write_simple_run(logdir / "torch" / "resnet", "torch/resnet", truth, ["Loss/train"], [400],
+                     seed=5, append=True)
+    sync_once(logdir, cml, "p")
+
+    plan = plan_offline_import(cml.offline)
+    assert sorted(r["task_name"] for r in plan) == truth.runs()
+    for run in plan:
+        assert all(s["finished"] for s in run["sessions"])
+        zips = [Path(s["path"]) for s in run["sessions"]]
+        # the documented loop: sorted(glob("offline-<20 hex of the run>*.zip"))
+        assert zips == sorted(cml.offline.glob(f"offline-{run['run_hash']}*.zip"))
+        assert [s["seq"] for s in run["sessions"]] == list(range(1, len(zips) + 1))
+        for z in zips:
+            folder = z.with_suffix("")
+            with zipfile.ZipFile(z) as zf:
+                names = set(zf.namelist())
+                # the zip is the finished folder, file for file
+                assert names == {p.relative_to(folder).as_posix()
+                                 for p in folder.rglob("*") if p.is_file()}
+                doc = json.loads(zf.read("task.json"))
+                assert doc["id"] == folder.name and doc["name"] == run["task_name"]
+                assert doc["project_name"] == "p" and doc["offline_folder"] == str(folder)
+                lines = zf.read("metrics.jsonl").splitlines() if "metrics.jsonl" in names else []
+                for line in lines:
+                    for ev in json.loads(line):
+                        assert ev["task"] == doc["id"]  # kept by only_with_id=export_data["id"]
+                        if ev.get("key"):  # debug sample: uploaded from data/<key>
+                            assert "data/" + ev["key"] in names
+                for a in (doc.get("execution") or {}).get("artifacts") or []:
+                    rel = a["uri"].replace(doc["offline_folder"] + "/data/", "", 1)
+                    assert "data/" + rel in names  # import_offline_session's artifact fix
+    assert {len(r["sessions"]) for r in plan if r["task_name"] == "torch/resnet"} == {2}
+
+    # ClearML's importer still takes what the instructions use
+    from clearml import Task
+
+    params = inspect.signature(Task.import_offline_session).parameters
+    assert {"session_folder_zip", "previous_task_id"} <= set(params)
+
+    # the helper's dry run prints the same plan
+    env = dict(os.environ, **cml.env())
+    out = subprocess.run([sys.executable, "-m", "tracelet.destinations.clearml", "import",
+                          "--dry-run", str(cml.offline)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == json.loads(json.dumps(plan))
+    assert_exactly_once(cml, truth, project_fn("p"))
+
+
+def test_import_tracelet_does_not_import_clearml():
+    code = ("import sys, tracelet, tracelet.destinations.clearml, tracelet.engine; "
+            "print('clearml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+class _RecordingSession:
+    """Stands in for the HTTP session ONLY, to run ClearML's own offline-import reader
+    (``Metrics.report_offline_session``) over our files and see what it would send."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+
+    def send(self, req):
+        self.sent.extend(req.requests)
+
+
+def test_clearmls_own_import_reader_sends_every_event(cml, tmp_path):
+    from types import SimpleNamespace
+
+    from clearml.backend_api.services import events as api_events
+    from clearml.backend_interface.metrics import Metrics
+
+    logdir = tmp_path / "logs"
+    build_conformance_logdir(logdir, "p")
+    sync_once(logdir, cml, "p")
+    remote = tmp_path / "files-server"
+    models = {"training_stats_scalar": api_events.MetricsScalarEvent,
+              "training_debug_image": api_events.MetricsImageEvent,
+              "plot": api_events.MetricsPlotEvent}
+    for s in offline_sessions(cml.offline):
+        rec = _RecordingSession()
+        task = SimpleNamespace(id="a" * 32, session=rec,
+                               _get_default_report_storage_uri=lambda: remote.as_uri())
+        assert Metrics.report_offline_session(task, str(s.folder), only_with_id=s.doc["id"],
+                                              session=rec, remote_url=str(remote))
+        ours = events_of(s)
+        assert len(rec.sent) == len(ours) > 0
+        for r in rec.sent:
+            assert r["task"] == "a" * 32
+            fields = {k: v for k, v in r.items() if k not in ("type", "method")}
+            models[r["type"]](**fields)  # ClearML's own event model accepts it
+            if r.get("key"):  # the debug sample was uploaded where the event points
+                assert f".{'a' * 32}/" in r["key"] and Path(r["url"]).is_file()
