@@ -1,0 +1,135 @@
+"""The ``config`` dict of :func:`tracelet.start_logging`, parsed once into :class:`RecorderConfig`.
+
+Unknown keys are reported with a warning (a typo such as ``metric_interval`` would otherwise be
+silently ignored); bad values raise :class:`~tracelet.errors.UsageError` before anything is
+written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import UsageError
+
+log = logging.getLogger("tracelet.recorder")
+
+DEFAULT_LOGDIR = "tracelet_runs"
+DEFAULT_PROJECT = "default"
+LOGDIR_ENV = "TRACELET_LOGDIR"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size_bytes(value: int | float | str | None, key: str) -> int | None:
+    """``"512KB"``, ``"2MB"``, ``"1.5 MiB"``, ``1048576`` -> bytes (K/M/G are powers of 1024)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise UsageError(f"config[{key!r}]={value!r}: expected a size such as '512KB' or bytes.")
+    if isinstance(value, (int, float)):
+        size = int(value)
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            raise UsageError(
+                f"config[{key!r}]={value!r}: expected a size such as '512KB', '2MB' or an int of bytes."
+            )
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()[:1]])
+    if size <= 0:
+        raise UsageError(f"config[{key!r}]={value!r}: must be positive.")
+    return size
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """Every option of :func:`tracelet.start_logging`'s ``config``, with its default."""
+
+    logdir: str | None = None  # else $TRACELET_LOGDIR, else ./tracelet_runs
+    track_system: bool = True
+    metrics_interval: float = 10.0  # s between system-metric samples
+    metrics_flush_interval: float = 60.0  # s: a part is written once its oldest sample is this old
+    metrics_part_samples: int = 60  # ... or once it holds this many samples
+    track_git: bool = True
+    git_diff_max_bytes: int = 1 << 20  # larger diffs are cut (and marked) in git_diff.patch
+    track_env: bool = True
+    track_tensorboard: bool = True
+    track_lightning: bool = True
+    flush_interval: float = 2.0  # s: event files reach the OS at least this often
+    max_image_size: int | None = None  # bytes of one encoded image; None: no limit
+    redact_secrets: bool | list[str] = True
+    secret_patterns: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    sync: str | None = None  # "live": push to the backends from a background thread
+    sync_interval: float = 30.0
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | None) -> "RecorderConfig":
+        config = dict(config or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            log.warning("tracelet: ignoring unknown config keys %s (known: %s)", unknown, sorted(known))
+        kw = {k: v for k, v in config.items() if k in known}
+        for key in ("metrics_interval", "metrics_flush_interval", "flush_interval", "sync_interval"):
+            if key in kw:
+                try:
+                    kw[key] = float(kw[key])
+                except (TypeError, ValueError):
+                    raise UsageError(f"config[{key!r}]={kw[key]!r}: expected seconds (a number).") from None
+                if not kw[key] > 0:
+                    raise UsageError(f"config[{key!r}]={kw[key]!r}: must be > 0 seconds.")
+        if "metrics_part_samples" in kw:
+            kw["metrics_part_samples"] = int(kw["metrics_part_samples"])
+            if kw["metrics_part_samples"] < 1:
+                raise UsageError("config['metrics_part_samples'] must be >= 1.")
+        if "max_image_size" in kw:
+            kw["max_image_size"] = parse_size_bytes(kw["max_image_size"], "max_image_size")
+        if "git_diff_max_bytes" in kw:
+            kw["git_diff_max_bytes"] = parse_size_bytes(kw["git_diff_max_bytes"], "git_diff_max_bytes")
+        if "secret_patterns" in kw:
+            pats = kw["secret_patterns"]
+            kw["secret_patterns"] = (pats,) if isinstance(pats, str) else tuple(pats or ())
+        if isinstance(kw.get("redact_secrets"), (list, tuple)):
+            kw["redact_secrets"] = list(kw["redact_secrets"])
+        elif "redact_secrets" in kw:
+            kw["redact_secrets"] = bool(kw["redact_secrets"])
+        if "tags" in kw:
+            kw["tags"] = normalize_tags(kw["tags"])
+        if kw.get("sync") not in (None, "live", "off", False):
+            raise UsageError(f"config['sync']={kw['sync']!r}: expected 'live' or None.")
+        if kw.get("sync") in ("off", False):
+            kw["sync"] = None
+        return cls(**kw)
+
+    def resolve_logdir(self) -> Path:
+        # absolute: the writer reopens files by name, and training code may chdir later
+        return Path(self.logdir or os.environ.get(LOGDIR_ENV) or DEFAULT_LOGDIR).absolute()
+
+
+def normalize_tags(tags: Any) -> dict[str, str]:
+    """Tags are string -> string; a list of names becomes ``{name: ""}``."""
+    if tags is None:
+        return {}
+    if isinstance(tags, Mapping):
+        return {str(k): "" if v is None else str(v) for k, v in tags.items()}
+    if isinstance(tags, str):
+        return {tags: ""}
+    return {str(t): "" for t in tags}
+
+
+def normalize_backends(backend: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"mlflow"``, ``"mlflow,wandb"`` or ``["mlflow", "wandb"]`` -> ``["mlflow", "wandb"]``."""
+    if backend is None:
+        return []
+    items = backend.split(",") if isinstance(backend, str) else list(backend)
+    out: list[str] = []
+    for b in items:
+        name = str(b).strip().lower()
+        if name and name not in out:
+            out.append(name)
+    return out
