@@ -293,9 +293,8 @@ class RunWriter:
 
     def add_histogram(self, tag: str, values: Any, global_step: Any = None, bins: Any = 64,
                       walltime: float | None = None, **_ignored: Any) -> None:
-        if not isinstance(bins, int) and bins not in ("auto", "fd", "doane", "scott", "stone", "rice",
-                                                      "sturges", "sqrt"):
-            bins = 64  # PyTorch's 'tensorflow' bucketing has no numpy equivalent
+        if bins == "tensorflow" or not isinstance(bins, (int, str)):
+            bins = 64  # PyTorch's default bucketing has no numpy equivalent
         value = histogram_pb(tag, values, bins)
         if value is None:
             log.warning("tracelet: histogram %r has no finite values; skipped", tag)
