@@ -164,8 +164,9 @@ class ClearmlOfflineHarness(Harness):
     def read_back(self, project: str, run_path: str) -> ReadBack:
         rb = ReadBack()
         sessions = self.sessions(project, run_path)
-        # One task per run: the documented import chains a run's sessions into one task.
-        rb.runs_found = len({s.run_id for s in sessions})
+        # One task per run: the documented import chains the sessions sharing an id prefix
+        # ("offline-<20 hex of the run>") into one task; they must also share one run id.
+        rb.runs_found = max(len({s.name[:28] for s in sessions}), len({s.run_id for s in sessions}))
         params: dict[str, str] = {}
         artifacts: set[str] = set()
         status = None

@@ -182,7 +182,11 @@ def test_each_resync_adds_a_session_holding_only_new_points(cml, tmp_path):
     logdir = tmp_path / "logs"
     truth = SourceTruth()
     write_simple_run(logdir / "r", "r", truth, ["a/b"], list(range(20)))
+    (logdir / "r" / "tracelet.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": "rid-r", "project": "p", "status": "running",
+        "params": {"lr": 0.1}}))
     sync_once(logdir, cml, "p")
+    assert cml.read_back("p", "r").params == {"lr": "0.1"}
     write_simple_run(logdir / "r", "r", truth, ["a/b"], list(range(20, 30)), seed=1, append=True)
     sync_once(logdir, cml, "p")
     s1, s2 = cml.sessions("p", "r")
@@ -201,7 +205,9 @@ def test_each_resync_adds_a_session_holding_only_new_points(cml, tmp_path):
     assert sync_once(logdir, cml, "p").exit_code == 0
     s3 = cml.sessions("p", "r")[2]
     assert [it for it, _ in scalar_series(s3)[("a", "b")]] == list(range(30, 35))
-    assert set(s3.doc.get("hyperparams", {})) == {"tracelet"}  # nothing re-recorded
+    # params and status already recorded are not recorded again
+    assert set(s3.doc.get("hyperparams", {})) == {"tracelet"} and not s3.doc.get("status")
+    assert cml.read_back("p", "r").status == "running"
     assert_exactly_once(cml, truth, project_fn("p"))
 
 
