@@ -16,12 +16,12 @@ sig="$want $(cat pyproject.toml setup.py syncer/tracelet/reader/_fastscan.c 2>/d
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ]; then
   echo "tracelet: installing .[$want] into .venv (first run takes about a minute)" >&2
   python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-  python -m pip install -q --disable-pip-version-check -e ".[$want]"
   if [[ "$want" == *test* ]]; then
     # The CPU build of PyTorch that lies on this machine's disk; tests use it as a real writer.
-    # Pinned: an unpinned torch would pull a multi-GB CUDA build.
-    python -m pip install -q --disable-pip-version-check "torch==2.13.0" \
-      || echo "tracelet: torch==2.13.0 not installable here; PyTorch-writer tests will report as skipped" >&2
+    # Pinned and installed FIRST: lightning (a test extra) would otherwise pull a multi-GB CUDA
+    # build of torch.
+    python -m pip install -q --disable-pip-version-check "torch==2.13.0"
   fi
+  python -m pip install -q --disable-pip-version-check -e ".[$want]"
   echo "$sig" > "$stamp"
 fi

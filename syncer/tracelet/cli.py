@@ -178,8 +178,12 @@ def inspect(path, as_json):
 @click.option("--logdir", default=None, help="Logdir (default TRACELET_LOGDIR or ./tracelet_runs).")
 @click.option("--project", default=None, help="Project folder (default 'default').")
 @click.option("--name", default=None, help="Run name (default: the command's name + time).")
+@click.option("--metrics-interval", default=None, type=float,
+              help="Seconds between system-metric samples (default 10).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="A tag for the manifest; repeatable.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def record(logdir, project, name, command):
+def record(logdir, project, name, metrics_interval, tags, command):
     """Run COMMAND with system metrics and a manifest recorded beside its event files.
 
     The command sees TRACELET_RUN_DIR (write event files there). Exit status passes through.
@@ -191,7 +195,16 @@ def record(logdir, project, name, command):
     from .recorder.record import run_recorded
 
     try:
-        code = run_recorded(list(command), logdir=logdir, project=project, name=name)
+        config: dict = {}
+        if metrics_interval is not None:
+            config["metrics_interval"] = metrics_interval
+        if tags:
+            bad = [t for t in tags if "=" not in t]
+            if bad:
+                raise UsageError(f"--tag {bad[0]!r}: expected KEY=VALUE")
+            config["tags"] = dict(t.split("=", 1) for t in tags)
+        code = run_recorded(list(command), logdir=logdir, project=project, name=name,
+                            config=config or None)
     except TraceletError as e:
         _fail(e)
     sys.exit(code)

@@ -36,6 +36,7 @@ from .destinations.base import Destination, RunHandle, RunRef
 from .errors import (DestinationError, FileReplacedError, LockedError, SourceError, StateError,
                      TraceletError, UsageError)
 from .manifest import load_manifest
+from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
 from .reader.points import HPARAMS, Batch
 from .retry import call_with_retry
@@ -196,18 +197,6 @@ def state_dir_for(logdir: Path, explicit: str | None) -> Path:
     # One explicit state dir may serve many logdirs: keep each logdir's checkpoints apart.
     resolved = logdir.resolve()
     return Path(explicit) / f"{resolved.name or 'root'}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
-
-
-def flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            key = f"{prefix}/{k}" if prefix else str(k)
-            if isinstance(v, dict):
-                out.update(flatten_params(v, key))
-            else:
-                out[key] = v
-    return out
 
 
 def param_text(v: Any) -> str:

@@ -19,12 +19,13 @@ import re
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from ..params import SEPARATOR, flatten_params  # noqa: F401  (re-exported)
+
 REDACTED = "***REDACTED***"
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     "password", "passwd", "secret", "token", "api_key", "apikey", "api-key", "credential",
     "private_key", "private-key",
 )
-SEPARATOR = "/"
 
 # scheme://userinfo@host...  (userinfo may hold user:password or a bare token)
 _URL_WITH_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/\s@]+)@")
@@ -40,18 +41,6 @@ def compile_secret_matcher(redact_secrets: bool | list[str] = True,
     if not patterns:
         return None
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"opt": {"lr": 0.1}}`` -> ``{"opt/lr": 0.1}`` (keys stringified, order kept)."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        path = f"{prefix}{SEPARATOR}{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_params(value, path))
-        else:
-            flat[path] = value
-    return flat
 
 
 def redact_params(flat: Mapping[str, Any], matcher: re.Pattern | None) -> dict[str, Any]:

@@ -1,0 +1,18 @@
+"""Params: the one flattening rule shared by the recorder (manifest, hparams) and the sync engine."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+SEPARATOR = "/"  # nested keys: {"opt": {"lr": 0.1}} -> "opt/lr" (MLflow, W&B, ClearML accept "/")
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"opt": {"lr": 0.1}}`` -> ``{"opt/lr": 0.1}`` (keys stringified, order kept)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        path = f"{prefix}{SEPARATOR}{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, path))
+        else:
+            flat[path] = value
+    return flat
