@@ -215,7 +215,8 @@ def test_killed_sync_leaves_a_session_the_next_sync_continues(cml, tmp_path):
     logdir = tmp_path / "logs"
     truth = SourceTruth()
     write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(600)))
-    env = dict(os.environ, **cml.env(), TRACELET_BATCH_POINTS="100", TRACELET_CRASH_AT="after_send:3")
+    env = dict(os.environ, **cml.env(), TRACELET_BATCH_POINTS="100",
+               TRACELET_CRASH_AT="after_send:3")
     proc = subprocess.run([sys.executable, "-m", "tracelet.cli", "sync", str(logdir), "--to",
                            "clearml", "--project", "p", "--clearml-offline"], env=env,
                           capture_output=True, timeout=300)

@@ -110,14 +110,14 @@ copy ``<cache>/offline`` there first if the sync ran elsewhere)::
 
 For each run it imports the sessions in name order with ClearML's own
 ``Task.import_offline_session``: the first creates the task, each later one continues it
-(``previous_task_id`` = the id the first returned). That ClearML call, for a continued
-session, also (1) creates an empty draft task with the same name, (2) replaces the task's
-artifact list with the session's, (3) marks the task completed; the helper deletes (1),
-re-registers the artifacts (2) drops and applies the status the sessions recorded (3). A
+(``previous_task_id`` = the id the first returned). That ClearML call (1) creates, for a
+continued session, an empty draft task with the same name, (2) replaces the task's artifact
+list with the session's, (3) always marks the task completed; the helper deletes (1),
+re-registers the artifacts (2) dropped and applies the status the sessions recorded (3). A
 finished session gets ``<zip>.imported`` (holding the task id) and is never imported again; an
 unfinished folder is imported as is and again once finished — harmless, every event replaces
 itself. With the markers gone the task is found on the server by ``tracelet/run_id``. Plain
-ClearML, with caveats (1)-(3)::
+ClearML works too, with caveats (1)-(3), and it sees a session only once it has its zip::
 
     from pathlib import Path
     from clearml import Task
@@ -125,13 +125,14 @@ ClearML, with caveats (1)-(3)::
     for z in sorted(Path(OFFLINE_DIR).glob("offline-<20 hex of the run>*.zip")):
         task_id = Task.import_offline_session(str(z), previous_task_id=task_id)
 
-Limits: after a lost state dir, occurrence numbers are recomputed by replaying the source
-from its start; if two event files of one run grew during the same syncs AND repeat the same
+Limits: after a lost state dir, occurrence numbers are recomputed by replaying the source from
+its start; if two event files of one run grew during the same syncs AND repeat the same
 (tag, step), the replay order differs from the original one and those points may trade their
-``#n`` series (each is still there once). The helper's server side (import, draft deletion, status) is written against clearml
-2.1 and has not been run against a live server here (none is reachable); the session files
-it reads are tested. A run's offline folder must not change between syncs (the checkpoint key
-of the offline target does not include it: the destination refuses such a resync).
+``#n`` series (each is still there once). The helper's server side (import, draft deletion,
+status) and the online mode are written against clearml 2.1 but have not run against a live
+server here (none is reachable); the session files, and ClearML's own offline reader over
+them, are tested. A run's offline folder must not change between syncs: the offline target's
+checkpoint key does not include it, so the destination refuses such a resync.
 """
 from __future__ import annotations
 
@@ -143,8 +144,9 @@ import math
 import os
 import re
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
@@ -314,7 +316,8 @@ def _task_class():
 
         def __init__(self, chosen_id: str | None = None, **kw: Any):
             self._tracelet_id = chosen_id
-            super().__init__(private=Task._Task__create_protection, **kw)  # type: ignore[attr-defined]
+            protection = Task._Task__create_protection  # type: ignore[attr-defined]
+            super().__init__(private=protection, **kw)
 
         def _auto_generate(self, project_name=None, task_name=None, task_type=None):  # noqa: ANN001
             if self._offline_mode and self._tracelet_id:
@@ -791,12 +794,18 @@ class ClearmlDestination(Destination):
             responses = session.send_request_batch("events", "add_batch",
                                                    json=events[i:i + EVENTS_PER_LINE])
             for r in responses or []:
-                if r is not None and r.status_code != 200:
+                if r is None:
+                    continue
+                if r.status_code != 200:
                     import requests
 
-                    raise requests.HTTPError(
+                    raise requests.HTTPError(  # status_code makes 5xx/429 transient
                         f"clearml events.add_batch: HTTP {r.status_code}: {r.text[:300]}",
                         response=r)
+                data = (r.json() or {}).get("data") or {}
+                if data.get("errors"):  # some events refused: never silently dropped
+                    raise RuntimeError(f"clearml events.add_batch refused {data['errors']} "
+                                       f"event(s): {str(data.get('errors_info'))[:300]}")
         if media:
             self._write_media(task, media)
 
@@ -915,24 +924,18 @@ def _prepare_session_task(task: Any, run: RunRef, seq: int | None) -> None:
         task.set_tags(tags)
 
 
-class _editable:
+@contextmanager
+def _editable(task: Any, offline: bool) -> Iterator[None]:
     """Online, a completed/failed/stopped task refuses edits: reopen it, then restore."""
-
-    def __init__(self, task: Any, offline: bool):
-        self.task, self.offline, self.status = task, offline, None
-
-    def __enter__(self):
-        if not self.offline:
-            status = str(self.task.get_status())
-            if status not in ("created", "in_progress"):
-                self.status = status
-                self.task.mark_started(force=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self.status:
-            _set_online_status(self.task, self.status)
-        return False
+    status = None if offline else str(task.get_status())
+    if status in (None, "created", "in_progress"):
+        yield
+        return
+    task.mark_started(force=True)
+    try:
+        yield
+    finally:
+        _set_online_status(task, status)
 
 
 def _set_online_status(task: Any, status: str) -> None:
