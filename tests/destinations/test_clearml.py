@@ -237,16 +237,21 @@ def test_killed_sync_leaves_a_session_the_next_sync_continues(cml, tmp_path):
     assert_exactly_once(cml, truth, project_fn("p"))
 
 
-def test_changed_offline_folder_is_refused(cml, tmp_path, monkeypatch):
+def test_changed_offline_folder_is_another_target(cml, tmp_path, monkeypatch):
+    """The offline folder is part of the target key: pointing CLEARML_CACHE_DIR elsewhere starts
+    an independent checkpoint there, so the new folder gets the whole run, the old one is left
+    as it was."""
     logdir = tmp_path / "logs"
     truth = SourceTruth()
     write_simple_run(logdir / "r", "r", truth, ["x"], list(range(3)))
     sync_once(logdir, cml, "p")
+    before = sorted(p.name for p in cml.offline.iterdir())
     write_simple_run(logdir / "r", "r", truth, ["x"], [3], append=True)
     monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "elsewhere"))
     report = sync_once(logdir, cml, "p")
-    assert report.exit_code == 1
-    assert "offline folder is now" in report.runs[0].destinations["clearml"].error
+    assert report.exit_code == 0, report.to_dict()
+    assert report.runs[0].destinations["clearml"].points_sent == {"scalar": 4}
+    assert sorted(p.name for p in cml.offline.iterdir()) == before
 
 
 # -- the upload instructions against the files ---------------------------------------------------

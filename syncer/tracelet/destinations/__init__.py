@@ -60,14 +60,31 @@ def target_key(name: str, config: Mapping[str, Any] | None = None) -> str:
         repo = config.get("aim_repo") or os.environ.get("AIM_REPO") or os.path.abspath(".")
         target = repo if "://" in repo else os.path.abspath(repo)
     elif name == "clearml":
-        off = config.get("clearml_offline")
-        if off is None:
-            off = os.environ.get("CLEARML_OFFLINE_MODE", "") not in ("", "0", "false", "False")
-        target = "offline" if off else "online:" + os.environ.get("CLEARML_API_HOST", "config")
+        if clearml_offline(config):
+            # the offline folder is part of the target: sessions written to another cache
+            # folder are another target with its own checkpoints
+            target = "offline:" + os.path.abspath(os.environ.get("CLEARML_CACHE_DIR", "<clearml default>"))
+        else:
+            target = "online:" + os.environ.get("CLEARML_API_HOST", "config")
     else:
         target = name
     digest = hashlib.sha1(target.encode()).hexdigest()[:10]
     return f"{name}-{digest}"
+
+
+def clearml_offline(config: Mapping[str, Any] | None = None) -> bool:
+    """Offline unless asked otherwise or a server is configured (DESIGN §7: embedded defaults
+    need no server). ``--clearml-offline/--no-clearml-offline`` > ``CLEARML_OFFLINE_MODE`` >
+    a configured server (``CLEARML_API_HOST``, ``CLEARML_CONFIG_FILE``, ``~/clearml.conf``)."""
+    off = (config or {}).get("clearml_offline")
+    if off is not None:
+        return bool(off)
+    env = os.environ.get("CLEARML_OFFLINE_MODE")
+    if env is not None and env.strip() != "":
+        return env.strip().lower() not in ("0", "false", "no", "off")
+    configured = os.environ.get("CLEARML_API_HOST") or os.environ.get("CLEARML_CONFIG_FILE") \
+        or os.path.exists(os.path.expanduser("~/clearml.conf"))
+    return not configured
 
 
 def _wandb_has_credentials() -> bool:
@@ -82,6 +99,6 @@ def _wandb_has_credentials() -> bool:
 
 
 __all__ = [
-    "Capabilities", "Destination", "REGISTRY", "RunHandle", "RunRef", "create_destination",
+    "clearml_offline", "Capabilities", "Destination", "REGISTRY", "RunHandle", "RunRef", "create_destination",
     "known_destinations", "target_key",
 ]

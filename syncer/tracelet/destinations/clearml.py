@@ -541,10 +541,9 @@ class ClearmlDestination(Destination):
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
-        off = self.config.get("clearml_offline")
-        if off is None:  # the same rule as destinations.target_key
-            off = os.environ.get("CLEARML_OFFLINE_MODE", "") not in ("", "0", "false", "False")
-        self.offline = bool(off)
+        from . import clearml_offline  # the same rule as destinations.target_key
+
+        self.offline = clearml_offline(self.config)
         _quiet_clearml()
         from clearml import Task
 
