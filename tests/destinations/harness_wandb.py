@@ -23,6 +23,7 @@ What the server keeps is modelled on wandb-core's sync (``core/internal/runsync`
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -243,7 +244,9 @@ class WandbOfflineHarness(Harness):
                     elif kind in ("html-file", "table-file"):
                         rb.texts += 1
                     continue
-                rb.scalars.setdefault(key, []).append((int(gstep), float(value)))
+                v = float(value)
+                # one NaN object for every NaN, so (step, nan) tuples compare equal
+                rb.scalars.setdefault(key, []).append((int(gstep), math.nan if v != v else v))
         rb.params = {k: _text(v) for k, v in server["config"].items()
                      if k not in ("_wandb", "tracelet")}
         rb.artifacts = sorted({p for p in server["files"] if not p.startswith("media/")})
