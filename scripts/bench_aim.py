@@ -12,6 +12,8 @@ per event) into a fresh local Aim repo each, in this one process, one after the 
                per step   run.track({tag: value, ...}, step=step)   (fewer calls)
 
 Ratio = aim loop time / tracelet time (>= 1.0: tracelet is at least as fast). Goal: >= 0.8.
+Afterwards (untimed) the tracelet repo is read back with Aim's SDK: every point exactly once,
+with its step, value and wall time.
 Aim writes ~6 RocksDB records per point; a bare loop does each as its own write, tracelet puts
 one send in one write batch (see ``tracelet.destinations.aim``).
 
@@ -73,6 +75,24 @@ def bench_tracelet(logdir: Path, repo: Path) -> tuple[float, int]:
     return elapsed, report.totals()["aim"]["points"]
 
 
+def verify(points, repo: Path) -> int:
+    """Read the synced run back with Aim's SDK: every (tag, step, value, wall time) once."""
+    from aim import Repo
+
+    runs = list(Repo(str(repo)).iter_runs())
+    assert len(runs) == 1, f"{len(runs)} runs in the tracelet repo"
+    got = set()
+    n = 0
+    for m in runs[0].metrics():
+        steps, (values, times) = m.data.view(["val", "time"]).items_list()
+        n += len(steps)
+        got.update((m.name, s, v, t) for s, v, t in zip(steps, values, times))
+    want = {(tag, step, v, wall) for tag, step, wall, v in points}
+    if n != len(points) or got != want:
+        raise SystemExit(f"read back {n} points, {len(want - got)} missing, {len(got - want)} unexpected")
+    return n
+
+
 def bench_aim_loop(points, repo: Path, per_step: bool) -> float:
     from aim import Repo, Run
 
@@ -116,8 +136,9 @@ def main() -> None:
         per_point_s = bench_aim_loop(points, repos["per_point"], per_step=False)
         per_step_s = bench_aim_loop(points, repos["per_step"], per_step=True)
         best = min(per_point_s, per_step_s)
+        verified = verify(points, repos["tracelet"])
         result = {
-            "points": a.points, "points_sent": sent, "tags": a.tags,
+            "points": a.points, "points_sent": sent, "points_read_back": verified, "tags": a.tags,
             "tracelet_s": round(tracelet_s, 2),
             "tracelet_points_per_s": round(a.points / tracelet_s),
             "aim_track_per_point_s": round(per_point_s, 2),
@@ -136,6 +157,7 @@ def main() -> None:
             print(f"  aim run.track per point     {per_point_s:8.2f} s  {a.points / per_point_s:10,.0f} pts/s")
             print(f"  aim run.track dict per step {per_step_s:8.2f} s  {a.points / per_step_s:10,.0f} pts/s")
             print(f"  ratio (best aim loop / tracelet) = {best / tracelet_s:.2f}  (goal >= 0.8)")
+            print(f"  read back with Aim's SDK: {verified:,} points, each (tag, step, value, time) once")
         if sent != a.points:
             sys.exit(f"tracelet sent {sent} of {a.points} points")
     finally:

@@ -14,7 +14,9 @@ Mapping:
 TensorBoard kind    Aim form
 ==================  =========================================================================
 scalar              metric sequence ``<tag>`` (context ``{}``), step as written, the event's
-                    wall time as the point's time (Aim's ``time`` column); NaN/±Inf kept
+                    wall time as the point's time (Aim's ``time`` column: ``Run.track`` stamps
+                    "now", so tracelet calls ``RunTracker._track(value, wall_time, ...)``, the
+                    method ``Run.track`` ends in); NaN/±Inf kept
   ... same step     Aim keeps ONE value per (name, context, step): a second, different point
   seen again        at a step already taken (a restarted training) goes to context
                     ``{"tracelet_repeat": 1}`` (then 2, ...) of the same metric name, so every
@@ -46,15 +48,21 @@ status              Aim only knows active/finished: ``running`` → active (no e
 
 Tag names are kept unchanged (Aim accepts any string); only an empty tag becomes ``_``.
 
+Configuration: ``--aim-repo`` (config ``aim_repo``), else ``AIM_REPO``, else the working folder;
+``aim_artifacts_uri`` / ``TRACELET_AIM_ARTIFACTS_URI``; ``aim_index`` / ``TRACELET_AIM_INDEX``;
+``TRACELET_AIM_REMOTE_TIMEOUT_S``. Viewing: ``aim up --repo <repo>``; a remote target is served
+by ``aim server --repo <repo>`` and viewed with ``aim up`` on that repo.
+
 Exactly once: a local send is ONE RocksDB write batch per Aim container (series first, then
 meta), written with ``sync=True``: a kill -9 leaves a send fully landed or absent in each. Each
 batch also records, in both containers, how far into its source file (or which sidecar part) Aim
 now holds (``meta/chunks/<run>/__tracelet_landed``, not a param). That record, not the
 checkpoint, decides: a re-sent range the meta record covers is skipped whole (after a kill, after
 a lost state dir); a range past the series record never landed and is written plainly; only a
-range between the two (a kill between the two containers' writes) or a remote/unbatched send
-that broke off is matched point by point against what Aim holds at (name, context, step): the
-same value and time means "already there". Slots filled or matched by this sync are remembered
+range between the two (a kill between the two containers' writes), a file with no record yet
+that the checkpoint marks as maybe sent, or a remote/unbatched send that broke off is matched
+point by point against what Aim holds at (name, context, step): the same value and time means
+"already there". Slots filled or matched by this sync are remembered
 (claims), so two identical source points of one sync never collapse into one slot; in the
 point-by-point case only, a copy sent by an earlier sync that is identical in tag, step, value
 and wall time can be taken for the one being re-sent.
@@ -102,6 +110,7 @@ from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
+from ..errors import DestinationError
 from ..reader.points import HISTOGRAM, IMAGE, SCALAR, TEXT, Batch, HistogramPoint, ImagePoint
 from .base import Capabilities, Destination, RunHandle, RunRef, is_transient_error
 
@@ -476,8 +485,13 @@ class _AimRun:
         return self.run.repo.request_tree("seqs", self.run.hash, read_only=False)
 
     def source_key(self, path: str) -> str:
+        """A source file's name in the landed record: its path in the run dir; for a file of a
+        linked logdir its file name (event file names carry time, host and pid), so moving the
+        logdir does not lose the record."""
         rel = os.path.relpath(os.path.abspath(path), self.source_dir)
-        return "linked:" + os.path.abspath(path) if rel.startswith("..") else rel.replace(os.sep, "/")
+        if rel.startswith(".."):
+            return "linked:" + os.path.basename(path)
+        return rel.replace(os.sep, "/")
 
     def mark_landed(self, key: str, value: int) -> None:
         """Record how much of a source is in Aim: in both write batches of the send (series,
@@ -710,13 +724,19 @@ class AimDestination(Destination):
 
         self.root = aim_repo_root(self.config)
         self.remote = self.root.startswith("aim://")
-        with _AIM_LOCK:
-            if self.remote:
-                self.repo = Repo.from_path(self.root)
-            else:
-                os.makedirs(self.root, exist_ok=True)
-                # `aim init` is Repo(path, init=True): the folder, the index DB, the sqlite DB.
-                self.repo = Repo.from_path(self.root, init=not Repo.exists(self.root))
+        try:
+            with _AIM_LOCK:
+                if self.remote:
+                    self.repo = Repo.from_path(self.root)
+                else:
+                    os.makedirs(self.root, exist_ok=True)
+                    # `aim init` is Repo(path, init=True): the folder, the index DB, the sqlite DB
+                    self.repo = Repo.from_path(self.root, init=not Repo.exists(self.root))
+        except Exception as e:
+            hint = ("is `aim server` running there?" if self.remote else
+                    "is it writable, and an Aim repo of a compatible version?")
+            raise DestinationError(f"aim: cannot open repo {self.root}: {type(e).__name__}: {e} "
+                                   f"({hint}; set it with --aim-repo)") from e
         uri = self.config.get("aim_artifacts_uri") or os.environ.get("TRACELET_AIM_ARTIFACTS_URI")
         if not uri and not self.remote:
             uri = Path(self.repo.path, "artifacts").as_uri()
@@ -743,6 +763,8 @@ class AimDestination(Destination):
             if kind in ("filelock._error.Timeout", "filelock.Timeout"):
                 return True  # another process holds the run; it may finish
             if "ConnectionClosed" in kind or "websockets" in kind:
+                return True
+            if "Failed to connect to Aim Server" in str(e):  # aim.ext.transport's RuntimeError
                 return True
             if "Rocks" in kind and re.search(r"lock|temporarily unavailable|busy", str(e), re.I):
                 return True
@@ -855,11 +877,13 @@ class AimDestination(Destination):
         source = st.source_key(batch.path)
         if batch.end_offset <= st.landed_meta.get(source, 0):
             return  # Aim's own record: this range landed (a kill after the send, a lost state dir)
-        if st.atomic:
+        if st.atomic and source in st.landed_series:
             # Aim's record is the truth, whatever the checkpoint says: points past the series
             # record never landed; points before it landed, their meta maybe not (a kill between
             # the two containers' writes): matched one by one, which also rewrites that meta.
-            dedupe = batch.start_offset < st.landed_series.get(source, 0)
+            dedupe = batch.start_offset < st.landed_series[source]
+        elif st.atomic:
+            dedupe = dedupe or st.dirty  # no record of this file: the checkpoint's word
         else:
             dedupe = dedupe or st.dirty or batch.start_offset < st.landed_meta.get(source, 0)
         sequences = len(st.tracker.sequence_infos)
