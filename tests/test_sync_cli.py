@@ -210,8 +210,8 @@ def test_malformed_fixture_clear_message_valid_rest_synced(tmp_path, mlflow_uri,
                 for t, s, v in zip(b.scalars.tags, b.scalars.steps, b.scalars.values):
                     v = canon(v)
                     expected.setdefault((run.name, mlflow_key(t)), Counter())[(s, v)] += 1
-    proc = run_cli("sync", str(logdir), "--to", "mlflow", "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = CliRunner().invoke(main, ["sync", str(logdir), "--to", "mlflow", "--json"])
+    assert proc.exit_code == 0, proc.output
     report = json.loads(proc.stdout)
     problems = " ".join(p for r in report["runs"] for p in r["problems"])
     if name in ("flipped_length_byte", "garbage_named_like_events"):
@@ -222,6 +222,6 @@ def test_malformed_fixture_clear_message_valid_rest_synced(tmp_path, mlflow_uri,
     # MLflow's SQL store keeps ±Inf as ±max double: canon() maps both to "±inf"
     assert got == expected
     # a second sync does not loop on the corruption or resend anything
-    proc2 = run_cli("sync", str(logdir), "--to", "mlflow", "--json")
-    assert proc2.returncode == 0
+    proc2 = CliRunner().invoke(main, ["sync", str(logdir), "--to", "mlflow", "--json"])
+    assert proc2.exit_code == 0, proc2.output
     assert mlflow_points(mlflow_uri, name).keys() == got.keys()

@@ -281,6 +281,11 @@ class _DestinationPool:
                 with self.lock:
                     self.failed[name] = str(e)
                 raise
+            except Exception as e:  # a vendor SDK failing at set-up fails only this destination
+                msg = f"{name}: cannot start the destination: {type(e).__name__}: {e}"
+                with self.lock:
+                    self.failed[name] = msg
+                raise DestinationError(msg) from e
             cache[name] = dest
             with self.lock:
                 self.all.append(dest)
@@ -509,17 +514,22 @@ class SyncEngine:
         for slot in slots:
             if slot.dest is None:
                 continue
-            if not slot.failed and not self.stop.is_set():
+            # Close BEFORE committing the signature: a kill between the two must leave the run
+            # "changed", so the next sync runs close_run (end time, index refresh) again.
+            closed = True
+            try:
+                if slot.handle is not None:
+                    slot.dest.close_run(slot.handle)
+            except Exception as e:
+                closed = False
+                log.warning("%s: closing run %s: %s", slot.name, run.name, e)
+                rr.problems.append(f"{slot.name}: closing run failed ({e}); retried next sync")
+            if closed and not slot.failed and not self.stop.is_set():
                 slot.ck.source_signature = signature
                 slot.ck.reconcile = False  # a whole pass re-checked everything: caught up
             if self.stop.is_set() and not slot.failed:
                 slot.report.state = "interrupted"
             self._commit(store, slot)
-            try:
-                if slot.handle is not None:
-                    slot.dest.close_run(slot.handle)
-            except Exception as e:
-                log.warning("%s: closing run %s: %s", slot.name, run.name, e)
 
     def _linked_event_files(self, manifest: dict | None) -> list[Path]:
         out: list[Path] = []

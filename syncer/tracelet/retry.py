@@ -5,7 +5,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from .errors import DestinationError, TraceletError
+from .errors import DestinationError, TraceletError, TransientDestinationError
 
 # 6 tries, 0.5 s doubling to 8 s: ~15 s of patience, enough for a tracking server restart or a
 # 429 burst, short enough that a destination that stays down fails itself within one cron period.
@@ -29,8 +29,15 @@ def call_with_retry(
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return fn(*args, **kwargs)
-        except TraceletError:
-            raise
+        except TraceletError as e:
+            if not isinstance(e, TransientDestinationError):
+                raise
+            transient = True
+            if attempt == RETRY_ATTEMPTS:
+                raise DestinationError(f"{what}: {_short(e)} (still failing after {attempt} "
+                                       "tries; it is retried at the next sync)") from e
+            wait(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
         except Exception as e:  # vendor SDKs raise anything; classify, don't guess by type only
             transient = is_transient(e)
             if not transient or attempt == RETRY_ATTEMPTS:

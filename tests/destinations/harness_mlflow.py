@@ -131,6 +131,9 @@ class MlflowServerHarness(_MlflowHarness):
     """A real `mlflow server` on 127.0.0.1 (one per test session, shared)."""
 
     label = "mlflow-server"
+    # Random kills of the MLflow destination run on mlflow-local and mlflow-filestore (20 trials,
+    # same client code); the server gets the protocol-step kills and the server-killed test.
+    kill_trials = 0
     server: MlflowServer | None = None
 
     def setup(self, tmp_path, monkeypatch):

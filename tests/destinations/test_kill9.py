@@ -41,6 +41,9 @@ def _checkpoint_mtime(logdir) -> float:
 
 
 def test_kill9_at_random_instants(harness, tmp_path, project):
+    if harness.kill_trials == 0:
+        pytest.skip(f"{harness.label}: random kills of this destination run through its other "
+                    "harnesses (same code path); here only the protocol-step kills")
     logdir = tmp_path / "logs"
     truth = build_kill_logdir(logdir, runs=3, steps=1200)
     rng = random.Random(hash(harness.label) & 0xFFFF)
