@@ -100,9 +100,23 @@ class CheckpointStore:
 
     def __init__(self, state_dir: str | os.PathLike):
         self.root = Path(state_dir)
+        self._root_s = os.fspath(state_dir)
 
     def path(self, target_key: str, run_path: str) -> Path:
-        return self.root / "checkpoints" / target_key / f"{quote_run(run_path)}.json"
+        return Path(self._path(target_key, run_path))
+
+    def _path(self, target_key: str, run_path: str) -> str:
+        # plain string joins: this runs once per run and destination on every no-op cron pass
+        return os.path.join(self._root_s, "checkpoints", target_key, quote_run(run_path) + ".json")
+
+    def peek(self, target_key: str, run_path: str) -> dict[str, Any] | None:
+        """The raw checkpoint JSON (no validation), or None: for the no-op fast path."""
+        try:
+            return read_json(self._path(target_key, run_path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable: not "unchanged"; load() reports it properly
 
     def lock_path(self, run_path: str) -> Path:
         return self.root / "locks" / f"{quote_run(run_path)}.lock"

@@ -38,6 +38,7 @@ from .errors import (DestinationError, FileReplacedError, LockedError, SourceErr
 from .manifest import load_manifest
 from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
+from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
 from .reader.points import HPARAMS, Batch
 from .retry import call_with_retry
 
@@ -214,6 +215,8 @@ def param_text(v: Any) -> str:
 # source signature: the stat-only check that makes an unchanged run free
 # ---------------------------------------------------------------------------------------------
 def source_signature(run: RunSource, event_files: list[Path]) -> str:
+    """Stat-only fingerprint of everything a sync would send. Plain TensorBoard runs (no
+    manifest) cost one stat per event file: they have no sidecar or artifacts to look at."""
     h = hashlib.sha1()
     for p in event_files:
         try:
@@ -221,14 +224,16 @@ def source_signature(run: RunSource, event_files: list[Path]) -> str:
             h.update(f"e {p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"e {p}:missing\n".encode())
-    for p in (run.manifest_path,):
-        try:
-            st = os.stat(p)
-            h.update(f"m {st.st_size}:{st.st_mtime_ns}\n".encode())
-        except OSError:
-            pass
+    if not run.has_manifest:
+        return h.hexdigest()
+    base = os.fspath(run.path)
     try:
-        h.update(("s " + ",".join(sorted(os.listdir(run.sidecar_dir))) + "\n").encode())
+        st = os.stat(os.path.join(base, MANIFEST_NAME))
+        h.update(f"m {st.st_size}:{st.st_mtime_ns}\n".encode())
+    except OSError:
+        pass
+    try:
+        h.update(("s " + ",".join(sorted(os.listdir(os.path.join(base, SIDECAR_DIR)))) + "\n").encode())
     except OSError:
         pass
     for rel, (size, mtime) in sorted(artifact_files(run.artifacts_dir).items()):
@@ -327,6 +332,14 @@ class SyncEngine:
         self.stop = options.stop or threading.Event()
         self.pool = _DestinationPool(options.dest_config)
         self.out = _Output(options)
+        self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
+        self._target_keys = {n: target_key(n, options.dest_config) for n in known_destinations()}
+
+    def store_for(self, logdir: Path) -> CheckpointStore:
+        store = self._stores.get(logdir)
+        if store is None:
+            store = self._stores[logdir] = CheckpointStore(state_dir_for(logdir, self.o.state_dir))
+        return store
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, logdirs: list[str]) -> tuple[list[tuple[Path, RunSource]], list[str]]:
@@ -343,7 +356,7 @@ class SyncEngine:
             problems.extend(disc.problems)
             linked = self._linked_dirs(disc.runs)
             for run in disc.runs:
-                if run.path.resolve() in linked:
+                if linked and run.path.resolve() in linked:
                     continue  # synced as part of the run whose manifest links it
                 if not in_shard(run.name, self.o.shard):
                     continue
@@ -386,7 +399,7 @@ class SyncEngine:
     # -- one run ----------------------------------------------------------------------------
     def sync_run(self, logdir: Path, run: RunSource) -> RunReport:
         rr = RunReport(run=run.name, logdir=str(logdir))
-        store = CheckpointStore(state_dir_for(logdir, self.o.state_dir))
+        store = self.store_for(logdir)
         if not self.o.dry_run and self._unchanged_without_lock(logdir, run, store, rr):
             self.out.run_done(rr)
             return rr
@@ -419,14 +432,11 @@ class SyncEngine:
             return False
         signature = source_signature(run, list(run.event_files) + self._linked_event_files(manifest))
         for name in names:
-            try:
-                ck = store.load(name, target_key(name, self.o.dest_config), run.name)
-            except StateError:
-                return False
-            if ck is None or ck.source_signature != signature or ck.last_error:
+            ck = store.peek(self._target_keys[name], run.name)
+            if not ck or ck.get("source_signature") != signature or ck.get("last_error"):
                 return False
         for name in names:
-            rr.destinations[name] = DestReport(name, target=target_key(name, self.o.dest_config),
+            rr.destinations[name] = DestReport(name, target=self._target_keys[name],
                                                state="unchanged")
         return True
 
@@ -460,7 +470,7 @@ class SyncEngine:
 
         slots: list[_Slot] = []
         for name in names:
-            tk = target_key(name, self.o.dest_config)
+            tk = self._target_keys[name]
             dr = DestReport(name, target=tk)
             rr.destinations[name] = dr
             try:
