@@ -111,8 +111,9 @@ from typing import Any, Iterator, Mapping
 import pyarrow as pa
 
 from ..errors import DestinationError
+from ..params import flatten_params
 from ..reader.points import HISTOGRAM, IMAGE, SCALAR, TEXT, Batch, HistogramPoint, ImagePoint
-from .base import Capabilities, Destination, RunHandle, RunRef, is_transient_error
+from .base import Capabilities, Destination, RunHandle, RunRef, _chain, is_transient_error
 
 log = logging.getLogger("tracelet.aim")
 
@@ -196,17 +197,6 @@ def nest_params(flat: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         else:
             node[parts[-1]] = value
-    return out
-
-
-def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten_params(v, key))
-        else:
-            out[key] = v
     return out
 
 
@@ -1085,12 +1075,6 @@ def _aim_image(im: ImagePoint) -> Any:
     return image
 
 
-def _chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 __all__ = ["AimDestination", "aim_run_hash", "aim_system_metric", "distribution_bins"]
