@@ -131,9 +131,10 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
                 continue
             folder = Path(dirpath)
             events = [folder / f for f in names]
-            rel = folder.relative_to(root).as_posix()
-            name = "." if rel in ("", ".") else rel
-            parent_name = Path(name).parent.as_posix() if name != "." else None
+            # string ops, not pathlib: every dirpath here is root_s + "/..." (links included)
+            rel = dirpath[len(root_s):].strip(os.sep).replace(os.sep, "/")
+            name = rel or "."
+            parent_name = (name.rpartition("/")[0] or ".") if name != "." else None
             if (parent_name is not None and parent_name in runs and not has_manifest
                     and _HPARAMS_CHILD.match(folder.name)):
                 runs[parent_name].event_files.extend(events)
@@ -141,7 +142,8 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
             runs[name] = RunSource(name=name, path=folder, event_files=events,
                                    has_manifest=has_manifest)
 
-    walk(os.fspath(root))
+    root_s = os.path.normpath(os.fspath(root))
+    walk(root_s)
     while links:  # FIFO: shallow links first; links inside a linked tree queue up behind
         walk(links.pop(0))
     return Discovery(root, sorted(runs.values(), key=lambda r: r.name), problems)
