@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._fs import atomic_write_json, read_json
+from ._fs import atomic_write_bytes, atomic_write_json, read_json
 from .errors import FileReplacedError, StateError
 
 CHECKPOINT_VERSION = 1
@@ -108,6 +108,24 @@ class CheckpointStore:
     def _path(self, target_key: str, run_path: str) -> str:
         # plain string joins: this runs once per run and destination on every no-op cron pass
         return os.path.join(self._root_s, "checkpoints", target_key, quote_run(run_path) + ".json")
+
+    def read_signature(self, target_key: str, run_path: str) -> str | None:
+        """The source signature of the last complete pass, from its tiny ``.sig`` file.
+
+        A cache of ``Checkpoint.source_signature`` for the no-op fast path (no JSON parse):
+        written only after the checkpoint that carries the same signature was committed, and
+        a pass only ever runs on a run whose current signature differs from it, so a stale
+        ``.sig`` can never claim "unchanged" for a run that is not."""
+        try:
+            with open(self._path(target_key, run_path)[:-5] + ".sig", "rb") as f:
+                return f.read().decode("ascii", "replace").strip() or None
+        except OSError:
+            return None
+
+    def write_signature(self, ck: "Checkpoint") -> None:
+        if ck.source_signature and not ck.last_error:
+            atomic_write_bytes(self._path(ck.target_key, ck.run_path)[:-5] + ".sig",
+                               ck.source_signature.encode())
 
     def peek(self, target_key: str, run_path: str) -> dict[str, Any] | None:
         """The raw checkpoint JSON (no validation), or None: for the no-op fast path."""

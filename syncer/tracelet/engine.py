@@ -432,7 +432,9 @@ class SyncEngine:
             return False
         signature = source_signature(run, list(run.event_files) + self._linked_event_files(manifest))
         for name in names:
-            ck = store.peek(self._target_keys[name], run.name)
+            if store.read_signature(self._target_keys[name], run.name) == signature:
+                continue
+            ck = store.peek(self._target_keys[name], run.name)  # a checkpoint without .sig
             if not ck or ck.get("source_signature") != signature or ck.get("last_error"):
                 return False
         for name in names:
@@ -534,12 +536,15 @@ class SyncEngine:
                 closed = False
                 log.warning("%s: closing run %s: %s", slot.name, run.name, e)
                 rr.problems.append(f"{slot.name}: closing run failed ({e}); retried next sync")
-            if closed and not slot.failed and not self.stop.is_set():
+            complete = closed and not slot.failed and not self.stop.is_set()
+            if complete:
                 slot.ck.source_signature = signature
                 slot.ck.reconcile = False  # a whole pass re-checked everything: caught up
             if self.stop.is_set() and not slot.failed:
                 slot.report.state = "interrupted"
             self._commit(store, slot)
+            if complete and not self.o.dry_run:
+                store.write_signature(slot.ck)  # only after the checkpoint carrying it
 
     def _linked_event_files(self, manifest: dict | None) -> list[Path]:
         out: list[Path] = []
