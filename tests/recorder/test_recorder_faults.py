@@ -68,6 +68,22 @@ def test_sigkill_of_torch_training_leaves_a_readable_running_run(tmp_path):
     assert run.hparams and run.hparams[-1]["lr"] == 0.1
     assert run.parts and all(t.num_rows for t in run.parts)
     assert "process/rss_bytes" in run.sysmetric_names()
+    # ... and it syncs: MLflow shows the run as RUNNING with everything flushed before the kill
+    from mlflow import MlflowClient
+
+    from tracelet.engine import SyncOptions, run_sync
+
+    uri = f"sqlite:///{tmp_path / 'killed.db'}"
+    logdir = run.path.parent.parent
+    report = run_sync([str(logdir)], SyncOptions(destinations=["mlflow"], progress=False,
+                                                 dest_config={"mlflow_uri": uri}))
+    assert report.exit_code == 0, report.to_dict()
+    c = MlflowClient(tracking_uri=uri)
+    r = c.search_runs([c.get_experiment_by_name(run.manifest["project"]).experiment_id])[0]
+    assert r.info.status == "RUNNING"
+    assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "loss")) == list(range(30))
+    assert r.data.params["api_token"] == REDACTED
+    assert any(k.startswith("system/") for k in r.data.metrics)
 
 
 def test_sigterm_finalizes_then_dies_by_sigterm(tmp_path):
