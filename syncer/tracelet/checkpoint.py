@@ -28,6 +28,13 @@ CHECKPOINT_VERSION = 1
 HEAD_HASH_BYTES = 4096  # enough to tell two event files apart (header + first events)
 
 
+def add_counts(target: dict[str, int], counts: dict[str, int]) -> None:
+    """Add per-kind counts into ``target`` (zeros are not recorded)."""
+    for k, n in counts.items():
+        if n:
+            target[k] = target.get(k, 0) + n
+
+
 def quote_run(run_path: str) -> str:
     return "%2E" if run_path == "." else urllib.parse.quote(run_path, safe="")
 
@@ -85,10 +92,7 @@ class Checkpoint:
         return cls(**d)
 
     def add_counts(self, field_name: str, counts: dict[str, int]) -> None:
-        target = getattr(self, field_name)
-        for k, n in counts.items():
-            if n:
-                target[k] = target.get(k, 0) + n
+        add_counts(getattr(self, field_name), counts)
 
     @property
     def total_points(self) -> int:

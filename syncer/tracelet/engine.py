@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ._fs import exclusive_lock
-from .checkpoint import (Checkpoint, CheckpointStore, FileState, check_file_identity,
-                         remember_identity)
+from .checkpoint import (Checkpoint, CheckpointStore, FileState, add_counts,
+                         check_file_identity, remember_identity)
 from .destinations import create_destination, known_destinations, target_key
 from .destinations.base import Destination, RunHandle, RunRef
 from .errors import (DestinationError, FileReplacedError, LockedError, SourceError, StateError,
@@ -86,10 +86,7 @@ class DestReport:
     error: str | None = None
 
     def add(self, field_name: str, counts: dict[str, int]) -> None:
-        target = getattr(self, field_name)
-        for k, n in counts.items():
-            if n:
-                target[k] = target.get(k, 0) + n
+        add_counts(getattr(self, field_name), counts)
 
     @property
     def points(self) -> int:
@@ -496,11 +493,8 @@ class SyncEngine:
             fresh = ck is None
             ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
             slot = _Slot(name, dest, ck, dr)
-            try:
-                slot.handle = self._retry(slot, dest.open_run, ref, ck.identity, what="open run")
-            except DestinationError as e:
-                slot.fail(e)
-                self._commit(store, slot)
+            ok, slot.handle = self._call(store, slot, dest.open_run, ref, ck.identity, what="open run")
+            if not ok:
                 continue
             ck.identity = slot.handle.identity
             ck.last_error = None
@@ -559,6 +553,16 @@ class SyncEngine:
         return call_with_retry(fn, *args, what=f"{slot.name}: {what}",
                                is_transient=slot.dest.is_transient, stop=self.stop, **kw)
 
+    def _call(self, store: CheckpointStore, slot: _Slot, fn, *args, what: str, **kw) -> tuple[bool, Any]:
+        """A destination call under the retry policy. On final failure the slot fails (only
+        this destination; the others go on), its checkpoint is committed, and (False, None)."""
+        try:
+            return True, self._retry(slot, fn, *args, what=what, **kw)
+        except DestinationError as e:
+            slot.fail(e)
+            self._commit(store, slot)
+            return False, None
+
     def _commit(self, store: CheckpointStore, slot: _Slot) -> None:
         if self.o.dry_run or slot.dest is None:
             return
@@ -581,13 +585,11 @@ class SyncEngine:
             if not slot.dest.capabilities.params:
                 slot.report.add("unsupported", {"params": len(new)})
             else:
-                try:
-                    conflicts = self._retry(slot, slot.dest.log_params, slot.handle, new,
-                                            what="log params") or []
-                except DestinationError as e:
-                    slot.fail(e)
-                    self._commit(store, slot)
+                ok, conflicts = self._call(store, slot, slot.dest.log_params, slot.handle, new,
+                                           what="log params")
+                if not ok:
                     continue
+                conflicts = conflicts or []
                 for k in conflicts:
                     slot.report.param_conflicts.append(
                         f"param '{k}': destination keeps its earlier value; new value "
@@ -692,12 +694,9 @@ class SyncEngine:
                            and caps_kinds is not None and k not in caps_kinds}
             if slot.dest is not None and (sent or batch.points):
                 dedupe = batch.start_offset < old_pending
-                try:
-                    self._retry(slot, slot.dest.send, slot.handle, batch, dedupe=dedupe,
-                                what=f"send {batch.points} points of {batch.path}")
-                except DestinationError as e:
-                    slot.fail(e)
-                    self._commit(store, slot)
+                ok, _ = self._call(store, slot, slot.dest.send, slot.handle, batch, dedupe=dedupe,
+                                   what=f"send {batch.points} points of {batch.path}")
+                if not ok:
                     continue
                 crash_point("after_send")
             if batch.hparams:
@@ -753,12 +752,9 @@ class SyncEngine:
                     dedupe = slot.dedupe_all or slot.ck.sidecar_pending == part.name
                     slot.ck.sidecar_pending = part.name
                     self._commit(store, slot)
-                    try:
-                        self._retry(slot, slot.dest.send_system, slot.handle, table, ref,
-                                    dedupe=dedupe, what=f"send system metrics {part.name}")
-                    except DestinationError as e:
-                        slot.fail(e)
-                        self._commit(store, slot)
+                    ok, _ = self._call(store, slot, slot.dest.send_system, slot.handle, table, ref,
+                                       dedupe=dedupe, what=f"send system metrics {part.name}")
+                    if not ok:
                         continue
                     slot.report.add("points_sent", {"system": table.num_rows})
                     slot.ck.add_counts("points_sent", {"system": table.num_rows})
@@ -781,12 +777,9 @@ class SyncEngine:
             if not slot.dest.capabilities.artifacts:
                 slot.report.add("unsupported", {"artifact": len(changed)})
             else:
-                try:
-                    self._retry(slot, slot.dest.log_artifacts, slot.handle, changed,
-                                what=f"upload {len(changed)} artifact(s)")
-                except DestinationError as e:
-                    slot.fail(e)
-                    self._commit(store, slot)
+                ok, _ = self._call(store, slot, slot.dest.log_artifacts, slot.handle, changed,
+                                   what=f"upload {len(changed)} artifact(s)")
+                if not ok:
                     continue
                 slot.report.artifacts_sent += len(changed)
             for _, rel in changed:
@@ -803,12 +796,9 @@ class SyncEngine:
             if slot.ck.status == status and slot.ck.ended_at == ended:
                 continue
             if slot.dest is not None and slot.dest.capabilities.status:
-                try:
-                    self._retry(slot, slot.dest.finish, slot.handle, status, ended,
-                                what=f"set status {status}")
-                except DestinationError as e:
-                    slot.fail(e)
-                    self._commit(store, slot)
+                ok, _ = self._call(store, slot, slot.dest.finish, slot.handle, status, ended,
+                                   what=f"set status {status}")
+                if not ok:
                     continue
             slot.ck.status, slot.ck.ended_at = status, ended
             self._commit(store, slot)
