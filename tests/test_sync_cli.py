@@ -225,3 +225,43 @@ def test_malformed_fixture_clear_message_valid_rest_synced(tmp_path, mlflow_uri,
     proc2 = CliRunner().invoke(main, ["sync", str(logdir), "--to", "mlflow", "--json"])
     assert proc2.exit_code == 0, proc2.output
     assert mlflow_points(mlflow_uri, name).keys() == got.keys()
+
+
+def _mlflow_params(uri: str, project: str) -> dict[str, dict[str, str]]:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name(project)
+    return {r.info.run_name: r.data.params for r in c.search_runs([exp.experiment_id])}
+
+
+@pytest.mark.parametrize("no_redact", [False, True])
+def test_secret_named_params_redacted_at_sync(tmp_path, mlflow_uri, no_redact):
+    """Params from other writers (torch's add_hparams) and hand-written manifests never reach a
+    destination with a secret-named value, unless `--no-redact` says so."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = tmp_path / "logs"
+    with SummaryWriter(str(logdir / "torchrun")) as w:
+        w.add_scalar("loss", 0.5, 0)
+        w.add_hparams({"lr": 0.1, "db_password": "hunter2", "HF_TOKEN": "hf_abc",
+                       "dsn": "postgres://me:pw@db/x"}, {"hp/score": 1.0})
+    hand = logdir / "proj" / "hand"
+    write_simple_run(hand, "proj/hand", SourceTruth(), ["x"], [0, 1])
+    (hand / "tracelet.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": "hand-1", "name": "hand", "project": "p", "status": "finished",
+        "params": {"model": {"depth": 4}, "wandb": {"api_key": "k-123"}}}))
+    args = ["sync", str(logdir), "--to", "mlflow", "--project", "p"] + (["--no-redact"] if no_redact else [])
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    params = _mlflow_params(mlflow_uri, "p")
+    torch_p, hand_p = params["torchrun"], params["proj/hand"]
+    assert torch_p["lr"] == "0.1" and hand_p["model/depth"] == "4"
+    if no_redact:
+        assert torch_p["db_password"] == "hunter2" and torch_p["HF_TOKEN"] == "hf_abc"
+        assert torch_p["dsn"] == "postgres://me:pw@db/x" and hand_p["wandb/api_key"] == "k-123"
+    else:
+        assert torch_p["db_password"] == torch_p["HF_TOKEN"] == hand_p["wandb/api_key"] == "***REDACTED***"
+        assert torch_p["dsn"] == "postgres://me@db/x"
+        blob = json.dumps(params)
+        assert "hunter2" not in blob and "hf_abc" not in blob and "k-123" not in blob

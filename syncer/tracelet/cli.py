@@ -76,7 +76,11 @@ def _dest_config(kw: dict) -> dict:
               help="Runs synced in parallel.")
 @click.option("--dry-run", is_flag=True, help="Report what would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
-def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_run, as_json, **kw):
+@click.option("--no-redact", is_flag=True,
+              help="Send params named like secrets (password, token, api_key, ...) as written "
+                   "(default: their values are sent as ***REDACTED***).")
+def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_run, as_json,
+         no_redact, **kw):
     """Replay LOGDIR(s) into destinations, incrementally and exactly once.
 
     \b
@@ -99,6 +103,7 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
             follow=follow,
             interval_s=interval,
             json_output=as_json,
+            redact_secrets=not no_redact,
         )
         report = run_sync(list(logdirs), options)
     except TraceletError as e:

@@ -40,6 +40,7 @@ from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
 from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
 from .reader.points import HPARAMS, Batch
+from .redact import compile_secret_matcher, redact_params
 from .retry import call_with_retry
 
 log = logging.getLogger("tracelet.sync")
@@ -69,6 +70,10 @@ class SyncOptions:
     progress: bool | None = None  # None: a progress line on a TTY, log lines otherwise
     run_filter: Any = None  # callable(RunSource) -> bool, for sync_run_dir
     stop: threading.Event | None = None  # set to drain: finish the batch in hand, commit, return
+    # params (manifest and TensorBoard hparams from any writer) named like secrets are sent as
+    # "***REDACTED***": True (default patterns) | False (as written) | list (these patterns)
+    redact_secrets: bool | list[str] = True
+    secret_patterns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -331,6 +336,7 @@ class SyncEngine:
         self.out = _Output(options)
         self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
         self._target_keys = {n: target_key(n, options.dest_config) for n in known_destinations()}
+        self._secrets = compile_secret_matcher(options.redact_secrets, options.secret_patterns)
 
     def store_for(self, logdir: Path) -> CheckpointStore:
         store = self._stores.get(logdir)
@@ -575,6 +581,7 @@ class SyncEngine:
     def _sync_params(self, store: CheckpointStore, slots: list[_Slot], params: dict[str, Any]) -> None:
         if not params:
             return
+        params = redact_params(params, self._secrets)
         for slot in self._live(slots):
             new = {k: v for k, v in params.items() if slot.ck.params.get(k) != param_text(v)}
             if not new:

@@ -14,7 +14,7 @@ import torch
 import tracelet
 from recorder_helpers import FAST, read_run
 from tracelet.errors import UsageError
-from tracelet.recorder.redact import REDACTED
+from tracelet.redact import REDACTED
 
 
 def test_run_dir_layout_and_manifest(logdir):
@@ -255,7 +255,8 @@ def test_env_capture_has_no_environment_values(logdir, monkeypatch):
 def test_live_sync_calls_engine_and_survives_failures(logdir, monkeypatch, caplog):
     calls = []
 
-    def sync_run_dir(run_dir, backends):
+    def sync_run_dir(run_dir, backends, **redaction):
+        assert redaction == {"redact_secrets": True, "secret_patterns": []}
         calls.append((run_dir, backends, json.loads((run_dir / "tracelet.json").read_text())["status"]))
         if len(calls) == 1:
             raise ConnectionError("backend down")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recorder_helpers import child_env, read_run, run_dirs, wait_for_line
-from tracelet.recorder.redact import REDACTED
+from tracelet.redact import REDACTED
 
 
 def start_child(tmp_path: Path, body: str, preamble: str = "", **config) -> subprocess.Popen:

@@ -19,7 +19,7 @@ import torch
 
 import tracelet
 from recorder_helpers import read_run, run_dirs
-from tracelet.recorder.redact import REDACTED
+from tracelet.redact import REDACTED
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE_CANDIDATES = [REPO / "shared" / "USER-GUIDE.md", REPO.parent / "shared" / "USER-GUIDE.md"]

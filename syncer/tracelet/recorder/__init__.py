@@ -14,7 +14,7 @@ Layout (DESIGN §2): ``<logdir>/<project>/<name>/`` with ``events.out.tfevents.*
 ``tracelet.json``, ``sysmetrics/part-NNNNNN.parquet`` and ``artifacts/``. Modules:
 
 * :mod:`.experiment` lifecycle, exit statuses, signals · :mod:`.writer` event file + images
-* :mod:`.sysmetrics` sampler + NVML · :mod:`.capture` git/env/system · :mod:`.redact` secrets
+* :mod:`.sysmetrics` sampler + NVML · :mod:`.capture` git/env/system · :mod:`tracelet.redact` secrets
 * :mod:`.tracking` SummaryWriter/Lightning redirection · :mod:`.live` live sync
 * :mod:`.record` ``tracelet record -- CMD`` · :mod:`.config` every config key
 """

@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from .redact import strip_url_credentials
+from ..redact import strip_url_credentials
 
 log = logging.getLogger("tracelet.recorder")
 

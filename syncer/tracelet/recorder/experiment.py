@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 from .._fs import atomic_write_bytes
 from .config import RecorderConfig, normalize_backends
-from .redact import compile_secret_matcher, flatten_params, redact_params
+from ..redact import compile_secret_matcher, flatten_params, redact_params
 from .run import ARTIFACTS_DIR, ManifestFile, create_run
 from .writer import RunWriter, hparams_pb
 
@@ -128,7 +128,8 @@ class Experiment:
         if cfg.sync == "live":
             from .live import LiveSync
 
-            self._live = LiveSync(self.run_dir, self.backends, cfg.sync_interval)
+            self._live = LiveSync(self.run_dir, self.backends, cfg.sync_interval,
+                                  cfg.redact_secrets, cfg.secret_patterns)
             self._live.start()
         _hooks.install()
 
@@ -171,7 +172,7 @@ class Experiment:
 
         Nested dicts are flattened with ``/`` (``{"opt": {"lr": 0.1}}`` -> ``opt/lr``);
         dataclasses and ``argparse.Namespace`` are accepted. Secret-named keys are redacted
-        (see :mod:`tracelet.recorder.redact`). Params go to the manifest at once and to the
+        (see :mod:`tracelet.redact`). Params go to the manifest at once and to the
         event file (TensorBoard HParams) within ``flush_interval`` seconds, merged with earlier
         calls in that window: TensorBoard's HParams tab shows a run's *first* hparams record,
         while the manifest and ``tracelet sync`` use the latest.

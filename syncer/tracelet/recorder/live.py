@@ -15,8 +15,10 @@ log = logging.getLogger("tracelet.recorder")
 
 
 class LiveSync:
-    def __init__(self, run_dir: Path, backends: list[str], interval_s: float):
+    def __init__(self, run_dir: Path, backends: list[str], interval_s: float,
+                 redact_secrets: bool | list[str] = True, secret_patterns: list[str] | None = None):
         self.run_dir = run_dir
+        self.redaction = {"redact_secrets": redact_secrets, "secret_patterns": list(secret_patterns or [])}
         self.backends = backends
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -51,7 +53,7 @@ class LiveSync:
                             type(e).__name__, e)
             return
         try:
-            sync_run_dir(self.run_dir, self.backends)
+            sync_run_dir(self.run_dir, self.backends, **self.redaction)
             self.passes += 1
         except Exception:
             log.warning("tracelet: live sync of %s failed; will retry", self.run_dir, exc_info=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .config import DEFAULT_PROJECT, RecorderConfig
-from .redact import compile_secret_matcher, redact_argv
+from ..redact import compile_secret_matcher, redact_argv
 from .run import create_run, default_run_name
 from .sysmetrics import SystemSampler
 

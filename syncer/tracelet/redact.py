@@ -19,7 +19,7 @@ import re
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from ..params import SEPARATOR, flatten_params  # noqa: F401  (re-exported)
+from .params import SEPARATOR, flatten_params  # noqa: F401  (re-exported)
 
 REDACTED = "***REDACTED***"
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
