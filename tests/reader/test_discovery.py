@@ -152,19 +152,57 @@ def test_unreadable_folder_reported_not_fatal(tmp_path, monkeypatch):
     assert str(tmp_path / "locked") in disc.problems[0] and "Permission denied" in disc.problems[0]
 
 
+def _discover_as_nobody(root) -> tuple[list[str], list[str]]:
+    """discover_runs in a forked child that dropped root (root reads through chmod 000)."""
+    import json
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: already has tracelet imported; only needs to read `root`
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            disc = discover_runs(root)
+            os.write(w, json.dumps([[x.name for x in disc.runs], disc.problems]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    runs, problems = json.loads(out)
+    return runs, problems
+
+
 def test_unreadable_folder_real_chmod(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: chmod 000 does not stop root from reading; the refusal "
-                    "is covered by test_unreadable_folder_reported_not_fatal (simulated)")
-    _event_file(tmp_path / "ok")
-    _event_file(tmp_path / "locked/run")
-    os.chmod(tmp_path / "locked", 0)
+    import tempfile
+
+    as_root = os.geteuid() == 0
+    # as root, a world-traversable folder that an unprivileged child can walk
+    base = tmp_path if not as_root else __import__("pathlib").Path(tempfile.mkdtemp(prefix="tl-chmod-"))
     try:
-        disc = discover_runs(tmp_path)
+        base.chmod(0o755)
+        _event_file(base / "ok")
+        _event_file(base / "locked/run")
+        for p in (base / "ok", *(base / "ok").iterdir()):
+            p.chmod(0o755)
+        os.chmod(base / "locked", 0)
+        try:
+            if as_root:
+                runs, problems = _discover_as_nobody(base)
+            else:
+                disc = discover_runs(base)
+                runs, problems = [x.name for x in disc.runs], disc.problems
+        finally:
+            os.chmod(base / "locked", 0o755)
+        assert runs == ["ok"]
+        assert len(problems) == 1 and str(base / "locked") in problems[0], problems
+        assert "Permission denied" in problems[0]
     finally:
-        os.chmod(tmp_path / "locked", 0o755)
-    assert [r.name for r in disc.runs] == ["ok"]
-    assert len(disc.problems) == 1 and str(tmp_path / "locked") in disc.problems[0]
+        if as_root:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_missing_logdir_is_a_problem_not_a_crash(tmp_path):
