@@ -660,6 +660,11 @@ class SyncEngine:
                 continue
             reader = EventFileReader(path, a, tag_plugins)
             for batch in reader.batches(end=b, max_points=self.o.batch_points):
+                if batch.clamp_wall_times():
+                    note = (f"{path}: points with an unusable wall time (NaN, Inf or beyond "
+                            "±1e12 s) were sent with wall time 0 (1970-01-01).")
+                    if note not in rr.problems:
+                        rr.problems.append(note)
                 self._fan_out(store, batch, joined, rr)
                 if self.stop.is_set() or all(s.failed for s, _, _ in joined):
                     break

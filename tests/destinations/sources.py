@@ -194,8 +194,11 @@ def build_conformance_logdir(root: Path, project: str = "conformance") -> Source
     f = a / "events.out.tfevents.1700000500.host.1.1"
     chunks = [_header(T0 + 500)]
     odd = [(-5, float("nan")), (0, float("inf")), (2**40, float("-inf")), (7, 1e-30), (7, 3.5)]
+    # ... and writers with a broken clock: NaN / absurd wall times (sent with wall time 0)
+    odd += [(8, 0.25), (9, 0.5), (10, 0.75)]
+    bad_walls = {5: float("nan"), 6: 1e300, 7: float("-inf")}
     for k, (step, v) in enumerate(odd):
-        wall = T0 + 500 + k
+        wall = bad_walls.get(k, T0 + 500 + k)
         chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag="Loss/train", simple_value=v)]))
         truth.add("torch/resnet", "Loss/train", step, _f32(v) if math.isfinite(v) else v, wall)
     for k, tag in enumerate(["ünïcode/损失", "weird tag:with%chars", "a//b/./c"]):

@@ -6,8 +6,16 @@ frozen dataclasses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+# A wall time outside this range (NaN, ±Inf, a broken clock's 1e300) cannot be a destination's
+# timestamp (MLflow: int64 ms); the engine sends such points with wall time 0.0 (1970-01-01).
+MAX_ABS_WALL_TIME = 1e12  # seconds: year 33658
+
+
+def _bad_wall(w: float) -> bool:
+    return not -MAX_ABS_WALL_TIME < w < MAX_ABS_WALL_TIME
 
 # Kinds, as they appear in `tracelet export`'s `kind` column and in reports.
 SCALAR = "scalar"
@@ -140,6 +148,24 @@ class Batch:
             len(self.scalars) + len(self.histograms) + len(self.images) + len(self.texts)
             + len(self.hparams)
         )
+
+    def clamp_wall_times(self) -> int:
+        """Set unusable wall times (NaN, ±Inf, beyond ±1e12 s) to 0.0, for every destination
+        alike; returns how many were set. ``tracelet export`` shows them as written."""
+        fixed = 0
+        walls = self.scalars.wall_times
+        if any(_bad_wall(w) for w in walls):
+            for i, w in enumerate(walls):
+                if _bad_wall(w):
+                    walls[i] = 0.0
+                    fixed += 1
+        for name in ("histograms", "images", "texts", "hparams"):
+            points = getattr(self, name)
+            for i, p in enumerate(points):
+                if _bad_wall(p.wall_time):
+                    points[i] = replace(p, wall_time=0.0)
+                    fixed += 1
+        return fixed
 
     def count_other(self, name: str, n: int = 1) -> None:
         self.other[name] = self.other.get(name, 0) + n
