@@ -235,3 +235,20 @@ def test_status_maps_to_the_exit_record(wb, tmp_path, project):
     assert sync_once(logdir, wb, project).exit_code == 0
     rb = wb.read_back(project, "s")
     assert rb.status == "finished" and rb.runs_found == 1
+
+
+def test_project_name_wandb_rejects_is_mapped(wb, tmp_path):
+    """W&B rejects `/ \\ # ? % :` in project names: they become `_` (a logdir folder called
+    `runs:2024` must not fail every sync); a resync finds the same run under the mapped name."""
+    from tracelet.destinations.wandb import wandb_project
+
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(20)))
+    raw = "team/exp:1#a?b%c\\d"
+    assert wandb_project(raw) == "team_exp_1_a_b_c_d"
+    assert len(wandb_project("p" * 300)) == 128
+    for _ in range(2):
+        report = sync_once(logdir, wb, raw)
+        assert report.exit_code == 0, report.to_dict()
+    assert_exactly_once(wb, truth, project_fn("team_exp_1_a_b_c_d"))

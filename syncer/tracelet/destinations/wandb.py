@@ -169,6 +169,19 @@ def wandb_run_id(run_id: str) -> str:
     return "tl" + hashlib.sha1(run_id.encode()).hexdigest()[:30]
 
 
+_PROJECT_REJECTED = re.compile(r"[/\\#?%:]")
+MAX_PROJECT_CHARS = 128
+
+
+def wandb_project(project: str) -> str:
+    """W&B rejects ``/ \\ # ? % :`` in project names and names over 128 characters: those
+    characters become ``_`` and a longer name is cut and ends in ``~<hash>``."""
+    name = _PROJECT_REJECTED.sub("_", project).strip() or "tracelet"
+    if len(name) > MAX_PROJECT_CHARS:
+        name = name[: MAX_PROJECT_CHARS - 9] + "~" + hashlib.sha1(project.encode()).hexdigest()[:8]
+    return name
+
+
 def wandb_mode(config: Mapping[str, Any]) -> str:
     """``offline`` or ``online``, decided as ``target_key`` decides it (keep the two in step)."""
     from . import _wandb_has_credentials
@@ -562,11 +575,12 @@ class WandbDestination(Destination):
 
         ident = dict(identity or {})
         wid = ident.get("run_id") or wandb_run_id(run.run_id)
+        project = wandb_project(run.project)
         next_step = int(ident.get("next_step") or 0)
         existed = bool(identity)
         if self.mode == "offline":
             _announce(self.root)
-            first_free, previous = self._continue_after(wid, run.project, ident)
+            first_free, previous = self._continue_after(wid, project, ident)
             next_step = max(next_step, first_free)
             existed = existed or bool(previous)
         config = {"tracelet": {"run_id": run.run_id, "run_path": run.run_path}}
@@ -575,7 +589,7 @@ class WandbDestination(Destination):
         os.makedirs(self.root, exist_ok=True)
         opened_at = time.time()
         with _LOCK:
-            r = wandb.init(project=run.project, entity=os.environ.get("WANDB_ENTITY") or None,
+            r = wandb.init(project=project, entity=os.environ.get("WANDB_ENTITY") or None,
                            id=wid, name=run.run_path, resume="allow", dir=self.root,
                            config=config, tags=tags, reinit="create_new",
                            settings=self._settings())
@@ -592,7 +606,7 @@ class WandbDestination(Destination):
             self._finish(r, 1)
             raise
         new_identity = {
-            "run_id": wid, "project": run.project, "entity": getattr(r, "entity", None) or None,
+            "run_id": wid, "project": project, "entity": getattr(r, "entity", None) or None,
             "mode": self.mode, "next_step": next_step, "ords": dict(ident.get("ords") or {}),
             "status": ident.get("status"), "config": dict(ident.get("config") or {}),
             # fragments that started before this one were checked for torn tails by now
