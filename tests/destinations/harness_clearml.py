@@ -158,6 +158,10 @@ class ClearmlOfflineHarness(Harness):
         return self.cache / "offline"
 
     def sessions(self, project: str, run_path: str) -> list[Session]:
+        # names as the README maps them (ClearML wants 3+ characters: "r" -> "r__")
+        from tracelet.destinations.clearml import clearml_name
+
+        project, run_path = clearml_name(project, nested=True), clearml_name(run_path)
         return [s for s in offline_sessions(self.offline)
                 if s.doc.get("name") == run_path and s.doc.get("project_name") == project]
 

@@ -280,7 +280,7 @@ def test_upload_instructions_match_the_files(cml, tmp_path):
                                  for p in folder.rglob("*") if p.is_file()}
                 doc = json.loads(zf.read("task.json"))
                 assert doc["id"] == folder.name and doc["name"] == run["task_name"]
-                assert doc["project_name"] == "p" and doc["offline_folder"] == str(folder)
+                assert doc["project_name"] == "p__" and doc["offline_folder"] == str(folder)
                 lines = zf.read("metrics.jsonl").splitlines() if "metrics.jsonl" in names else []
                 for line in lines:
                     for ev in json.loads(line):
@@ -353,3 +353,20 @@ def test_clearmls_own_import_reader_sends_every_event(cml, tmp_path):
             models[r["type"]](**fields)  # ClearML's own event model accepts it
             if r.get("key"):  # the debug sample was uploaded where the event points
                 assert f".{'a' * 32}/" in r["key"] and Path(r["url"]).is_file()
+
+
+def test_names_shorter_than_clearml_accepts_are_padded(cml, tmp_path):
+    """ClearML wants project and task names of 3+ characters (each part of a nested project):
+    run `r` in project `ab/x` lands as task `r__` in project `ab_/x__`, twice synced once."""
+    from tracelet.destinations.clearml import clearml_name
+
+    assert clearml_name("ab/x", nested=True) == "ab_/x__"
+    assert clearml_name("resnet") == "resnet" and clearml_name("a/b") == "a/b"
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(15)))
+    for _ in range(2):
+        assert sync_once(logdir, cml, "ab/x").exit_code == 0
+    rb = cml.read_back("ab_/x__", "r__")
+    assert rb.runs_found == 1
+    assert sorted(s for s, _ in rb.scalars[cml.metric_key("loss")]) == list(range(15))

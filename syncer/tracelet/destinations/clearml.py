@@ -190,6 +190,16 @@ _GPU_RE = re.compile(r"^gpu/(\d+)/(.+)$")
 # ---------------------------------------------------------------------------------------------
 # names
 # ---------------------------------------------------------------------------------------------
+MIN_NAME_CHARS = 3  # ClearML: "project_name / task_name: minimum length of 3 characters"
+
+
+def clearml_name(name: str, nested: bool = False) -> str:
+    """A project or task name ClearML accepts: a name (with ``nested``: each ``/``-separated
+    part of a project name) shorter than 3 characters is padded with ``_`` (``r`` -> ``r__``)."""
+    parts = name.split("/") if nested else [name]
+    return "/".join(p.ljust(MIN_NAME_CHARS, "_") for p in parts)
+
+
 def split_tag(tag: str) -> tuple[str, str]:
     """(title, series) of a TensorBoard tag: split at the last ``/``; no ``/`` → both the tag."""
     title, sep, series = tag.rpartition("/")
@@ -616,7 +626,8 @@ class ClearmlDestination(Destination):
         cls = _task_class()
         from clearml import Task
 
-        task = cls(chosen_id=sid, project_name=run.project, task_name=run.run_path,
+        task = cls(chosen_id=sid, project_name=clearml_name(run.project, nested=True),
+                   task_name=clearml_name(run.run_path),
                    task_type=Task.TaskTypes.training)
         _prepare_session_task(task, run, seq)
         handle.extra["sessions"][seq] = {"dir": Path(task.get_offline_mode_folder()), "zip": None}
@@ -626,7 +637,7 @@ class ClearmlDestination(Destination):
 
     def _reopen_session(self, run: RunRef, sid: str, seq: int) -> Any:
         task = _task_class()(task_id=sid)
-        task._project_name = (None, run.project)  # offline: not restored by reload
+        task._project_name = (None, clearml_name(run.project, nested=True))  # offline: not restored by reload
         _prepare_session_task(task, run, seq)  # again: the kill may have come before it
         return task
 
@@ -641,10 +652,12 @@ class ClearmlDestination(Destination):
                 task = None
         existed = task is not None
         if task is None:
-            task = _find_online_task(run.project, run.run_path, run.run_id)
+            task = _find_online_task(clearml_name(run.project, nested=True),
+                                     clearml_name(run.run_path), run.run_id)
             existed = task is not None
         if task is None:
-            task = Task.create(project_name=run.project, task_name=run.run_path,
+            task = Task.create(project_name=clearml_name(run.project, nested=True),
+                               task_name=clearml_name(run.run_path),
                                task_type=Task.TaskTypes.training)
             _prepare_session_task(task, run, None)
             task.mark_started(force=True)
