@@ -306,7 +306,7 @@ def test_read_scalars_single_file_and_damage_warns(damaged_logdir):
     corrupt_path, off = where["corrupt"]
     with pytest.warns(RuntimeWarning, match=f"corrupt at byte {off}"):
         df = read_scalars(corrupt_path)
-    assert df.step.tolist() == [0, 1] and set(df.run) == {"."}
+    assert df.step.tolist() == [0, 1] and set(df.run) == {corrupt_path.parent.name}
 
 
 def test_read_scalars_empty_has_columns(tmp_path):

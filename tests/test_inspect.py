@@ -117,7 +117,7 @@ def test_render_is_a_readable_table(logdir):
 def test_single_event_file(logdir):
     path = logdir / "exp/run1/events.out.tfevents.1.host"
     report = inspect_path(path)
-    assert [r.name for r in report.runs] == ["."]
+    assert [r.name for r in report.runs] == ["run1"]
     assert report.runs[0].points["scalar"] == 15
     result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
     assert result.exit_code == 0, result.output

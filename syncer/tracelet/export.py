@@ -46,7 +46,7 @@ from typing import Iterator
 
 from .errors import UsageError
 from .reader import (HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
-                     HistogramPoint, discover_runs)
+                     HistogramPoint, discover_runs, root_run_name)
 
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
 ROW_GROUP_ROWS = 128 * 1024  # rows per Parquet row group: big enough to compress well, small
@@ -434,7 +434,7 @@ def read_scalars(logdir: str | os.PathLike):
 
     discovery, single = resolve_logdir(logdir, allow_file=True)
     if single is not None:
-        root, sources = single.parent, [(".", single)]
+        root, sources = single.parent, [(root_run_name(single.parent), single)]
         problems: list[str] = []
     else:
         root = discovery.logdir

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .export import FileScan, HPARAMS_TAG, resolve_logdir
-from .reader import HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch
+from .reader import HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, root_run_name
 
 
 def iso_utc(unix_s: float | None) -> str | None:
@@ -254,7 +254,7 @@ def inspect_path(path) -> InspectReport:
     discovery, single = resolve_logdir(path, allow_file=True)
     if single is not None:
         report = InspectReport(Path(path))
-        sources = [(".", single.parent, [single])]
+        sources = [(root_run_name(single.parent), single.parent, [single])]
     else:
         report = InspectReport(Path(path), problems=list(discovery.problems))
         sources = [(r.name, r.path, r.event_files) for r in discovery.runs if r.event_files]

@@ -67,11 +67,18 @@ def test_keras_train_and_validation():
     assert sorted(_runs(FIXTURES / "keras_fit")) == ["train", "validation"]
 
 
-def test_event_files_directly_in_logdir_are_run_dot(tmp_path):
-    _event_file(tmp_path)
-    _event_file(tmp_path / "1700000001.5")  # add_hparams child of the root run
-    assert _runs(tmp_path) == {".": ["events.out.tfevents.1700000000.h.1.0",
-                                     "1700000001.5/events.out.tfevents.1700000000.h.1.0"]}
+def test_event_files_directly_in_logdir_are_a_run_named_after_the_folder(tmp_path):
+    """`tracelet sync runs/exp1` where exp1 holds event files: the run is `exp1`, not `.`."""
+    root = tmp_path / "exp1"
+    _event_file(root)
+    _event_file(root / "1700000001.5")  # add_hparams child of the root run
+    _event_file(root / "child")
+    assert _runs(root) == {"exp1": ["events.out.tfevents.1700000000.h.1.0",
+                                    "1700000001.5/events.out.tfevents.1700000000.h.1.0"],
+                           "child": ["events.out.tfevents.1700000000.h.1.0"]}
+    # the name a child already has wins: the root run keeps `.` rather than collide
+    _event_file(root / "exp1")
+    assert set(_runs(root)) == {".", "child", "exp1"}
 
 
 def test_numeric_folder_without_parent_run_is_a_run(tmp_path):

@@ -146,4 +146,15 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
     walk(root_s)
     while links:  # FIFO: shallow links first; links inside a linked tree queue up behind
         walk(links.pop(0))
+    if "." in runs:  # the logdir itself is a run (`tracelet sync runs/exp1`): named `exp1`, not `.`
+        own = root_run_name(root)
+        if own not in runs:
+            run = runs.pop(".")
+            run.name = own
+            runs[own] = run
     return Discovery(root, sorted(runs.values(), key=lambda r: r.name), problems)
+
+
+def root_run_name(folder: str | os.PathLike) -> str:
+    """The name of a run that is the logdir itself: its folder's name (``.`` for ``/``)."""
+    return os.path.basename(os.path.abspath(os.fspath(folder))) or "."
