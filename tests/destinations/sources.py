@@ -201,7 +201,8 @@ def build_conformance_logdir(root: Path, project: str = "conformance") -> Source
         wall = bad_walls.get(k, T0 + 500 + k)
         chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag="Loss/train", simple_value=v)]))
         truth.add("torch/resnet", "Loss/train", step, _f32(v) if math.isfinite(v) else v, wall)
-    for k, tag in enumerate(["ünïcode/损失", "weird tag:with%chars", "a//b/./c"]):
+    long_tag = "very/long/" + "x" * 300  # over MLflow's 250 characters and W&B's 128 for projects
+    for k, tag in enumerate(["ünïcode/损失", "weird tag:with%chars", "a//b/./c", long_tag]):
         wall = T0 + 600 + k
         chunks.append(_event(k, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=float(k))]))
         truth.add("torch/resnet", tag, k, float(k), wall)

@@ -67,7 +67,7 @@ def mlflow_key(tag: str) -> str:
         cleaned = "/".join(parts) or "_"
     if len(cleaned) > MAX_KEY_CHARS:
         digest = hashlib.sha1(tag.encode()).hexdigest()[:8]
-        cleaned = cleaned[: MAX_KEY_CHARS - 9] + "~" + digest
+        cleaned = cleaned[: MAX_KEY_CHARS - 9] + "-" + digest
     return cleaned
 
 
