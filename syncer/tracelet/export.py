@@ -6,9 +6,9 @@ by kind — sort by ``run, tag, step`` if you need a global order):
 ==========  =======  ===============================================================
 column      type     meaning
 ==========  =======  ===============================================================
-run         string   run path relative to the logdir (``.`` for the logdir itself)
+run         string   run path relative to the logdir (the folder's name for the logdir itself)
 tag         string   TensorBoard tag; hparams rows use ``_hparams_/session_start_info``
-kind        string   ``scalar`` | ``histogram`` | ``image`` | ``text`` | ``hparams``
+kind        string   ``scalar`` | ``histogram`` | ``image`` | ``text`` | ``hparams`` | ``audio``
 step        int64    TensorBoard step
 wall_time   float64  event wall time, unix seconds
 value       float64  the scalar; null for every other kind
@@ -18,7 +18,8 @@ summary     string   null for scalars; otherwise a short description of the poin
                      from bucket centres and written ``mean~=``); image
                      ``png 64x48, 1234 bytes`` (``#k`` for the k-th image of a TF2 image
                      tensor); text: the text, cut to :data:`TEXT_SUMMARY_CHARS` characters
-                     with ``…``; hparams: the hyperparameters as sorted JSON
+                     with ``…``; hparams: the hyperparameters as sorted JSON; audio
+                     ``wav 16000 Hz, 32044 bytes`` (``#k``, ``: label`` where written)
 ==========  =======  ===============================================================
 
 Memory stays flat whatever the size of the logdir: points travel from the reader in batches
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import UsageError
-from .reader import (HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
+from .reader import (AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
                      HistogramPoint, discover_runs, root_run_name)
 
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
@@ -264,6 +265,13 @@ def batch_to_table(batch: Batch, run: str):
         rows.append((im.tag, IMAGE, im.step, im.wall_time, desc))
     for t in batch.texts:
         rows.append((t.tag, TEXT, t.step, t.wall_time, _text_summary(t.text)))
+    for a in batch.audio:
+        desc = f"{a.format} {a.sample_rate:g} Hz, {len(a.encoded)} bytes"
+        if a.index:
+            desc += f" #{a.index}"
+        if a.label:
+            desc += f": {_text_summary(a.label)}"
+        rows.append((a.tag, AUDIO, a.step, a.wall_time, desc))
     for hp in batch.hparams:
         rows.append((HPARAMS_TAG, HPARAMS, hp.step, hp.wall_time,
                      json.dumps(hp.hparams, sort_keys=True, default=str)))

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .export import FileScan, HPARAMS_TAG, resolve_logdir
-from .reader import HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, root_run_name
+from .reader import AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, root_run_name
 
 
 def iso_utc(unix_s: float | None) -> str | None:
@@ -92,7 +92,7 @@ class RunStats:
                     row["value_count"], row["step_min"], row["step_max"], row["wall_time_min"],
                     row["wall_time_max"], row["value_last"])
         for kind, points in ((HISTOGRAM, batch.histograms), (IMAGE, batch.images),
-                             (TEXT, batch.texts)):
+                             (TEXT, batch.texts), (AUDIO, batch.audio)):
             for p in points:
                 self._tag(kind, p.tag).add(1, p.step, p.step, p.wall_time, p.wall_time)
         for hp in batch.hparams:

@@ -24,6 +24,7 @@ class ReadBack:
     histograms: int = 0
     images: int = 0
     texts: int = 0
+    audio: int = 0
     artifacts: list[str] = field(default_factory=list)
     status: str | None = None
 

@@ -69,6 +69,7 @@ class MlflowServer:
 
 
 class _MlflowHarness(Harness):
+    supports = Harness.supports | {"audio"}
     name = "mlflow"
     uri = ""
 
@@ -112,6 +113,7 @@ class _MlflowHarness(Harness):
         rb.histograms = sum(p.startswith("tensorboard/histograms/") for p in paths)
         rb.images = sum(p.startswith("tensorboard/images/") for p in paths)
         rb.texts = sum(p.startswith("tensorboard/text/") for p in paths)
+        rb.audio = sum(p.startswith("tensorboard/audio/") and p.endswith(".wav") for p in paths)
         rb.artifacts = sorted(p for p in paths if not p.startswith("tensorboard/"))
         return rb
 

@@ -29,6 +29,7 @@ class SourceTruth:
     histograms: dict[str, int] = field(default_factory=dict)  # run -> count
     images: dict[str, int] = field(default_factory=dict)
     texts: dict[str, int] = field(default_factory=dict)
+    audio: dict[str, int] = field(default_factory=dict)
     params: dict[str, dict[str, str]] = field(default_factory=dict)
     system: dict[str, int] = field(default_factory=dict)  # run -> number of sidecar rows
     artifacts: dict[str, list[str]] = field(default_factory=dict)
@@ -94,6 +95,19 @@ def _png(w: int, h: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _wav(frames: int, rate: int, seed: int) -> bytes:
+    import wave
+
+    pcm = (np.sin(np.arange(frames) * (0.05 + seed / 100)) * 20000).astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
 def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     """TF2 layout: tensor scalars with plugin metadata on the first value only, a tensor
     histogram, a string-tensor image and text, and an hparams session_start_info."""
@@ -141,6 +155,13 @@ def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     truth.histograms[run] = 3
     truth.images[run] = 3
     truth.texts[run] = 3
+    # tf.summary.audio: a [k, 2] string tensor of (WAV clip, label), plugin "audio"
+    for i in range(2):
+        clips = [_wav(400, 8000, i), b"clip a", _wav(300, 8000, i + 5), b"clip b"]
+        av = summary_pb2.Summary.Value(tag="speech", tensor=_string_tensor(clips, [2, 2]),
+                                       metadata=md("audio"))
+        chunks.append(_event(i, T0 + 6500 + i, [av]))
+    truth.audio[run] = 4
     hp = plugin_data_pb2.HParamsPluginData(version=0, session_start_info=plugin_data_pb2.SessionStartInfo(
         hparams={"optimizer": struct_pb2.Value(string_value="adam"),
                  "units": struct_pb2.Value(number_value=64)}))
@@ -201,6 +222,13 @@ def build_conformance_logdir(root: Path, project: str = "conformance") -> Source
         wall = bad_walls.get(k, T0 + 500 + k)
         chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag="Loss/train", simple_value=v)]))
         truth.add("torch/resnet", "Loss/train", step, _f32(v) if math.isfinite(v) else v, wall)
+    # PyTorch / tensorboardX add_audio: Summary.Audio with the WAV bytes
+    for k in range(2):
+        au = summary_pb2.Summary.Audio(sample_rate=16000, num_channels=1, length_frames=500,
+                                       encoded_audio_string=_wav(500, 16000, k),
+                                       content_type="audio/wav")
+        chunks.append(_event(k, T0 + 590 + k, [summary_pb2.Summary.Value(tag="audio/out", audio=au)]))
+    truth.audio["torch/resnet"] = 2
     long_tag = "very/long/" + "x" * 300  # over MLflow's 250 characters and W&B's 128 for projects
     for k, tag in enumerate(["ünïcode/损失", "weird tag:with%chars", "a//b/./c", long_tag]):
         wall = T0 + 600 + k

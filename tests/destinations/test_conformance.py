@@ -61,6 +61,8 @@ def test_roundtrip_every_kind(harness, tmp_path, project):
             assert rb.images == truth.images.get(run, 0), run
         if "text" in harness.supports:
             assert rb.texts == truth.texts.get(run, 0), run
+        if "audio" in harness.supports:
+            assert rb.audio == truth.audio.get(run, 0), run
         if "params" in harness.supports:
             for k, v in truth.params.get(run, {}).items():
                 assert rb.params.get(harness.metric_key(k), rb.params.get(k)) == v, (run, k, rb.params)
@@ -75,7 +77,8 @@ def test_roundtrip_every_kind(harness, tmp_path, project):
     for r in report.runs:
         d = r.destinations[harness.name]
         assert d.state == "synced", d
-        kinds = {"histogram": truth.histograms, "image": truth.images, "text": truth.texts}
+        kinds = {"histogram": truth.histograms, "image": truth.images, "text": truth.texts,
+                 "audio": truth.audio}
         for kind, per_run in kinds.items():
             n = per_run.get(r.run, 0)
             if n and kind not in harness.supports:

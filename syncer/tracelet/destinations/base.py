@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..reader.points import HISTOGRAM, HPARAMS, IMAGE, SCALAR, TEXT, Batch
+from ..reader.points import AUDIO, HISTOGRAM, HPARAMS, IMAGE, SCALAR, TEXT, Batch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -161,4 +161,4 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-ALL_KINDS = frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, HPARAMS})
+ALL_KINDS = frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, HPARAMS, AUDIO})

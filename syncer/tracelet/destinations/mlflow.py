@@ -15,6 +15,8 @@ histogram           artifact ``tensorboard/histograms/<tag>/step_<step>.json`` (
 image               artifact ``tensorboard/images/<tag>/step_<step>_<index>.<png|jpeg|gif>``,
                     the writer's encoded bytes unchanged
 text                artifact ``tensorboard/text/<tag>/step_<step>.txt``
+audio               artifact ``tensorboard/audio/<tag>/step_<step>_<index>.<wav|...>``, the
+                    writer's bytes unchanged
 hparams, params     params (write-once: a changed value is reported, not applied)
 system metrics      metrics ``system/<name>``, timestamp = sample time, step = whole seconds
                     since the run started
@@ -45,7 +47,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from ..errors import DestinationError
-from ..reader.points import HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from .base import Capabilities, Destination, RunHandle, RunRef
 
 MAX_METRICS_PER_CALL = 1000  # MLflow's MAX_METRICS_PER_BATCH
@@ -88,7 +90,7 @@ def _canon(value: float) -> float | str:
 class MlflowDestination(Destination):
     name = "mlflow"
     capabilities = Capabilities(
-        kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT}),
+        kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}),
         max_points_per_call=MAX_METRICS_PER_CALL,
     )
 
@@ -181,7 +183,7 @@ class MlflowDestination(Destination):
             if dedupe:
                 metrics = self._missing(handle, metrics)
             self._log_metrics(run_id, metrics)
-        if batch.histograms or batch.images or batch.texts:
+        if batch.histograms or batch.images or batch.texts or batch.audio:
             self._send_artifact_points(run_id, batch)
 
     def _log_metrics(self, run_id: str, metrics: list) -> None:
@@ -225,6 +227,10 @@ class MlflowDestination(Destination):
                 p = root / "text" / mlflow_key(t.tag) / f"step_{t.step}.txt"
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(t.text, encoding="utf-8")
+            for a in batch.audio:
+                p = root / "audio" / mlflow_key(a.tag) / f"step_{a.step}_{a.index}.{a.format}"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(a.encoded)
             self.client.log_artifacts(run_id, str(root), artifact_path="tensorboard")
 
     def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2
 
-from .points import Batch, HistogramPoint, HParamsPoint, ImagePoint, TextPoint
+from .points import AudioPoint, Batch, HistogramPoint, HParamsPoint, ImagePoint, TextPoint
 from .records import (FOOTER_BYTES, HEADER_BYTES, LENGTH_CRC_MISMATCH, FramingStatus, _refill,
                       iter_records, note_bad_data)
 
@@ -97,6 +97,13 @@ def tensor_to_ndarray(t) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
     # TF's compact form: the last value repeats to fill the shape
     return np.concatenate([arr, np.repeat(arr[-1:], n - arr.size)]).reshape(shape)
+
+
+def _wav_rate(encoded: bytes) -> float:
+    """Sample rate from a WAV header (RIFF/WAVE with its ``fmt `` chunk first), else 0."""
+    if len(encoded) >= 28 and encoded[:4] == b"RIFF" and encoded[8:16] == b"WAVEfmt ":
+        return float(int.from_bytes(encoded[24:28], "little"))
+    return 0.0
 
 
 def _text_of(arr: np.ndarray) -> str:
@@ -313,6 +320,12 @@ class EventFileReader:
                            im.colorspace)
             )
             return 1 + len(im.encoded_image_string) * DEFAULT_BATCH_POINTS // _BATCH_IMAGE_BYTES
+        if kind == "audio":
+            au = v.audio
+            enc = au.encoded_audio_string
+            batch.audio.append(AudioPoint(tag, step, wall, enc, au.sample_rate or _wav_rate(enc),
+                                          au.content_type))
+            return 1 + len(enc) * DEFAULT_BATCH_POINTS // _BATCH_IMAGE_BYTES
         batch.count_other(kind or "empty_value")
         return 0
 
@@ -344,6 +357,16 @@ class EventFileReader:
             weight = 0
             for k, enc in enumerate(flat[2:]):
                 batch.images.append(ImagePoint(tag, step, wall, bytes(enc), width, height, 0, k))
+                weight += 1 + len(enc) * DEFAULT_BATCH_POINTS // _BATCH_IMAGE_BYTES
+            return weight
+        if plugin == "audio" and arr.dtype == object and arr.size >= 1:
+            # TF2 tf.summary.audio: shape [k, 2] = (encoded clip, label) per clip; older [k]
+            rows = arr.reshape(arr.shape[0], -1) if arr.ndim >= 1 else arr.reshape(1, -1)
+            weight = 0
+            for k, row in enumerate(rows):
+                enc = bytes(row[0])
+                label = _text_of(row[1:2]) if row.size > 1 else ""
+                batch.audio.append(AudioPoint(tag, step, wall, enc, _wav_rate(enc), "", k, label))
                 weight += 1 + len(enc) * DEFAULT_BATCH_POINTS // _BATCH_IMAGE_BYTES
             return weight
         if plugin == "text" and arr.dtype == object:

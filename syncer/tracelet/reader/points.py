@@ -23,7 +23,8 @@ HISTOGRAM = "histogram"
 IMAGE = "image"
 TEXT = "text"
 HPARAMS = "hparams"
-KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, HPARAMS)
+AUDIO = "audio"
+KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, HPARAMS, AUDIO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,34 @@ class ImagePoint:
         if head.startswith(b"GIF8"):
             return "gif"
         return "bin"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPoint:
+    """One encoded audio clip (the writer's bytes: WAV from every common writer)."""
+
+    tag: str
+    step: int
+    wall_time: float
+    encoded: bytes
+    sample_rate: float = 0.0
+    content_type: str = ""
+    index: int = 0  # position inside a TF2 audio tensor holding several clips
+    label: str = ""
+
+    @property
+    def format(self) -> str:
+        head = self.encoded[:12]
+        if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+            return "wav"
+        if head.startswith(b"OggS"):
+            return "ogg"
+        if head.startswith(b"fLaC"):
+            return "flac"
+        if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+            return "mp3"
+        return {"audio/wav": "wav", "audio/x-wav": "wav", "audio/ogg": "ogg",
+                "audio/mpeg": "mp3", "audio/flac": "flac"}.get(self.content_type, "bin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +166,7 @@ class Batch:
     images: list[ImagePoint] = field(default_factory=list)
     texts: list[TextPoint] = field(default_factory=list)
     hparams: list[HParamsPoint] = field(default_factory=list)
+    audio: list[AudioPoint] = field(default_factory=list)
     other: dict[str, int] = field(default_factory=dict)  # plugin/kind name -> count not decoded
     records: int = 0
     skipped_records: int = 0  # bad data CRC or unparsable payload
@@ -146,7 +176,7 @@ class Batch:
     def points(self) -> int:
         return (
             len(self.scalars) + len(self.histograms) + len(self.images) + len(self.texts)
-            + len(self.hparams)
+            + len(self.hparams) + len(self.audio)
         )
 
     def clamp_wall_times(self) -> int:
@@ -159,7 +189,7 @@ class Batch:
                 if _bad_wall(w):
                     walls[i] = 0.0
                     fixed += 1
-        for name in ("histograms", "images", "texts", "hparams"):
+        for name in ("histograms", "images", "texts", "hparams", "audio"):
             points = getattr(self, name)
             for i, p in enumerate(points):
                 if _bad_wall(p.wall_time):
@@ -177,4 +207,5 @@ class Batch:
             "image": len(self.images),
             "text": len(self.texts),
             "hparams": len(self.hparams),
+            "audio": len(self.audio),
         }
