@@ -186,8 +186,8 @@ class WandbOfflineHarness(Harness):
     name = "wandb"
     label = "wandb-offline"
     kill_trials = 10
-    supports = frozenset({"scalar", "histogram", "image", "text", "params", "system", "artifacts",
-                          "status"})
+    supports = frozenset({"scalar", "histogram", "image", "text", "audio", "params", "system",
+                          "artifacts", "status"})
 
     def setup(self, tmp_path, monkeypatch):
         self.root = tmp_path / "wandb-root"
@@ -243,6 +243,8 @@ class WandbOfflineHarness(Harness):
                         rb.images += int(value.get("count", len(value.get("filenames", []))))
                     elif kind in ("html-file", "table-file"):
                         rb.texts += 1
+                    elif kind == "audio-file":
+                        rb.audio += 1
                     continue
                 v = float(value)
                 # one NaN object for every NaN, so (step, nan) tuples compare equal

@@ -34,6 +34,9 @@ histogram           ``wandb.Histogram(np_histogram=(counts, edges))``; more than
 image               ``wandb.Image`` from the writer's encoded bytes (PNG/JPEG/GIF copied
                     byte-for-byte; other encodings decoded with PIL); several images of one
                     tag and step become one image list
+audio               ``wandb.Audio`` from the writer's clip file (WAV bytes unchanged), caption =
+                    the TF2 label; several clips of one tag and step go to consecutive rows
+                    (a list of clips would need the ``soundfile`` package)
 text                ``wandb.Html`` holding the text verbatim in ``<pre>`` (HTML-escaped):
                     light (a file per point, no artifact per point as ``wandb.Table`` makes)
                     and the text is kept exactly; Markdown is shown as written, not rendered
@@ -69,7 +72,8 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
 - Each row carries a hidden key ``_tracelet`` naming the exact source points in it:
   ``<file hash>:<kind><first ordinal>+<count>,...`` where the ordinal is the point's index among
   the points of its kind in its event file (or the row index in its sidecar part). Ordinals
-  are deterministic: ``identity["ords"][file] = [offset, scalars, histograms, images, texts]``
+  are deterministic: ``identity["ords"][file] = [offset, scalars, histograms, images, texts,
+  audio]`` (checkpoints from before audio hold five entries: audio starts at 0)
   is committed together with the engine's offset, so a batch re-read from the committed offset
   numbers its points exactly as before, however its end moved (the file grew, the batch size
   changed, the points were split differently into rows).
@@ -128,7 +132,7 @@ from typing import Any, Callable, Iterator, Mapping
 import pyarrow as pa
 
 from ..errors import DestinationError, UsageError
-from ..reader.points import HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from .base import Capabilities, Destination, RunHandle, RunRef
 
 log = logging.getLogger("tracelet.wandb")
@@ -144,7 +148,7 @@ RESERVED_KEYS = frozenset({"_step", "_runtime", "_timestamp", "_wandb", SOURCE_K
                            SYSTEM_STEP_METRIC})
 _RUN_ID_OK = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _EXIT_CODES = {"finished": 0, "failed": 1, "killed": 137}
-_KIND_CODE = {SCALAR: "s", HISTOGRAM: "h", IMAGE: "i", TEXT: "t"}
+_KIND_CODE = {SCALAR: "s", HISTOGRAM: "h", IMAGE: "i", TEXT: "t", AUDIO: "a"}
 _SYSTEM_CODE = "y"
 
 # One service, one lock, one announcement per process (see the module docstring).
@@ -504,7 +508,7 @@ def cut_torn_tail(path: str, offset: int) -> None:
 # ---------------------------------------------------------------------------------------------
 class WandbDestination(Destination):
     name = "wandb"
-    capabilities = Capabilities(kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT}))
+    capabilities = Capabilities(kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}))
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
@@ -646,23 +650,24 @@ class WandbDestination(Destination):
         rel = self._rel_path(handle, batch.path)
         fk = _short_hash(rel)
         ords = handle.identity["ords"].get(rel)
-        base = [0, 0, 0, 0]
+        base = [0, 0, 0, 0, 0]
         if ords:
             if ords[0] > batch.start_offset:
                 raise DestinationError(
                     f"wandb: state of {batch.path} says byte {ords[0]} was sent but the sync "
                     f"resumes at byte {batch.start_offset}; the checkpoint was edited or restored. "
                     "Delete the state dir (tracelet then checks what W&B already has).")
-            base = list(ords[1:5])
+            base = (list(ords[1:6]) + [0])[:5]  # [s, h, i, t, a]; older checkpoints lack `a`
         landed = self._landed(handle) if dedupe else None
         rows = self._scalar_rows(batch, fk, base[0], landed)
         with tempfile.TemporaryDirectory(prefix="tracelet-wandb-") as tmp:
-            if batch.histograms or batch.images or batch.texts:
+            if batch.histograms or batch.images or batch.texts or batch.audio:
                 rows.extend(self._media_rows(batch, fk, base, landed, Path(tmp)))
             self._log_rows(handle, rows, ("events", rel, batch.start_offset, batch.end_offset))
         handle.identity["ords"][rel] = [batch.end_offset, base[0] + len(batch.scalars),
                                         base[1] + len(batch.histograms),
-                                        base[2] + len(batch.images), base[3] + len(batch.texts)]
+                                        base[2] + len(batch.images), base[3] + len(batch.texts),
+                                        base[4] + len(batch.audio)]
 
     def _rel_path(self, handle: RunHandle, path: str) -> str:
         src = handle.extra["source_dir"]
@@ -712,7 +717,7 @@ class WandbDestination(Destination):
 
     def _media_rows(self, batch: Batch, fk: str, base: list[int], landed: Landed | None,
                     tmp: Path) -> list:
-        """Histograms, images and texts grouped into one row per step where keys allow."""
+        """Histograms, images, texts and audio grouped into one row per step where keys allow."""
         items: list[tuple[int, float, str, Any, str, list[int]]] = []  # step, wall, key, value, kind, ords
         for kind, points, b, make in (
                 (HISTOGRAM, batch.histograms, base[1], _histogram),
@@ -722,6 +727,12 @@ class WandbDestination(Destination):
             for j, p in enumerate(points):
                 if j not in skip:
                     items.append((p.step, p.wall_time, wandb_key(p.tag), make(p), code, [b + j]))
+        # audio: one clip per row entry (a list of wandb.Audio needs the soundfile package)
+        skip = landed.covered(fk, "a", base[4], len(batch.audio)) if landed is not None else ()
+        for j, a in enumerate(batch.audio):
+            if j not in skip:
+                items.append((a.step, a.wall_time, wandb_key(a.tag), _audio(a, tmp, f"{base[4] + j}"),
+                              "a", [base[4] + j]))
         skip = landed.covered(fk, "i", base[2], len(batch.images)) if landed is not None else ()
         groups: dict[tuple[str, int], list[int]] = {}
         for j, im in enumerate(batch.images):
@@ -1093,6 +1104,14 @@ def _image(im, tmp: Path, name: str) -> Any:
                     im.step, e)
         return wandb.Html(f"<pre>undecodable image ({len(im.encoded)} bytes): "
                           f"{html.escape(str(e))}</pre>", inject=False, data_is_not_path=True)
+
+
+def _audio(a, tmp: Path, name: str) -> Any:
+    import wandb
+
+    path = tmp / f"{name}.{a.format if a.format != 'bin' else 'wav'}"
+    path.write_bytes(a.encoded)  # the writer's clip, unchanged
+    return wandb.Audio(str(path), sample_rate=int(a.sample_rate) or None, caption=a.label or None)
 
 
 def _html(t) -> Any:
