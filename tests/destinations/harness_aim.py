@@ -52,6 +52,7 @@ def read_aim_run(repo, run_hash: str) -> ReadBack:
     """A run as Aim's SDK shows it (``Repo.iter_runs`` view: the index)."""
     from aim.sdk.run import Run
     from aim.sdk.sequences.distribution_sequence import Distributions
+    from aim.sdk.sequences.audio_sequence import Audios
     from aim.sdk.sequences.image_sequence import Images
     from aim.sdk.sequences.text_sequence import Texts
 
@@ -75,6 +76,9 @@ def read_aim_run(repo, run_hash: str) -> ReadBack:
     for name, ctx, _ in run.iter_sequence_info_by_type(Images.allowed_dtypes()):
         _, (values,) = run.get_image_sequence(name, ctx).data.view(["val"]).items_list()
         rb.images += sum(len(v) if isinstance(v, list) else 1 for v in values)
+    for name, ctx, _ in run.iter_sequence_info_by_type(Audios.allowed_dtypes()):
+        _, (values,) = run.get_audio_sequence(name, ctx).data.view(["val"]).items_list()
+        rb.audio += sum(len(v) if isinstance(v, list) else 1 for v in values)
     for name, ctx, _ in run.iter_sequence_info_by_type(Texts.allowed_dtypes()):
         rb.texts += len(run.get_text_sequence(name, ctx).data.indices_list())
     rb.params = flat_params(run.get("hparams") or {})
@@ -92,6 +96,7 @@ class AimLocalHarness(Harness):
     name = "aim"
     label = "aim-local"
     kill_trials = 10
+    supports = Harness.supports | {"audio"}
 
     def setup(self, tmp_path: Path, monkeypatch) -> dict[str, Any]:
         self.root = str(tmp_path / "aim-repo")
