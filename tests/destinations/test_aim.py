@@ -139,7 +139,7 @@ def test_repeated_steps_go_to_repeat_contexts(aim_h, tmp_path, project):
             (s, float(100 * c + s), T0 + 1000 * c + s) for s in range(10)]
     resnet = _aim_run(aim_h, project, "torch/resnet")
     assert [(s, v) for s, v, _ in _series(resnet, "Loss/train", {"tracelet_repeat": 1})] == [
-        (0, float("inf")), (7, 3.5)]
+        (0, float("inf")), (7, 3.5), (9, 0.5)]  # steps the first file (0, 3, 6, 9...) took
     shutil.rmtree(tmp_path / "logs" / ".tracelet")
     assert sync_once(tmp_path / "logs", aim_h, project).exit_code == 0
     assert_exactly_once(aim_h, truth, project_fn(project))
