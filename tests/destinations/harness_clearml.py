@@ -136,6 +136,7 @@ class ClearmlOfflineHarness(Harness):
     name = "clearml"
     label = "clearml-offline"
     kill_trials = 10
+    supports = Harness.supports | {"audio"}
 
     def setup(self, tmp_path, monkeypatch):
         self.cache = tmp_path / "clearml-cache"
@@ -199,6 +200,8 @@ class ClearmlOfflineHarness(Harness):
             elif etype == "training_debug_image":
                 if (key or "").endswith(".txt"):
                     rb.texts += 1
+                elif (key or "").lower().endswith(".wav"):
+                    rb.audio += 1
                 elif (key or "").lower().endswith(_IMAGE_EXT):
                     rb.images += 1
         return rb

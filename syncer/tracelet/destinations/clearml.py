@@ -30,6 +30,9 @@ image               debug sample (``ImageEvent``) from the writer's encoded byte
                     tensor goes to series ``<series> [i]``
 text                debug sample ``.txt`` (``MediaEvent``, as ClearML's TensorBoard binding
                     does), file ``iter_<step>.txt``
+audio               debug sample (``MediaEvent``, as ``Logger.report_media`` of an audio file
+                    does): the writer's clip bytes, file ``iter_<step>.<wav|...>``; clip ``i``
+                    of a TF2 audio tensor goes to series ``<series> [i]``
 hparams, params     hyperparameters, section ``General`` (``General/model/depth``); ClearML
                     params are not write-once: a changed value replaces the old one
 system metrics      ClearML's resource-monitor titles (table below), iteration = whole
@@ -152,7 +155,7 @@ import pyarrow as pa
 
 from .._fs import atomic_write_bytes
 from ..errors import DestinationError
-from ..reader.points import HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from .base import Capabilities, Destination, RunHandle, RunRef
 
 log = logging.getLogger("tracelet.clearml")
@@ -468,7 +471,7 @@ def _scalar_rows(copies: _Copies, batch: Batch) -> list[tuple]:
 
 
 def _media_specs(copies: _Copies, batch: Batch) -> list[tuple]:
-    """(kind, title, series, step, wall, point) for histograms, images and texts."""
+    """(kind, title, series, step, wall, point) for histograms, images, audio and texts."""
     specs = []
     for h in batch.histograms:
         title, series = split_tag(h.tag)
@@ -480,6 +483,12 @@ def _media_specs(copies: _Copies, batch: Batch) -> list[tuple]:
             series = f"{series} [{im.index}]"
         copy = copies.take(f"i:{im.index}:{im.tag}", im.step)
         specs.append(("image", title, series_name(series, copy), im.step, im.wall_time, im))
+    for a in batch.audio:
+        title, series = split_tag(a.tag)
+        if a.index:
+            series = f"{series} [{a.index}]"
+        copy = copies.take(f"a:{a.index}:{a.tag}", a.step)
+        specs.append(("audio", title, series_name(series, copy), a.step, a.wall_time, a))
     for t in batch.texts:
         title, series = split_tag(t.tag)
         specs.append(("text", title, series_name(series, copies.take("t:" + t.tag, t.step)),
@@ -545,7 +554,7 @@ def _zip_session(folder: Path) -> Path:
 class ClearmlDestination(Destination):
     name = "clearml"
     capabilities = Capabilities(
-        kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT}),
+        kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}),
         max_points_per_call=EVENTS_PER_LINE,
     )
 
@@ -784,6 +793,11 @@ class ClearmlDestination(Destination):
                 events.append(ImageEvent(
                     metric=title, variant=series, iter=step, timestamp=ts,
                     image_data=io.BytesIO(p.encoded), file_history_size=-1,
+                    override_filename=f"iter_{step}", override_filename_ext="." + p.format))
+            elif kind == "audio":
+                events.append(MediaEvent(
+                    metric=title, variant=series, iter=step, timestamp=ts,
+                    stream=io.BytesIO(p.encoded), file_history_size=-1,
                     override_filename=f"iter_{step}", override_filename_ext="." + p.format))
             else:
                 events.append(MediaEvent(
