@@ -60,6 +60,7 @@ import argparse
 import contextlib
 import filecmp
 import json
+import math
 import os
 import random
 import re
@@ -214,6 +215,20 @@ def build_torch_scalars(d: Path) -> None:
         clock.now = T0 + 100.0  # add_hparams names its child folder str(time.time())
         w.add_hparams({"lr": 0.1, "batch_size": 32, "optimizer": "sgd", "nesterov": True},
                       {"hparam/accuracy": 0.96, "hparam/loss": 0.08})
+        w.close()
+
+
+def build_torch_audio(d: Path) -> None:
+    """``add_audio``: a 16 kHz mono tone at every step (Summary.Audio, WAV bytes)."""
+    import torch
+
+    with frozen_writer_env(T0):
+        w = _torch_writer(d / "speech")
+        for step in range(6):
+            w.add_scalar("loss", 1.0 / (step + 1), step, walltime=_wt(step))
+            t = torch.arange(800, dtype=torch.float32) / 16000.0
+            tone = 0.5 * torch.sin(2 * math.pi * (220.0 * (step + 1)) * t)
+            w.add_audio("tts/sample", tone, step, sample_rate=16000, walltime=_wt(step))
         w.close()
 
 
@@ -690,6 +705,8 @@ BUILDERS = {
                           "two add_hparams calls: two numeric child folders that belong to the "
                           "parent run; hparams experiment/session_start/session_end + metrics",
                           "PyTorch SummaryWriter"),
+    "torch_audio": (build_torch_audio, "add_audio: Summary.Audio WAV clips (16 kHz tone) beside "
+                    "scalars", "PyTorch SummaryWriter"),
     "torch_add_scalars": (build_torch_add_scalars,
                           "add_scalars: `<run>/Loss_compare_train`... children are ordinary "
                           "runs", "PyTorch SummaryWriter"),

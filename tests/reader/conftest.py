@@ -22,7 +22,7 @@ FIXTURES = REPO / "fixtures"
 # the tests that need it then fail on their own, without breaking collection of the others)
 _CORRUPTIONS_JSON = FIXTURES / "corruptions.json"
 CORRUPTIONS = json.loads(_CORRUPTIONS_JSON.read_text()) if _CORRUPTIONS_JSON.exists() else {}
-KINDS = ("scalar", "histogram", "image", "text", "hparams")
+KINDS = ("scalar", "histogram", "image", "text", "hparams", "audio")
 # Fixtures whose files are damaged on purpose: the oracle cannot read them as they are.
 CORRUPT_FILES = {FIXTURES / rel for rel in CORRUPTIONS}
 
@@ -119,6 +119,8 @@ def points_of_batches(batches) -> dict:
         out["text"] += [(t.tag, t.step, canon(t.wall_time), t.text) for t in b.texts]
         out["hparams"] += [(h.step, canon(h.wall_time), canon_hparams(h.hparams), h.group_name)
                            for h in b.hparams]
+        out["audio"] += [(a.tag, a.step, canon(a.wall_time), bytes(a.encoded), a.index, a.label)
+                         for a in b.audio]
         other.update(b.other)
     out["other"] = other
     return out
@@ -215,6 +217,10 @@ def oracle_points(path) -> dict:
                                          int(flat[1]), k))
             elif plugin == "text" and arr.dtype == object:
                 out["text"].append((v.tag, step, wall, _text_expected(arr)))
+            elif plugin == "audio" and arr.dtype == object:  # [k, 2]: (clip, label) per clip
+                for k, row in enumerate(arr.reshape(arr.shape[0], -1)):
+                    label = row[1].decode("utf-8", "replace") if row.size > 1 else ""
+                    out["audio"].append((v.tag, step, wall, bytes(row[0]), k, label))
             else:
                 other[plugin or "tensor"] += 1
     out["other"] = other
