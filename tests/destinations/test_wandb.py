@@ -252,3 +252,48 @@ def test_project_name_wandb_rejects_is_mapped(wb, tmp_path):
         report = sync_once(logdir, wb, raw)
         assert report.exit_code == 0, report.to_dict()
     assert_exactly_once(wb, truth, project_fn("team_exp_1_a_b_c_d"))
+
+
+@pytest.mark.parametrize("nth", [2, 5])
+def test_kill_while_the_service_still_writes_then_resync_at_once(wb, tmp_path, project, nth):
+    """kill -9 with rows handed to W&B's service (a separate process, alive ~1.5 s more and
+    still writing) and an immediate resync: the resync waits for that writer before it reads
+    or cuts the fragment, so every point lands exactly once."""
+    from sources import build_kill_logdir
+
+    logdir = tmp_path / "logs"
+    truth = build_kill_logdir(logdir, runs=2, steps=1500)
+    env = dict(os.environ, **wb.env(), TRACELET_BATCH_POINTS="150",
+               TRACELET_CRASH_AT=f"wandb_rows_handed:{nth}")
+    proc = subprocess.run([sys.executable, "-m", "tracelet.cli", "sync", str(logdir), "--to",
+                           "wandb", "--project", project], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    report = sync_once(logdir, wb, project)  # at once: the orphaned service may still write
+    assert report.exit_code == 0, report.to_dict()
+    assert_exactly_once(wb, truth, project_fn(project))
+    for run in truth.runs():
+        assert_steps_only_grow(wb, project, run)
+
+
+def test_fragment_reads_wait_for_another_writer(tmp_path):
+    """What the fix for a killed sync's orphaned W&B service rests on: a fragment another
+    process holds open is not read (or cut) until that process lets go."""
+    import time
+
+    from tracelet.destinations.wandb import wait_for_writers
+    from tracelet.errors import DestinationError
+
+    frag = tmp_path / "run-x.wandb"
+    frag.write_bytes(b"partial")
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys,time; f=open(sys.argv[1],'ab'); print('open',flush=True);"
+                               " time.sleep(1.5); f.write(b'rest'); f.close()", str(frag)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    with pytest.raises(DestinationError, match=f"still open in process {holder.pid}"):
+        wait_for_writers([str(frag)], timeout_s=0.3)
+    t = time.monotonic()
+    wait_for_writers([str(frag)])
+    assert time.monotonic() - t > 0.5 and holder.wait(10) == 0
+    assert frag.read_bytes() == b"partialrest"  # read only once the writer had finished
+    wait_for_writers([str(frag)])  # nobody holds it: returns at once

@@ -131,6 +131,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pyarrow as pa
 
+from .._fs import _crash_point
 from ..errors import DestinationError, UsageError
 from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from .base import Capabilities, Destination, RunHandle, RunRef
@@ -433,6 +434,71 @@ class Fragment:
     project: str
 
 
+WRITER_WAIT_S = 60.0  # how long a killed sync's orphaned W&B service may take to exit
+_RECENT_S = 120.0  # only fragments written this recently can still have a writer
+
+
+def wait_for_writers(paths: list[str], timeout_s: float = WRITER_WAIT_S) -> None:
+    """Wait until no other process holds one of these fragments open.
+
+    A ``kill -9`` of a sync leaves its W&B service (``wandb-core``, a separate process) alive
+    for a second or two, still writing rows it had been handed. Reading a fragment then (to
+    cut a torn tail or to see what landed) races those writes: rows read as landed could be cut
+    away, or rows cut could be written back. Recently modified fragments are checked against
+    every process's open files (``/proc``; elsewhere: until the file is quiet for 5 s)."""
+    now = time.time()
+    recent = []
+    for p in paths:
+        try:
+            if now - os.stat(p).st_mtime < _RECENT_S:
+                recent.append(os.path.realpath(p))
+        except OSError:
+            pass
+    if not recent:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        holders = _open_by_others(recent)
+        if holders is None:  # no /proc: wait for the files to be quiet instead
+            quiet = all(time.time() - os.stat(p).st_mtime >= 5.0 for p in recent if os.path.exists(p))
+            holders = {} if quiet else {p: "?" for p in recent}
+        if not holders:
+            return
+        if time.monotonic() > deadline:
+            path, pid = next(iter(holders.items()))
+            raise DestinationError(
+                f"wandb: {path} is still open in process {pid} (the W&B service of an earlier, "
+                f"killed sync?) after {timeout_s:.0f} s; sync again once it has exited.")
+        time.sleep(0.1)
+
+
+def _open_by_others(paths: list[str]) -> dict[str, str] | None:
+    """{path: pid} for the paths another process has open, from /proc; None without /proc."""
+    want = set(paths)
+    try:
+        pids = [d for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return None
+    me = str(os.getpid())
+    found: dict[str, str] = {}
+    for pid in pids:
+        if pid == me:
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # gone, or not ours to look at
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target in want:
+                found[target] = pid
+    return found
+
+
 def read_run_record(path: str):
     """The ``RunRecord`` at the head of a ``.wandb`` file, or None if it has none (yet)."""
     from wandb.proto import wandb_internal_pb2 as pb
@@ -558,14 +624,13 @@ class WandbDestination(Destination):
         would make ``wandb sync`` of the whole folder fail: it is renamed out of the way."""
         pattern = os.path.join(glob.escape(os.path.join(self.root, "wandb")), "offline-run-*",
                                f"run-{wid}.wandb")
+        paths = [p for p in glob.glob(pattern) if not (exclude and os.path.abspath(p) == exclude)]
+        wait_for_writers(paths)
         out = []
-        for path in glob.glob(pattern):
-            if exclude and os.path.abspath(path) == exclude:
-                continue  # this sync's own fragment
+        for path in paths:
             run = read_run_record(path)
             if run is None:
-                # Its writer is gone: fragments of this run are only written while the engine
-                # holds the run's lock, which the caller holds now.
+                # Its writer is gone (wait_for_writers): a sync killed inside wandb.init
                 _quarantine(path, "it holds no run record")
                 continue
             if run.project != project:
@@ -806,6 +871,7 @@ class WandbDestination(Destination):
             attempt["done"] = k + 1
             handle.extra["live_step"] = first + k + 1
         if rows:
+            _crash_point("wandb_rows_handed")  # kill -9 tests: rows in the service, not on disk
             self._wait_written(handle, _is_history_step(first + last),
                                f"history row _step={first + last}", last_of=_F_HISTORY)
         handle.extra["attempt"] = None
