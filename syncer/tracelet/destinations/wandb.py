@@ -457,8 +457,10 @@ def wait_for_writers(paths: list[str], timeout_s: float = WRITER_WAIT_S) -> None
     if not recent:
         return
     deadline = time.monotonic() + timeout_s
+    fresh = False  # the first look may use a scan of the last second (many runs, one scan)
     while True:
-        holders = _open_by_others(recent)
+        holders = _open_by_others(recent, max_age_s=0.0 if fresh else 1.0)
+        fresh = True
         if holders is None:  # no /proc: wait for the files to be quiet instead
             quiet = all(time.time() - os.stat(p).st_mtime >= 5.0 for p in recent if os.path.exists(p))
             holders = {} if quiet else {p: "?" for p in recent}
@@ -472,15 +474,32 @@ def wait_for_writers(paths: list[str], timeout_s: float = WRITER_WAIT_S) -> None
         time.sleep(0.1)
 
 
-def _open_by_others(paths: list[str]) -> dict[str, str] | None:
-    """{path: pid} for the paths another process has open, from /proc; None without /proc."""
-    want = set(paths)
+_OPEN_FILES: tuple[float, dict[str, str] | None] = (0.0, None)
+_OPEN_FILES_LOCK = threading.Lock()
+
+
+def _open_by_others(paths: list[str], max_age_s: float = 0.0) -> dict[str, str] | None:
+    """{path: pid} for the paths another process has open, from /proc; None without /proc.
+    One scan of every process's open files serves all runs for ``max_age_s`` (a ``--follow``
+    pass over many runs with recent fragments scans /proc about once a second, not per run)."""
+    global _OPEN_FILES
+    with _OPEN_FILES_LOCK:
+        at, table = _OPEN_FILES
+        if table is None or time.monotonic() - at > max_age_s:
+            table = _scan_open_files()
+            _OPEN_FILES = (time.monotonic(), table)
+    if table is None:
+        return None
+    return {p: table[p] for p in paths if p in table}
+
+
+def _scan_open_files() -> dict[str, str] | None:
     try:
         pids = [d for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
         return None
     me = str(os.getpid())
-    found: dict[str, str] = {}
+    table: dict[str, str] = {}
     for pid in pids:
         if pid == me:
             continue
@@ -494,9 +513,9 @@ def _open_by_others(paths: list[str]) -> dict[str, str] | None:
                 target = os.readlink(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            if target in want:
-                found[target] = pid
-    return found
+            if target.endswith(".wandb"):
+                table[target] = pid
+    return table
 
 
 def read_run_record(path: str):
