@@ -112,6 +112,11 @@ class RunReport:
     def failed(self) -> bool:
         return any(d.state == "failed" for d in self.destinations.values())
 
+    def note(self, problem: str) -> None:
+        """Add a problem once (several destinations of a run meet the same file)."""
+        if problem not in self.problems:
+            self.problems.append(problem)
+
 
 @dataclass
 class SyncReport:
@@ -627,8 +632,7 @@ class SyncEngine:
                 rr.problems.append(f"{path}: unreadable ({e.strerror}); skipped this sync.")
                 return
             if fs.replaced:
-                if fs.replaced not in rr.problems:
-                    rr.problems.append(fs.replaced)
+                rr.note(fs.replaced)
                 continue
             old_pending = fs.pending_end if fs.pending_end and fs.pending_end > fs.offset else fs.offset
             if slot.dedupe_all:
@@ -637,10 +641,8 @@ class SyncEngine:
         work = [(s, fs, p) for s, fs, p in active if fs.offset < size and fs.corrupt_offset is None]
         for s, fs, _ in active:
             if fs.corrupt_offset is not None:
-                note = (f"{path}: corrupt at byte {fs.corrupt_offset} ({fs.corrupt_reason}); "
+                rr.note(f"{path}: corrupt at byte {fs.corrupt_offset} ({fs.corrupt_reason}); "
                         "records before it were synced, the rest of the file is skipped.")
-                if note not in rr.problems:
-                    rr.problems.append(note)
         if not work:
             return
         # Durably note "up to `size` may be in flight" before the first send of this file.
@@ -661,10 +663,8 @@ class SyncEngine:
             reader = EventFileReader(path, a, tag_plugins)
             for batch in reader.batches(end=b, max_points=self.o.batch_points):
                 if batch.clamp_wall_times():
-                    note = (f"{path}: points with an unusable wall time (NaN, Inf or beyond "
+                    rr.note(f"{path}: points with an unusable wall time (NaN, Inf or beyond "
                             "±1e12 s) were sent with wall time 0 (1970-01-01).")
-                    if note not in rr.problems:
-                        rr.problems.append(note)
                 self._fan_out(store, batch, joined, rr)
                 if self.stop.is_set() or all(s.failed for s, _, _ in joined):
                     break
