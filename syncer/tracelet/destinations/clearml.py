@@ -203,6 +203,11 @@ def clearml_name(name: str, nested: bool = False) -> str:
     return "/".join(p.ljust(MIN_NAME_CHARS, "_") for p in parts)
 
 
+def _names(run: RunRef) -> tuple[str, str]:
+    """(project name, task name) of a run on ClearML."""
+    return clearml_name(run.project, nested=True), clearml_name(run.run_path)
+
+
 def split_tag(tag: str) -> tuple[str, str]:
     """(title, series) of a TensorBoard tag: split at the last ``/``; no ``/`` → both the tag."""
     title, sep, series = tag.rpartition("/")
@@ -477,18 +482,13 @@ def _media_specs(copies: _Copies, batch: Batch) -> list[tuple]:
         title, series = split_tag(h.tag)
         specs.append(("plot", title, series_name(series, copies.take("h:" + h.tag, h.step)),
                       h.step, h.wall_time, h))
-    for im in batch.images:
-        title, series = split_tag(im.tag)
-        if im.index:
-            series = f"{series} [{im.index}]"
-        copy = copies.take(f"i:{im.index}:{im.tag}", im.step)
-        specs.append(("image", title, series_name(series, copy), im.step, im.wall_time, im))
-    for a in batch.audio:
-        title, series = split_tag(a.tag)
-        if a.index:
-            series = f"{series} [{a.index}]"
-        copy = copies.take(f"a:{a.index}:{a.tag}", a.step)
-        specs.append(("audio", title, series_name(series, copy), a.step, a.wall_time, a))
+    for kind, points in (("image", batch.images), ("audio", batch.audio)):
+        for p in points:  # item i of a TF2 image/audio tensor: series "<series> [i]"
+            title, series = split_tag(p.tag)
+            if p.index:
+                series = f"{series} [{p.index}]"
+            copy = copies.take(f"{kind[0]}:{p.index}:{p.tag}", p.step)
+            specs.append((kind, title, series_name(series, copy), p.step, p.wall_time, p))
     for t in batch.texts:
         title, series = split_tag(t.tag)
         specs.append(("text", title, series_name(series, copies.take("t:" + t.tag, t.step)),
@@ -635,8 +635,8 @@ class ClearmlDestination(Destination):
         cls = _task_class()
         from clearml import Task
 
-        task = cls(chosen_id=sid, project_name=clearml_name(run.project, nested=True),
-                   task_name=clearml_name(run.run_path),
+        project, name = _names(run)
+        task = cls(chosen_id=sid, project_name=project, task_name=name,
                    task_type=Task.TaskTypes.training)
         _prepare_session_task(task, run, seq)
         handle.extra["sessions"][seq] = {"dir": Path(task.get_offline_mode_folder()), "zip": None}
@@ -646,7 +646,7 @@ class ClearmlDestination(Destination):
 
     def _reopen_session(self, run: RunRef, sid: str, seq: int) -> Any:
         task = _task_class()(task_id=sid)
-        task._project_name = (None, clearml_name(run.project, nested=True))  # offline: not restored by reload
+        task._project_name = (None, _names(run)[0])  # offline: not restored by reload
         _prepare_session_task(task, run, seq)  # again: the kill may have come before it
         return task
 
@@ -661,12 +661,11 @@ class ClearmlDestination(Destination):
                 task = None
         existed = task is not None
         if task is None:
-            task = _find_online_task(clearml_name(run.project, nested=True),
-                                     clearml_name(run.run_path), run.run_id)
+            task = _find_online_task(*_names(run), run.run_id)
             existed = task is not None
         if task is None:
-            task = Task.create(project_name=clearml_name(run.project, nested=True),
-                               task_name=clearml_name(run.run_path),
+            project, name = _names(run)
+            task = Task.create(project_name=project, task_name=name,
                                task_type=Task.TaskTypes.training)
             _prepare_session_task(task, run, None)
             task.mark_started(force=True)
