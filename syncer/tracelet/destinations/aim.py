@@ -898,25 +898,19 @@ class AimDestination(Destination):
                     weights, bin_range = distribution_bins(h)
                     st.put(self.metric_key(h.tag), h.step, h.wall_time,
                            Distribution(hist=weights, bin_range=bin_range), dedupe)
-            if batch.images:
-                groups: dict[tuple[str, int, float], list[ImagePoint]] = {}
-                for im in batch.images:
-                    groups.setdefault((im.tag, im.step, im.wall_time), []).append(im)
-                for (tag, step, wall), ims in groups.items():
-                    images = [_aim_image(im) for im in sorted(ims, key=lambda i: i.index)]
-                    st.put(self.metric_key(tag), step, wall, images, dedupe)
+            # images / audio clips of one event: one list-valued point, in tensor order
+            for media, make in ((batch.images, _aim_image), (batch.audio, _aim_audio)):
+                groups: dict[tuple[str, int, float], list[ImagePoint | AudioPoint]] = {}
+                for p in media:
+                    groups.setdefault((p.tag, p.step, p.wall_time), []).append(p)
+                for (tag, step, wall), points in groups.items():
+                    value = [make(p) for p in sorted(points, key=lambda p: p.index)]
+                    st.put(self.metric_key(tag), step, wall, value, dedupe)
             if batch.texts:
                 from aim import Text
 
                 for t in batch.texts:
                     st.put(self.metric_key(t.tag), t.step, t.wall_time, Text(t.text), dedupe)
-            if batch.audio:
-                clips: dict[tuple[str, int, float], list[AudioPoint]] = {}
-                for a in batch.audio:
-                    clips.setdefault((a.tag, a.step, a.wall_time), []).append(a)
-                for (tag, step, wall), group in clips.items():
-                    audios = [_aim_audio(a) for a in sorted(group, key=lambda a: a.index)]
-                    st.put(self.metric_key(tag), step, wall, audios, dedupe)
         st.dirty = False
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
 
@@ -1083,8 +1077,6 @@ def _aim_image(im: ImagePoint) -> Any:
     image.storage["data"] = BLOB(data=im.encoded)
     image.storage["format"] = im.format  # png | jpeg | gif | bin
     return image
-
-
 
 
 def _aim_audio(a: AudioPoint) -> Any:
