@@ -803,20 +803,17 @@ class WandbDestination(Destination):
                     tmp: Path) -> list:
         """Histograms, images, texts and audio grouped into one row per step where keys allow."""
         items: list[tuple[int, float, str, Any, str, list[int]]] = []  # step, wall, key, value, kind, ords
+        # one point per entry; audio too (a list of wandb.Audio needs the soundfile package)
         for kind, points, b, make in (
-                (HISTOGRAM, batch.histograms, base[1], _histogram),
-                (TEXT, batch.texts, base[3], _html)):
+                (HISTOGRAM, batch.histograms, base[1], lambda p, o: _histogram(p)),
+                (TEXT, batch.texts, base[3], lambda p, o: _html(p)),
+                (AUDIO, batch.audio, base[4], lambda p, o: _audio(p, tmp, str(o)))):
             code = _KIND_CODE[kind]
             skip = landed.covered(fk, code, b, len(points)) if landed is not None else ()
             for j, p in enumerate(points):
                 if j not in skip:
-                    items.append((p.step, p.wall_time, wandb_key(p.tag), make(p), code, [b + j]))
-        # audio: one clip per row entry (a list of wandb.Audio needs the soundfile package)
-        skip = landed.covered(fk, "a", base[4], len(batch.audio)) if landed is not None else ()
-        for j, a in enumerate(batch.audio):
-            if j not in skip:
-                items.append((a.step, a.wall_time, wandb_key(a.tag), _audio(a, tmp, f"{base[4] + j}"),
-                              "a", [base[4] + j]))
+                    items.append((p.step, p.wall_time, wandb_key(p.tag), make(p, b + j), code,
+                                  [b + j]))
         skip = landed.covered(fk, "i", base[2], len(batch.images)) if landed is not None else ()
         groups: dict[tuple[str, int], list[int]] = {}
         for j, im in enumerate(batch.images):
