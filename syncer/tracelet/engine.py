@@ -706,7 +706,8 @@ class SyncEngine:
                            and caps_kinds is not None and k not in caps_kinds}
             if slot.dest is not None and (sent or batch.points):
                 dedupe = batch.start_offset < old_pending
-                ok, _ = self._call(store, slot, slot.dest.send, slot.handle, batch, dedupe=dedupe,
+                ok, _ = self._call(store, slot, _dedupe_retries(slot.dest.send), slot.handle,
+                                   batch, dedupe=dedupe,
                                    what=f"send {batch.points} points of {batch.path}")
                 if not ok:
                     continue
@@ -764,7 +765,8 @@ class SyncEngine:
                     dedupe = slot.dedupe_all or slot.ck.sidecar_pending == part.name
                     slot.ck.sidecar_pending = part.name
                     self._commit(store, slot)
-                    ok, _ = self._call(store, slot, slot.dest.send_system, slot.handle, table, ref,
+                    ok, _ = self._call(store, slot, _dedupe_retries(slot.dest.send_system),
+                                       slot.handle, table, ref,
                                        dedupe=dedupe, what=f"send system metrics {part.name}")
                     if not ok:
                         continue
@@ -814,6 +816,19 @@ class SyncEngine:
                     continue
             slot.ck.status, slot.ck.ended_at = status, ended
             self._commit(store, slot)
+
+
+def _dedupe_retries(send):
+    """A send that failed may have landed in part (a vendor call cut mid-batch): every attempt
+    after the first is made with ``dedupe=True``, so a retry never stores a point twice."""
+    attempts = 0
+
+    def call(*args, dedupe: bool, **kw):
+        nonlocal attempts
+        attempts += 1
+        return send(*args, dedupe=dedupe or attempts > 1, **kw)
+
+    return call
 
 
 _FAULT_COUNTS: dict[str, int] = {}

@@ -19,6 +19,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "wandb": ("tracelet.destinations.wandb", "WandbDestination", "wandb"),
     "clearml": ("tracelet.destinations.clearml", "ClearmlDestination", "clearml"),
     "aim": ("tracelet.destinations.aim", "AimDestination", "aim"),
+    # the reference destination of the engine tests (no vendor: stores in memory or a journal)
+    "memory": ("tracelet.destinations.memory", "MemoryDestination", "tracelet"),
 }
 
 
@@ -66,6 +68,10 @@ def target_key(name: str, config: Mapping[str, Any] | None = None) -> str:
             target = "offline:" + os.path.abspath(os.environ.get("CLEARML_CACHE_DIR", "<clearml default>"))
         else:
             target = "online:" + os.environ.get("CLEARML_API_HOST", "config")
+    elif name == "memory":
+        from .memory.factory import target_key as memory_target_key
+
+        return memory_target_key(config)
     else:
         target = name
     digest = hashlib.sha1(target.encode()).hexdigest()[:10]
