@@ -240,6 +240,37 @@ def test_config_validation(logdir, caplog):
     assert parse_size_bytes("1.5 MiB", "k") == 3 << 19 and parse_size_bytes(1000, "k") == 1000
 
 
+@pytest.mark.parametrize("backend, bad, suggestion", [
+    ("mlfow", "mlfow", "mlflow"),                     # a typo: the closest name is suggested
+    (["mlflow", "wandbb"], "wandbb", "wandb"),         # one bad name in a list
+    ("mlflow,ClearMl,aimm", "aimm", "aim"),           # comma-separated, case-insensitive
+    (["tensorboard"], "tensorboard", None),           # nothing close: no suggestion
+])
+def test_unknown_backend_refused_with_suggestion(logdir, backend, bad, suggestion):
+    from tracelet.destinations import known_destinations
+
+    with pytest.raises(UsageError) as info:
+        tracelet.start_logging("typo", backend=backend, config=FAST)
+    msg = str(info.value)
+    assert f"unknown backend '{bad}'" in msg
+    assert f"valid: {', '.join(known_destinations())}" in msg  # the one registry, not a copy
+    assert (f"did you mean {suggestion}?" in msg) if suggestion else ("did you mean" not in msg)
+    assert not logdir.exists() or not any(logdir.rglob("tracelet.json"))  # refused before writing
+    assert tracelet.get_active_experiment() is None
+
+
+def test_every_registered_backend_is_accepted(logdir):
+    from tracelet.destinations import known_destinations
+
+    names = known_destinations()
+    assert {"mlflow", "wandb", "clearml", "aim", "memory"} <= set(names)
+    with tracelet.start_logging("all", backend=names, config=FAST) as exp:
+        pass
+    assert exp.manifest["backends"] == names
+    with pytest.raises(UsageError, match="expected a destination name"):
+        tracelet.start_logging("odd", backend=3, config=FAST)
+
+
 def test_env_capture_has_no_environment_values(logdir, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", "s3cr3t-value")
     exp = tracelet.start_logging("env", config={"track_git": False, "track_system": False})

@@ -6,6 +6,7 @@ written.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -123,13 +124,38 @@ def normalize_tags(tags: Any) -> dict[str, str]:
 
 
 def normalize_backends(backend: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``"mlflow"``, ``"mlflow,wandb"`` or ``["mlflow", "wandb"]`` -> ``["mlflow", "wandb"]``."""
+    """``"mlflow"``, ``"mlflow,wandb"`` or ``["mlflow", "wandb"]`` -> ``["mlflow", "wandb"]``.
+
+    Every name must be a registered destination (:func:`tracelet.destinations.known_destinations`):
+    a typo refused here, at training time, would otherwise be recorded in the manifest and the
+    run silently sent nowhere by a ``tracelet sync`` without ``--to`` months later.
+    """
     if backend is None:
         return []
-    items = backend.split(",") if isinstance(backend, str) else list(backend)
+    if isinstance(backend, str):
+        items = backend.split(",")
+    elif isinstance(backend, (list, tuple)):
+        items = list(backend)
+    else:
+        raise UsageError(f"backend={backend!r}: expected a destination name such as 'mlflow', a "
+                         "comma-separated string or a list of names.")
     out: list[str] = []
     for b in items:
         name = str(b).strip().lower()
         if name and name not in out:
             out.append(name)
+    _check_backend_names(out)
     return out
+
+
+def _check_backend_names(names: list[str]) -> None:
+    from ..destinations import known_destinations  # the one registry; no vendor SDK imported
+
+    valid = known_destinations()
+    problems = []
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            problems.append(f"unknown backend {name!r}; " + (f"did you mean {close[0]}? " if close else ""))
+    if problems:
+        raise UsageError(f"start_logging(backend=...): {''.join(problems)}valid: {', '.join(valid)}")

@@ -56,8 +56,10 @@ def start_logging(exp_name: str | None = None, project: str | None = None,
     """Start recording a run into ``<logdir>/<project>/<exp_name>`` and return its experiment.
 
     ``backend`` (``"mlflow"``, ``["mlflow", "wandb"]``) is only recorded in the manifest: the
-    recorder never contacts a backend (``tracelet sync`` does, later). A running experiment is
-    stopped (finished) first. See the README for every ``config`` key.
+    recorder never contacts a backend (``tracelet sync`` does, later); a name that is not a
+    registered destination raises :class:`~tracelet.errors.UsageError` (with the closest valid
+    name) before anything is written. A running experiment is stopped (finished) first. See
+    docs/training.md for every ``config`` key.
     """
     global _active
     cfg = RecorderConfig.from_dict(config)
