@@ -122,6 +122,7 @@ class Result:
     block: Block
     stdout: str = ""
     ns: dict = field(default_factory=dict)
+    stderr: str = ""
 
 
 @dataclass
@@ -157,15 +158,15 @@ def _shims(bin_dir: Path) -> None:
 
 def _run_python(block: Block) -> Result:
     saved_env = dict(os.environ)
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     ns: dict = {"__name__": "__main__"}
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             exec(compile(block.code, f"docs/training.md:{block.line}", "exec"), ns)
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
-    return Result(block, out.getvalue(), ns)
+    return Result(block, out.getvalue(), ns, err.getvalue())
 
 
 def _run_bash(block: Block, cwd: Path) -> Result:
@@ -185,7 +186,7 @@ def _run_bash(block: Block, cwd: Path) -> Result:
                     f"{BASH_TIMEOUT_S} s\nstdout:\n{stdout}\nstderr:\n{stderr}")
     assert proc.returncode == 0, (f"docs/training.md:{block.line}: bash example exited "
                                   f"{proc.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}")
-    return Result(block, stdout)
+    return Result(block, stdout, stderr=stderr)
 
 
 def run_case(name: str, cwd: Path) -> Case:
@@ -482,6 +483,9 @@ def check_live(case: Case) -> None:
     history = client.get_metric_history(r.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(10))
     assert case.run("vision", "live-demo").manifest["status"] == "finished"
+    line = "tracelet: vision/live-demo -> mlflow: synced scalar "  # counts depend on the passes
+    assert line in case.results[0].stderr  # the pass lines the guide shows
+    assert line in section(guide_text(), "Live sync").replace("\n", " ")
     assert [line.strip() for line in case.out(1)] == ['"points_sent": {},']  # nothing sent twice
 
 
