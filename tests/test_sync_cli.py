@@ -235,6 +235,14 @@ def _mlflow_params(uri: str, project: str) -> dict[str, dict[str, str]]:
     return {r.info.run_name: r.data.params for r in c.search_runs([exp.experiment_id])}
 
 
+def _mlflow_tags(uri: str, project: str) -> dict[str, dict[str, str]]:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name(project)
+    return {r.info.run_name: r.data.tags for r in c.search_runs([exp.experiment_id])}
+
+
 @pytest.mark.parametrize("no_redact", [False, True])
 def test_secret_named_params_redacted_at_sync(tmp_path, mlflow_uri, no_redact):
     """Params from other writers (torch's add_hparams) and hand-written manifests never reach a
@@ -245,12 +253,15 @@ def test_secret_named_params_redacted_at_sync(tmp_path, mlflow_uri, no_redact):
     with SummaryWriter(str(logdir / "torchrun")) as w:
         w.add_scalar("loss", 0.5, 0)
         w.add_hparams({"lr": 0.1, "db_password": "hunter2", "HF_TOKEN": "hf_abc",
-                       "dsn": "postgres://me:pw@db/x"}, {"hp/score": 1.0})
+                       "dsn": "postgres://me:pw@db/x", "auth_header": "hdr-777",
+                       "db_cfg": '{"password": "json-888"}'}, {"hp/score": 1.0})
     hand = logdir / "proj" / "hand"
     write_simple_run(hand, "proj/hand", SourceTruth(), ["x"], [0, 1])
     (hand / "tracelet.json").write_text(json.dumps({
         "schema_version": 1, "run_id": "hand-1", "name": "hand", "project": "p", "status": "finished",
-        "params": {"model": {"depth": 4}, "wandb": {"api_key": "k-123"}}}))
+        "params": {"model": {"depth": 4}, "wandb": {"api_key": "k-123"},
+                   "servers": [{"host": "h", "pwd": "list-999"}]},
+        "tags": {"cookie": "tag-666", "team": "vision"}}))
     args = ["sync", str(logdir), "--to", "mlflow", "--project", "p"] + (["--no-redact"] if no_redact else [])
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
@@ -260,8 +271,14 @@ def test_secret_named_params_redacted_at_sync(tmp_path, mlflow_uri, no_redact):
     if no_redact:
         assert torch_p["db_password"] == "hunter2" and torch_p["HF_TOKEN"] == "hf_abc"
         assert torch_p["dsn"] == "postgres://me:pw@db/x" and hand_p["wandb/api_key"] == "k-123"
+        assert "list-999" in hand_p["servers"] and "json-888" in torch_p["db_cfg"]
     else:
         assert torch_p["db_password"] == torch_p["HF_TOKEN"] == hand_p["wandb/api_key"] == "***REDACTED***"
+        assert torch_p["auth_header"] == "***REDACTED***"
         assert torch_p["dsn"] == "postgres://me@db/x"
-        blob = json.dumps(params)
-        assert "hunter2" not in blob and "hf_abc" not in blob and "k-123" not in blob
+        assert json.loads(torch_p["db_cfg"]) == {"password": "***REDACTED***"}
+        assert json.loads(hand_p["servers"]) == [{"host": "h", "pwd": "***REDACTED***"}]
+        blob = json.dumps(params) + json.dumps(_mlflow_tags(mlflow_uri, "p"))
+        for secret in ("hunter2", "hf_abc", "k-123", "hdr-777", "json-888", "list-999", "tag-666"):
+            assert secret not in blob, secret
+        assert _mlflow_tags(mlflow_uri, "p")["proj/hand"]["team"] == "vision"

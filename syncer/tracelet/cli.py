@@ -16,7 +16,9 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
 
 def _fail(e: TraceletError) -> "NoReturn":  # noqa: F821
-    click.echo(f"tracelet: error: {e}", err=True)
+    from .redact import scrub
+
+    click.echo(f"tracelet: error: {scrub(str(e))}", err=True)
     if isinstance(e, LockedError):
         sys.exit(EXIT_LOCKED)
     if isinstance(e, UsageError):
@@ -77,8 +79,9 @@ def _dest_config(kw: dict) -> dict:
 @click.option("--dry-run", is_flag=True, help="Report what would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
 @click.option("--no-redact", is_flag=True,
-              help="Send params named like secrets (password, token, api_key, ...) as written "
-                   "(default: their values are sent as ***REDACTED***).")
+              help="Send params and tags as written (default: secrets in them, i.e. names like "
+                   "password/token/api_key, token-shaped values, URL passwords, are sent as "
+                   "***REDACTED***). Credentials of target URIs are never shown either way.")
 def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_run, as_json,
          no_redact, **kw):
     """Replay LOGDIR(s) into destinations, incrementally and exactly once.
@@ -89,27 +92,31 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
       MLFLOW_TRACKING_URI=http://mlflow:5000 tracelet sync /scratch/runs --to mlflow,wandb --json
       tracelet sync /scratch/runs --to aim --shard 0/4 --workers 4
     """
+    from ._stdout import stdout_reserved
     from .engine import SyncOptions, parse_destinations, parse_shard, run_sync
 
-    try:
-        options = SyncOptions(
-            destinations=parse_destinations(to),
-            state_dir=state_dir,
-            project=project,
-            dest_config=_dest_config(kw),
-            shard=parse_shard(shard),
-            workers=workers,
-            dry_run=dry_run,
-            follow=follow,
-            interval_s=interval,
-            json_output=as_json,
-            redact_secrets=not no_redact,
-        )
-        report = run_sync(list(logdirs), options)
-    except TraceletError as e:
-        _fail(e)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str))
+    # Vendor SDK chatter (MLflow's "View run" lines, W&B/ClearML and their subprocesses) goes to
+    # stderr in every mode; stdout carries only the JSON report.
+    with stdout_reserved() as write_stdout:
+        try:
+            options = SyncOptions(
+                destinations=parse_destinations(to),
+                state_dir=state_dir,
+                project=project,
+                dest_config=_dest_config(kw),
+                shard=parse_shard(shard),
+                workers=workers,
+                dry_run=dry_run,
+                follow=follow,
+                interval_s=interval,
+                json_output=as_json,
+                redact_secrets=not no_redact,
+            )
+            report = run_sync(list(logdirs), options)
+        except TraceletError as e:
+            _fail(e)
+        if as_json:
+            write_stdout(json.dumps(report.to_dict(), indent=1, sort_keys=True, default=str) + "\n")
     sys.exit(report.exit_code)
 
 
@@ -140,7 +147,10 @@ def status(logdirs, to, state_dir, project, as_json, **kw):
 @click.argument("logdir")
 @click.option("-o", "--output", required=True,
               help="Output file: .parquet or .csv (format from the extension).")
-def export(logdir, output):
+@click.option("--no-redact", is_flag=True,
+              help="Write hparams named like secrets as written (default: ***REDACTED***, "
+                   "the rule of sync).")
+def export(logdir, output, no_redact):
     """Write every point of LOGDIR as one tidy table: run, tag, kind, step, wall_time, value.
 
     \b
@@ -151,7 +161,7 @@ def export(logdir, output):
     from .export import export_logdir
 
     try:
-        summary = export_logdir(logdir, output)
+        summary = export_logdir(logdir, output, redact=not no_redact)
     except TraceletError as e:
         _fail(e)
     for line in summary.problems:

@@ -17,7 +17,6 @@ each lagging destination's offset so it joins exactly where it stopped).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import signal
 import sys
@@ -40,10 +39,10 @@ from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
 from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
 from .reader.points import HPARAMS, Batch
-from .redact import compile_secret_matcher, redact_params
+from .redact import Redactor, scrub, scrubbed_logger
 from .retry import call_with_retry
 
-log = logging.getLogger("tracelet.sync")
+log = scrubbed_logger("tracelet.sync")  # log lines never show a credential
 
 # Large enough to amortise one checkpoint commit (an fsync) per batch; TRACELET_BATCH_POINTS
 # lowers it for fault-injection tests that need many commits in a small logdir.
@@ -70,8 +69,8 @@ class SyncOptions:
     progress: bool | None = None  # None: a progress line on a TTY, log lines otherwise
     run_filter: Any = None  # callable(RunSource) -> bool, for sync_run_dir
     stop: threading.Event | None = None  # set to drain: finish the batch in hand, commit, return
-    # params (manifest and TensorBoard hparams from any writer) named like secrets are sent as
-    # "***REDACTED***": True (default patterns) | False (as written) | list (these patterns)
+    # the one redaction rule (tracelet.redact) on params (manifest and TensorBoard hparams from
+    # any writer) and manifest tags: True (default names) | False (as written) | list (these names)
     redact_secrets: bool | list[str] = True
     secret_patterns: list[str] = field(default_factory=list)
 
@@ -150,7 +149,7 @@ class SyncReport:
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return {
+        return scrub({  # the last boundary before JSON: no credential in any string of it
             "exit_code": self.exit_code,
             "elapsed_s": round(self.elapsed_s, 3),
             "passes": self.passes,
@@ -159,7 +158,7 @@ class SyncReport:
             "failed_destinations": self.failed_destinations,
             "totals": self.totals(),
             "runs": [asdict(r) for r in self.runs],
-        }
+        })
 
 
 def parse_destinations(text: str | None, allow_empty: bool = False) -> list[str] | None:
@@ -291,10 +290,10 @@ class _DestinationPool:
                 dest = create_destination(name, self.config)
             except TraceletError as e:
                 with self.lock:
-                    self.failed[name] = str(e)
+                    self.failed[name] = scrub(str(e))
                 raise
             except Exception as e:  # a vendor SDK failing at set-up fails only this destination
-                msg = f"{name}: cannot start the destination: {type(e).__name__}: {e}"
+                msg = scrub(f"{name}: cannot start the destination: {type(e).__name__}: {e}")
                 with self.lock:
                     self.failed[name] = msg
                 raise DestinationError(msg) from e
@@ -308,7 +307,7 @@ class _DestinationPool:
             try:
                 d.close()
             except Exception as e:  # closing must not hide the sync's own result
-                log.warning("closing %s failed: %s", d.name, e)
+                log.warning("closing %s failed: %s", d.name, scrub(str(e)))
 
 
 @dataclass
@@ -326,8 +325,8 @@ class _Slot:
     def fail(self, err: BaseException) -> None:
         self.failed = True
         self.report.state = "failed"
-        self.report.error = str(err)
-        self.ck.last_error = str(err)
+        # vendor error text may carry the target URI with its credentials
+        self.report.error = self.ck.last_error = scrub(str(err))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +340,7 @@ class SyncEngine:
         self.out = _Output(options)
         self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
         self._target_keys = {n: target_key(n, options.dest_config) for n in known_destinations()}
-        self._secrets = compile_secret_matcher(options.redact_secrets, options.secret_patterns)
+        self._redactor = Redactor(options.redact_secrets, options.secret_patterns)
 
     def store_for(self, logdir: Path) -> CheckpointStore:
         store = self._stores.get(logdir)
@@ -474,7 +473,7 @@ class SyncEngine:
         event_files = list(run.event_files) + self._linked_event_files(manifest)
         project = str((manifest or {}).get("project") or self.o.project or logdir.resolve().name)
         ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
-                     project=project, source_dir=run.path, manifest=manifest)
+                     project=project, source_dir=run.path, manifest=self._redact_tags(manifest))
         rr.run_id, rr.project = ref.run_id, project
         signature = source_signature(run, event_files)
 
@@ -498,9 +497,9 @@ class SyncEngine:
             try:
                 dest = self.pool.get(name)
             except TraceletError as e:
-                dr.state, dr.error = "failed", str(e)
+                dr.state, dr.error = "failed", scrub(str(e))
                 continue
-            dr.target = dest.target
+            dr.target = scrub(dest.target)
             fresh = ck is None
             ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
             slot = _Slot(name, dest, ck, dr)
@@ -539,8 +538,8 @@ class SyncEngine:
                     slot.dest.close_run(slot.handle)
             except Exception as e:
                 closed = False
-                log.warning("%s: closing run %s: %s", slot.name, run.name, e)
-                rr.problems.append(f"{slot.name}: closing run failed ({e}); retried next sync")
+                log.warning("%s: closing run %s: %s", slot.name, run.name, scrub(str(e)))
+                rr.problems.append(scrub(f"{slot.name}: closing run failed ({e}); retried next sync"))
             complete = closed and not slot.failed and not self.stop.is_set()
             if complete:
                 slot.ck.source_signature = signature
@@ -550,6 +549,14 @@ class SyncEngine:
             self._commit(store, slot)
             if complete and not self.o.dry_run:
                 store.write_signature(slot.ck)  # only after the checkpoint carrying it
+
+    def _redact_tags(self, manifest: dict | None) -> dict | None:
+        """The manifest as destinations see it: its tags under the redaction rule (params are
+        redacted in ``_sync_params``, together with the hparams of the event files)."""
+        tags = (manifest or {}).get("tags")
+        if not isinstance(tags, dict) or not tags:
+            return manifest
+        return {**manifest, "tags": self._redactor.params(tags)}  # type: ignore[dict-item]
 
     def _linked_event_files(self, manifest: dict | None) -> list[Path]:
         out: list[Path] = []
@@ -586,7 +593,7 @@ class SyncEngine:
     def _sync_params(self, store: CheckpointStore, slots: list[_Slot], params: dict[str, Any]) -> None:
         if not params:
             return
-        params = redact_params(params, self._secrets)
+        params = self._redactor.params(params)
         for slot in self._live(slots):
             new = {k: v for k, v in params.items() if slot.ck.params.get(k) != param_text(v)}
             if not new:
@@ -920,7 +927,7 @@ class _Output:
                 self._bar()
                 for d in rr.destinations.values():
                     if d.state == "failed":
-                        sys.stderr.write(f"\n{rr.run} -> {d.destination}: FAILED: {d.error}\n")
+                        sys.stderr.write(scrub(f"\n{rr.run} -> {d.destination}: FAILED: {d.error}\n"))
                 return
             if self.quiet:
                 return
@@ -935,9 +942,9 @@ class _Output:
                         f"{k} {n}" for k, n in sorted(d.unsupported.items())) + ")"
                 if d.error:
                     line += f": {d.error}"
-                print(line, file=sys.stderr, flush=True)
+                print(scrub(line), file=sys.stderr, flush=True)
             for p in rr.problems:
-                print(f"tracelet: {rr.run}: {p}", file=sys.stderr, flush=True)
+                print(scrub(f"tracelet: {rr.run}: {p}"), file=sys.stderr, flush=True)
 
     def end(self) -> None:
         if self.tty:

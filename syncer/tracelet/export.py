@@ -18,7 +18,8 @@ summary     string   null for scalars; otherwise a short description of the poin
                      from bucket centres and written ``mean~=``); image
                      ``png 64x48, 1234 bytes`` (``#k`` for the k-th image of a TF2 image
                      tensor); text: the text, cut to :data:`TEXT_SUMMARY_CHARS` characters
-                     with ``…``; hparams: the hyperparameters as sorted JSON; audio
+                     with ``…``; hparams: the hyperparameters as sorted JSON, secrets
+                     redacted by :mod:`tracelet.redact` (``redact=False``: as written); audio
                      ``wav 16000 Hz, 32044 bytes`` (``#k``, ``: label`` where written)
 ==========  =======  ===============================================================
 
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import UsageError
+from .redact import DEFAULT as DEFAULT_REDACTOR, Redactor
 from .reader import (AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
                      HistogramPoint, discover_runs, root_run_name)
 
@@ -237,7 +239,7 @@ def _text_summary(text: str) -> str:
     return text if len(text) <= TEXT_SUMMARY_CHARS else text[:TEXT_SUMMARY_CHARS] + "…"
 
 
-def batch_to_table(batch: Batch, run: str):
+def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR):
     """All points of one batch as a table with the export schema (see the module docstring)."""
     import pyarrow as pa
 
@@ -274,7 +276,7 @@ def batch_to_table(batch: Batch, run: str):
         rows.append((a.tag, AUDIO, a.step, a.wall_time, desc))
     for hp in batch.hparams:
         rows.append((HPARAMS_TAG, HPARAMS, hp.step, hp.wall_time,
-                     json.dumps(hp.hparams, sort_keys=True, default=str)))
+                     json.dumps(redactor.params(hp.hparams), sort_keys=True, default=str)))
     if rows:
         tags, kinds, steps, walls, summaries = zip(*rows)
         m = len(rows)
@@ -365,8 +367,11 @@ def _check_output(output: str | os.PathLike) -> tuple[Path, str]:
     return out, fmt
 
 
-def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike) -> ExportSummary:
+def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike,
+                  redact: bool = True) -> ExportSummary:
     """Write every point of every run under ``logdir`` to ``output`` (``.parquet`` or ``.csv``).
+
+    hparams rows pass through the redaction rule of ``tracelet sync`` unless ``redact`` is false.
 
     Streams batch by batch (memory stays flat), writes a temporary file beside ``output`` and
     renames it into place when complete. Damaged files do not stop the export: their intact
@@ -381,6 +386,7 @@ def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike) -> Expor
     discovery, _ = resolve_logdir(logdir)
     out, fmt = _check_output(output)
     summary = ExportSummary(output=out, format=fmt, problems=list(discovery.problems))
+    redactor = DEFAULT_REDACTOR if redact else Redactor(False)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     try:
         sink = _TableSink(fmt, tmp)
@@ -396,7 +402,7 @@ def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike) -> Expor
                 summary.files += 1
                 scan = FileScan(path)
                 for batch in scan.batches():
-                    sink.write(batch_to_table(batch, run.name))
+                    sink.write(batch_to_table(batch, run.name, redactor))
                     for kind, n in batch.point_counts().items():
                         summary.points[kind] += n
                     for name, n in batch.other.items():

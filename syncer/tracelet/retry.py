@@ -6,6 +6,7 @@ import threading
 from typing import Any, Callable
 
 from .errors import DestinationError, TraceletError, TransientDestinationError
+from .redact import scrub
 
 # 6 tries, 0.5 s doubling to 8 s: ~15 s of patience, enough for a tracking server restart or a
 # 429 burst, short enough that a destination that stays down fails itself within one cron period.
@@ -50,5 +51,6 @@ def call_with_retry(
 
 
 def _short(e: BaseException, limit: int = 400) -> str:
-    text = str(e).strip().replace("\n", " ")
+    # vendor text becomes ours here: a URI with its credentials must not go on
+    text = scrub(str(e).strip().replace("\n", " "))
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -12,6 +12,7 @@ from pathlib import Path
 from .checkpoint import CheckpointStore, quote_run
 from .engine import state_dir_for
 from .errors import StateError, UsageError
+from .redact import scrub
 from .reader import discover_runs
 
 
@@ -92,12 +93,14 @@ def collect_status(logdirs: list[str], destinations: list[str] | None,
                 try:
                     ck = store.load(dest, key, run.name)
                 except StateError as e:
-                    row.state, row.last_error = "failed", str(e)
+                    row.state, row.last_error = "failed", scrub(str(e))
                     rows.append(row)
                     continue
                 assert ck is not None
                 row.points_synced = ck.total_points
-                row.last_sync, row.status, row.last_error = ck.last_sync, ck.status, ck.last_error
+                # scrubbed again: a checkpoint written by an older Tracelet may hold a credential
+                row.last_sync, row.status = ck.last_sync, ck.status
+                row.last_error = scrub(ck.last_error)
                 for f in run.event_files:
                     rel = f.relative_to(run.path).as_posix()
                     fs = ck.files.get(rel)

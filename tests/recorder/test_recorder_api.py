@@ -84,6 +84,7 @@ def test_params_flattened_redacted_and_in_hparams(logdir):
             "HF_TOKEN": "hf_abc", "wandb_api_key": "k", "apiKey": "k", "my_secret_sauce": "s",
             "credentials": {"user": "u", "key": "k"}, "ssh": {"private_key": "-----BEGIN"},
             "data_url": "postgres://alice:pw@db.example/x", "device": torch.device("cpu"),
+            "servers": [{"host": "a", "auth": "hunter3"}], "cfg": '{"passwd": "hunter4"}',
         })
         exp.log_params({"seed": 43})  # a later call overrides, merged in the same flush window
     assert stored["db/Password"] == REDACTED and stored["db/host"] == "db"
@@ -95,14 +96,17 @@ def test_params_flattened_redacted_and_in_hparams(logdir):
     assert params["lr"] == 0.001 and params["layers"] == [64, 32] and params["seed"] == 43
     assert params["optimizer/name"] == "adamw" and params["optimizer/betas"] == [0.9, 0.99]
     assert params["data_url"] == "postgres://alice@db.example/x" and params["device"] == "cpu"
+    assert params["servers"] == [{"host": "a", "auth": REDACTED}]  # names at any depth
+    assert json.loads(params["cfg"]) == {"passwd": REDACTED}  # JSON text is parsed
     raw = (exp.run_dir / "tracelet.json").read_text()
-    assert "hunter2" not in raw and "hf_abc" not in raw and ":pw@" not in raw
+    for secret in ("hunter2", "hunter3", "hunter4", "hf_abc", ":pw@"):
+        assert secret not in raw, secret
     # the same params, as TensorBoard's HParams plugin data (session_start_info)
     assert run.hparams[-1]["seed"] == 43 and run.hparams[-1]["db/Password"] == REDACTED
     assert run.hparams[-1]["use_amp"] is True and run.hparams[-1]["optimizer/name"] == "adamw"
     assert len(run.hparams) == 1  # both calls merged into one record
     for f in exp.run_dir.glob("events.out.tfevents.*"):
-        assert b"hunter2" not in f.read_bytes()
+        assert b"hunter2" not in f.read_bytes() and b"hunter3" not in f.read_bytes()
 
 
 def test_redaction_config(logdir):

@@ -74,7 +74,11 @@ def target_key(name: str, config: Mapping[str, Any] | None = None) -> str:
         return memory_target_key(config)
     else:
         target = name
-    digest = hashlib.sha1(target.encode()).hexdigest()[:10]
+    # Credentials are not part of the target (a rotated password is the same server), and not
+    # even their hash goes into the state dir's folder names.
+    from ..redact import strip_url_credentials
+
+    digest = hashlib.sha1(strip_url_credentials(target).encode()).hexdigest()[:10]
     return f"{name}-{digest}"
 
 

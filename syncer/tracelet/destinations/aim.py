@@ -99,7 +99,6 @@ import dataclasses
 import datetime
 import hashlib
 import io
-import logging
 import math
 import os
 import re
@@ -116,9 +115,10 @@ from ..errors import DestinationError
 from ..params import flatten_params
 from ..reader.points import (AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch,
                              HistogramPoint, ImagePoint)
+from ..redact import scrubbed_logger
 from .base import Capabilities, Destination, RunHandle, RunRef, _chain, is_transient_error
 
-log = logging.getLogger("tracelet.aim")
+log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 
 REPEAT_CONTEXT_KEY = "tracelet_repeat"  # context key of the 2nd, 3rd... point at one step
 # Run meta subtree (not params: Aim's UI does not show it): source file -> bytes of it in Aim,

@@ -156,9 +156,10 @@ import pyarrow as pa
 from .._fs import atomic_write_bytes
 from ..errors import DestinationError
 from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..redact import scrubbed_logger
 from .base import Capabilities, Destination, RunHandle, RunRef
 
-log = logging.getLogger("tracelet.clearml")
+log = scrubbed_logger("tracelet.clearml")  # log lines never show a credential
 
 EVENTS_PER_LINE = 2000  # one metrics.jsonl line = one events.add_batch request at import time
 FLOAT32_MAX = 3.4028234663852886e38  # the server's `value` field is an Elasticsearch float

@@ -47,6 +47,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from ..errors import DestinationError
+from ..redact import scrub
 from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from .base import Capabilities, Destination, RunHandle, RunRef
 
@@ -100,6 +101,9 @@ class MlflowDestination(Destination):
         # hold a cron pass for minutes against a server that is down.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        # Against a server, set_terminated/update_run print "View run ... at: <uri>" to stdout:
+        # that breaks `sync --json` and shows a credentialed URI. MLflow's own switch, forced.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         from mlflow.tracking import MlflowClient
 
         self.uri = self.config.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -112,7 +116,7 @@ class MlflowDestination(Destination):
 
     @property
     def target(self) -> str:
-        return str(self.uri)
+        return scrub(str(self.uri))  # reports and messages: never the URI's credentials
 
     def metric_key(self, tag: str) -> str:
         return mlflow_key(tag)
@@ -135,7 +139,7 @@ class MlflowDestination(Destination):
         else:
             if exp.lifecycle_stage == "deleted":
                 raise DestinationError(
-                    f"mlflow: experiment '{project}' is deleted on {self.uri}; restore it "
+                    f"mlflow: experiment '{project}' is deleted on {self.target}; restore it "
                     "(mlflow experiments restore) or sync with another --project")
             exp_id = exp.experiment_id
         self._experiments[project] = exp_id

@@ -114,7 +114,6 @@ import hashlib
 import html
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -134,9 +133,10 @@ import pyarrow as pa
 from .._fs import _crash_point
 from ..errors import DestinationError, UsageError
 from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..redact import scrubbed_logger
 from .base import Capabilities, Destination, RunHandle, RunRef
 
-log = logging.getLogger("tracelet.wandb")
+log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
 STEP_METRIC = "global_step"  # the key W&B's own TensorBoard integration uses
 SYSTEM_STEP_METRIC = "system_step"

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 
 from .._fs import atomic_write_bytes
 from .config import RecorderConfig, normalize_backends
-from ..redact import compile_secret_matcher, flatten_params, redact_params
+from ..redact import Redactor, flatten_params
 from .run import ARTIFACTS_DIR, ManifestFile, create_run
 from .writer import RunWriter, hparams_pb
 
@@ -105,8 +105,9 @@ class Experiment:
         self.run_dir: Path = manifest.run_dir
         self._mf = manifest
         self._owner_pid = os.getpid()
-        self._secrets = compile_secret_matcher(config.redact_secrets, config.secret_patterns)
+        self._redactor = Redactor(config.redact_secrets, config.secret_patterns)
         self._writer = RunWriter(self.run_dir, config.flush_interval, config.max_image_size)
+        self._writer.redactor = self._redactor  # its add_hparams outside log_params, too
         self._started_s = time.time()
         self._state = threading.RLock()
         self._stopped = False
@@ -173,14 +174,15 @@ class Experiment:
         """Record hyperparameters; returns them as stored (flattened, redacted).
 
         Nested dicts are flattened with ``/`` (``{"opt": {"lr": 0.1}}`` -> ``opt/lr``);
-        dataclasses and ``argparse.Namespace`` are accepted. Secret-named keys are redacted
-        (see :mod:`tracelet.redact`). Params go to the manifest at once and to the
+        dataclasses and ``argparse.Namespace`` are accepted. Secrets are redacted by the one
+        rule of :mod:`tracelet.redact` (names at any depth, token-shaped values, URL passwords)
+        before anything is written. Params go to the manifest at once and to the
         event file (TensorBoard HParams) within ``flush_interval`` seconds, merged with earlier
         calls in that window: TensorBoard's HParams tab shows a run's *first* hparams record,
         while the manifest and ``tracelet sync`` use the latest.
         """
         flat = flatten_params(_as_mapping(params))
-        clean = redact_params({k: _jsonable(v) for k, v in flat.items()}, self._secrets)
+        clean = self._redactor.params({k: _jsonable(v) for k, v in flat.items()})
         with self._state:
             self._mf.update(params={**self._mf.data["params"], **clean})
             if self._hparams_timer is None and not self._stopped:
@@ -324,6 +326,8 @@ def _jsonable(v: Any) -> Any:
         return v
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):  # a dict inside a list stays a dict: its keys are names to redact
+        return {str(k): _jsonable(x) for k, x in v.items()}
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
         try:
             return v.item()

@@ -7,11 +7,12 @@ function, or a backend SDK) is missing or fails, the failure is logged and train
 """
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 
-log = logging.getLogger("tracelet.recorder")
+from ..redact import scrubbed_logger
+
+log = scrubbed_logger("tracelet.recorder")  # log lines never show a credential
 
 
 class LiveSync:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .config import DEFAULT_PROJECT, RecorderConfig
-from ..redact import compile_secret_matcher, redact_argv
 from .run import create_run, default_run_name
 from .sysmetrics import SystemSampler
 
@@ -45,7 +44,7 @@ def run_recorded(command: list[str], logdir: str | None = None, project: str | N
         raise UsageError("tracelet record: no command given; usage: tracelet record -- CMD [ARGS...]")
     cfg = RecorderConfig.from_dict({**(config or {}), **({"logdir": logdir} if logdir else {})})
     mf = create_run(cfg, project or DEFAULT_PROJECT, name or default_run_name(_command_name(command)), [],
-                    command=redact_argv(list(command), compile_secret_matcher()))
+                    command=list(command))  # redacted by create_run
     env = dict(os.environ, **{RUN_DIR_ENV: str(mf.run_dir.resolve()),
                               LOGDIR_ENV: str(cfg.resolve_logdir().resolve())})
     try:

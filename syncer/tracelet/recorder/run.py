@@ -10,6 +10,7 @@ from typing import Any
 
 from ..manifest import new_manifest, utc_now_iso, write_manifest
 from .capture import capture_env, capture_git, capture_system
+from ..redact import Redactor
 from .config import RecorderConfig
 
 ARTIFACTS_DIR = "artifacts"
@@ -75,11 +76,18 @@ class ManifestFile:
 
 def create_run(cfg: RecorderConfig, project: str | None, name: str | None, backends: list[str],
                **fields: Any) -> ManifestFile:
-    """Claim a run directory and write its first manifest (git, env, system captured)."""
+    """Claim a run directory and write its first manifest (git, env, system captured).
+
+    Tags and ``command`` (an argv) are redacted here, under the config's ``redact_secrets``:
+    the run directory itself holds no secret that the recorder writes."""
     project = safe_name(project or "", "default")
     name = safe_name(name or "", "") or default_run_name()
     run_dir = allocate_run_dir(cfg.resolve_logdir(), project, name)
-    manifest = new_manifest(run_dir.name, project, backends, tags=dict(cfg.tags), **fields)
+    redactor = Redactor(cfg.redact_secrets, cfg.secret_patterns)
+    if "command" in fields:
+        fields["command"] = redactor.argv(fields["command"])
+    manifest = new_manifest(run_dir.name, project, backends, tags=redactor.params(cfg.tags),
+                            **fields)
     manifest["system"] = capture_system()
     if cfg.track_env:
         manifest["env"] = capture_env()

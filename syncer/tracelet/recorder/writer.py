@@ -29,6 +29,9 @@ from typing import Any, Mapping
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
 
+from ..params import flatten_params
+from ..redact import DEFAULT as DEFAULT_REDACTOR
+
 log = logging.getLogger("tracelet.recorder")
 
 _DT_STRING = 7
@@ -234,6 +237,8 @@ def _encode(img, fmt: str) -> bytes:
 class RunWriter:
     """A ``SummaryWriter``-compatible writer bound to one run directory (see module doc)."""
 
+    redactor = DEFAULT_REDACTOR  # the experiment sets its own (its redact_secrets config)
+
     def __init__(self, run_dir: str | os.PathLike, flush_interval_s: float = 2.0,
                  max_image_bytes: int | None = None):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -342,8 +347,9 @@ class RunWriter:
         exp = get_active_experiment()
         if exp is not None and exp.writer is self:
             exp.log_params(dict(hparam_dict))
-        else:
-            self.write([hparams_pb(dict(hparam_dict), time.time())])
+        else:  # the run is over: straight to the file, under the same redaction rule
+            self.write([hparams_pb(self.redactor.params(flatten_params(dict(hparam_dict))),
+                                   time.time())])
         for k, v in (metric_dict or {}).items():
             self.add_scalar(k, v)
 
