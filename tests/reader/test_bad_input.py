@@ -3,18 +3,28 @@ never raises, never loops.
 
 The committed fixtures (corruptions.json says what was done to each, at which byte) plus damage
 made here on copies: a cut header, a zero-filled tail (NFS hole), an unparsable payload with
-valid CRCs, a bad data CRC on the last record, a huge length with a valid length CRC.
+valid CRCs, a bad data CRC on the last record, impossible lengths with a valid length CRC; and
+hostile values built from real protobufs (shapes that promise more than the record holds),
+FIFOs and devices named like event files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import struct
+import tracemalloc
 
 import pytest
 from conftest import CORRUPTIONS, FIXTURES, fixture_id, read_points, record_ends
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
 
-from tracelet.errors import CorruptFileError
-from tracelet.reader import EventFileReader
+from tracelet.errors import CorruptFileError, NotRegularFileError
+from tracelet.export import FileScan
+from tracelet.reader import EventFileReader, frame_record, tensor_to_ndarray
+from tracelet.reader import records as records_mod
+from tracelet.reader.events import MAX_EXPANDED_ELEMENTS, MalformedValue
+from tracelet.reader.records import MAX_RECORD_BYTES
 
 
 def _damaged(kind):
@@ -175,18 +185,239 @@ def test_bad_data_crc_on_the_last_record(clean_copy, read_path):
     assert _steps(got) == list(range(29))
 
 
-def test_huge_length_with_valid_crc_is_not_yet_and_cheap(clean_copy, read_path):
-    """A length of 1 TiB with a valid length CRC could be a writer mid-append: 'not yet', and
-    the reader must not try to allocate it."""
+HUGE_LENGTHS = [MAX_RECORD_BYTES + 1, 1 << 40, 1 << 60, (1 << 64) - 1]
+
+
+@pytest.mark.parametrize("length", HUGE_LENGTHS, ids=["max+1", "2^40", "2^60", "2^64-1"])
+def test_impossible_length_with_valid_crc_is_corrupt_not_a_tail(clean_copy, length, read_path):
+    """A length no record can have (an Event is a protobuf message: < 2 GiB), with a valid
+    length CRC, is damage: waiting for that "tail" would hide the records after it forever.
+    The file stops there and says where; the records after it stay unread (as after any
+    corruption), and a re-read from the checkpoint reports the same and returns."""
     size = clean_copy.stat().st_size
-    header = struct.pack("<Q", 1 << 40)
+    header = struct.pack("<Q", length)
+    after = b"".join(frame_record(_scalar_event(100 + k, 1.0).SerializeToString())
+                     for k in range(150))
+    with open(clean_copy, "ab") as f:
+        f.write(header + _masked_crc(header) + b"partial payload" + after)
+    with _bounded_memory():
+        got, reader, batches = read_points(clean_copy)
+    st = reader.status
+    assert (st.offset, st.corrupt_offset, st.pending_bytes) == (size, size, 0)
+    assert f"{length:,}" in st.corrupt_reason and "record length" in st.corrupt_reason
+    assert _steps(got) == list(range(30)), "every record before the damage is read"
+    message = str(CorruptFileError(reader.path, st.corrupt_offset, st.corrupt_reason))
+    assert str(clean_copy) in message and f"byte {size}" in message
+    again, reader2, _ = read_points(clean_copy, st.offset, reader.tag_plugins)
+    assert reader2.status.corrupt_offset == size and not again["scalar"]
+
+
+def test_largest_possible_length_is_still_not_yet_and_cheap(clean_copy, read_path):
+    """At the bound itself the record could be real and still being written: "not yet", and
+    the reader allocates nothing for the bytes it does not have."""
+    size = clean_copy.stat().st_size
+    header = struct.pack("<Q", MAX_RECORD_BYTES)
     with open(clean_copy, "ab") as f:
         f.write(header + _masked_crc(header) + b"partial payload")
-    got, reader, _ = read_points(clean_copy)
+    with _bounded_memory():
+        got, reader, _ = read_points(clean_copy)
     st = reader.status
     assert (st.offset, st.corrupt_offset) == (size, None)
     assert st.pending_bytes == 12 + len(b"partial payload")
     assert _steps(got) == list(range(30))
+
+
+# -- values whose fields contradict each other: refused, bounded, reported with the offset ----
+Value = summary_pb2.Summary.Value
+
+
+def _scalar_event(step: int, value: float, tag: str = "loss") -> event_pb2.Event:
+    return event_pb2.Event(step=step, wall_time=1000.0 + step,
+                           summary=summary_pb2.Summary(value=[Value(tag=tag, simple_value=value)]))
+
+
+def _tensor(dtype: int, dims, **fields) -> tensor_pb2.TensorProto:
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, **fields)
+
+
+def _value_event(step: int, value: Value) -> event_pb2.Event:
+    return event_pb2.Event(step=step, wall_time=1000.0 + step,
+                           summary=summary_pb2.Summary(value=[value]))
+
+
+def _tensor_value(tag: str, tensor, plugin: str = "") -> Value:
+    v = Value(tag=tag, tensor=tensor)
+    if plugin:
+        v.metadata.plugin_data.plugin_name = plugin
+    return v
+
+
+DT_FLOAT, DT_DOUBLE, DT_UINT8, DT_STRING, DT_BFLOAT16, DT_HALF = 1, 2, 4, 7, 14, 19
+# Each would make the old reader allocate from the shape (64 GiB to 256 GiB and beyond, or an
+# int64 product that wraps), or holds data its shape contradicts. Sizes are far beyond this
+# machine's memory on purpose: a regression fails at once with MemoryError, it cannot thrash.
+HOSTILE_VALUES = {
+    "float_last_value_repeats_256GiB": lambda: _tensor_value(
+        "loss_t", _tensor(DT_FLOAT, [65536, 65536, 16], float_val=[1.0]), "scalars"),
+    "float_no_values_256GiB": lambda: _tensor_value(
+        "loss_t", _tensor(DT_FLOAT, [65536, 65536, 16]), "scalars"),
+    "histogram_no_values_huge": lambda: _tensor_value(
+        "w", _tensor(DT_DOUBLE, [1 << 40, 3]), "histograms"),
+    "product_wraps_int64": lambda: _tensor_value(
+        "x", _tensor(DT_FLOAT, [1 << 62, 4, 4])),
+    "negative_dimension": lambda: _tensor_value(
+        "x", _tensor(DT_FLOAT, [-1, 3], float_val=[1.0, 2.0, 3.0])),
+    "rank_1000": lambda: _tensor_value("x", _tensor(DT_FLOAT, [1] * 1000, float_val=[1.0])),
+    "tensor_content_too_short": lambda: _tensor_value(
+        "w", _tensor(DT_DOUBLE, [1000, 3], tensor_content=b"\0" * 8), "histograms"),
+    "tensor_content_too_long": lambda: _tensor_value(
+        "x", _tensor(DT_FLOAT, [2], tensor_content=b"\0" * 12), "scalars"),
+    "more_values_than_shape": lambda: _tensor_value(
+        "x", _tensor(DT_FLOAT, [2], float_val=[1.0, 2.0, 3.0, 4.0, 5.0])),
+    "bfloat16_no_values_huge": lambda: _tensor_value(
+        "x", _tensor(DT_BFLOAT16, [1 << 30, 1 << 10]), "scalars"),
+    "half_last_value_repeats_huge": lambda: _tensor_value(
+        "x", _tensor(DT_HALF, [1 << 40], half_val=[15360]), "scalars"),
+    "uint8_value_out_of_range": lambda: _tensor_value(
+        "x", _tensor(DT_UINT8, [], int_val=[300]), "scalars"),
+    "text_string_repeats_2^40": lambda: _tensor_value(
+        "notes", _tensor(DT_STRING, [1 << 40], string_val=[b"x"]), "text"),
+    "image_string_repeats_512MiB": lambda: _tensor_value(
+        "img", _tensor(DT_STRING, [3 + (1 << 19)], string_val=[b"64", b"48", b"x" * 1024]),
+        "images"),
+    "audio_clips_repeat_huge": lambda: _tensor_value(
+        "clip", _tensor(DT_STRING, [1 << 35, 2], string_val=[b"RIFF", b"label"]), "audio"),
+    "histo_buckets_without_limits": lambda: Value(tag="h", histo=summary_pb2.HistogramProto(
+        min=0.0, max=3.0, num=6, sum=9.0, bucket=[1.0, 2.0, 3.0], bucket_limit=[])),
+}
+
+
+def hostile_event_file(path, value: Value) -> int:
+    """file_version, scalars 0..4, the hostile value at step 5, scalars 6..9 (and a text after
+    it). Returns the byte offset of the hostile record."""
+    events = [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")]
+    events += [_scalar_event(k, 0.5 * k) for k in range(5)]
+    data = b"".join(frame_record(e.SerializeToString()) for e in events)
+    at = len(data)
+    data += frame_record(_value_event(5, value).SerializeToString())
+    data += b"".join(frame_record(_scalar_event(k, 0.5 * k).SerializeToString())
+                     for k in range(6, 10))
+    text = _tensor_value("after", _tensor(DT_STRING, [], string_val=[b"still read"]), "text")
+    data += frame_record(_value_event(10, text).SerializeToString())
+    path.write_bytes(data)
+    return at
+
+
+@contextlib.contextmanager
+def _bounded_memory(limit: int = 64 << 20):
+    """The block may allocate at most ``limit`` bytes at its peak (Python and numpy memory)."""
+    tracemalloc.start()
+    try:
+        yield
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, f"peak {peak:,} bytes allocated"
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_VALUES))
+def test_hostile_value_is_refused_bounded_and_named(tmp_path, name, read_path):
+    path = tmp_path / "events.out.tfevents.1.host"
+    at = hostile_event_file(path, HOSTILE_VALUES[name]())
+    with _bounded_memory():
+        got, reader, batches = read_points(path)
+    assert _steps(got) == [0, 1, 2, 3, 4, 6, 7, 8, 9], "every valid record is read"
+    assert [t[3] for t in got["text"]] == ["still read"]
+    assert sum(b.skipped_records for b in batches) == 1
+    assert reader.refused == 1 and reader.unparsable == 0
+    assert [o for o, _ in reader.skip_notes] == [at], "the refused record's own byte offset"
+    assert f"byte {at}: " in reader.skip_details()
+    assert not any(k.startswith("undecodable") for k in got["other"]), got["other"]
+    assert reader.status.offset == path.stat().st_size and reader.status.corrupt_offset is None
+
+
+def test_hostile_value_next_to_good_values_keeps_them(tmp_path, read_path):
+    """One bad value in a record with good ones: the good ones are read, the record counted."""
+    path = tmp_path / "events.out.tfevents.1.host"
+    bad = HOSTILE_VALUES["float_last_value_repeats_256GiB"]()
+    ev = event_pb2.Event(step=3, wall_time=1.0, summary=summary_pb2.Summary(
+        value=[Value(tag="loss", simple_value=1.5), bad, Value(tag="acc", simple_value=0.25)]))
+    path.write_bytes(frame_record(ev.SerializeToString()))
+    got, reader, batches = read_points(path)
+    assert [(t, s) for t, s, _, _ in got["scalar"]] == [("loss", 3), ("acc", 3)]
+    assert sum(b.skipped_records for b in batches) == 1 and reader.skip_notes[0][0] == 0
+    assert "'loss_t' at step 3" in reader.skip_notes[0][1]
+
+
+def test_many_refused_records_are_all_counted_and_notes_bounded(tmp_path, read_path):
+    bad = frame_record(_value_event(1, HOSTILE_VALUES["negative_dimension"]()).SerializeToString())
+    path = tmp_path / "events.out.tfevents.1.host"
+    path.write_bytes(bad * (records_mod.MAX_NOTED + 50))
+    _, reader, batches = read_points(path, max_points=7)
+    assert reader.refused == sum(b.skipped_records for b in batches) == records_mod.MAX_NOTED + 50
+    assert len(reader.skip_notes) == records_mod.MAX_NOTED
+    assert [o for o, _ in reader.skip_notes[:3]] == [0, len(bad), 2 * len(bad)]
+    assert reader.skip_details().endswith("; and 140 more")
+
+
+# Compact forms a writer may legitimately use, within the caps, and what they mean (TensorFlow's
+# MakeNdarray: no values -> zeros, fewer values -> the last one repeats; TensorBoard's own
+# make_ndarray only knows the one-value case, so it cannot be the oracle here).
+VALID_COMPACT = {
+    "zeros_histogram_30x3": (_tensor(DT_DOUBLE, [30, 3]), [[0.0] * 3] * 30),
+    "last_value_repeats": (_tensor(DT_FLOAT, [4, 2], float_val=[1.0, 2.0]),
+                           [[1.0, 2.0], [2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]),
+    "one_value_repeats": (_tensor(DT_FLOAT, [3], float_val=[0.5]), [0.5] * 3),
+    "half_repeats": (_tensor(DT_HALF, [3], half_val=[15360, 16384]), [1.0, 2.0, 2.0]),
+    "bfloat16_repeats": (_tensor(DT_BFLOAT16, [3], half_val=[16256]), [1.0] * 3),
+    "string_repeats": (_tensor(DT_STRING, [2, 2], string_val=[b"a", b"b"]),
+                       [[b"a", b"b"], [b"b", b"b"]]),
+    "string_empty": (_tensor(DT_STRING, [2]), [b"", b""]),
+    "scalar_content": (_tensor(DT_DOUBLE, [], tensor_content=struct.pack("<d", 2.5)), 2.5),
+    "zero_elements": (_tensor(DT_FLOAT, [0, 3]), []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VALID_COMPACT))
+def test_valid_compact_tensors_decode_as_tensorflow_defines(name):
+    t, want = VALID_COMPACT[name]
+    got = tensor_to_ndarray(t)
+    assert got.tolist() == want and got.shape == tuple(d.size for d in t.tensor_shape.dim)
+
+
+def test_compact_tensor_at_the_element_cap_is_expanded():
+    got = tensor_to_ndarray(_tensor(DT_FLOAT, [MAX_EXPANDED_ELEMENTS], float_val=[7.0]))
+    assert got.shape == (MAX_EXPANDED_ELEMENTS,) and float(got.min()) == float(got.max()) == 7.0
+
+
+def test_tensor_to_ndarray_refuses_what_the_caps_exclude():
+    with pytest.raises(MalformedValue, match="at most"):
+        tensor_to_ndarray(_tensor(DT_FLOAT, [MAX_EXPANDED_ELEMENTS + 1], float_val=[7.0]))
+    with pytest.raises(MalformedValue, match="bytes"):
+        tensor_to_ndarray(_tensor(DT_STRING, [1000], string_val=[b"x" * (1 << 20)]))
+    with pytest.raises(ValueError, match="unsupported tensor dtype"):  # counted, not refused
+        tensor_to_ndarray(_tensor(8, [1], scomplex_val=[1.0, 2.0]))
+
+
+# -- not a regular file -------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_fifo_is_refused_at_open_not_waited_on(tmp_path, read_path):
+    fifo = tmp_path / "events.out.tfevents.1.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFileError) as e:
+        list(EventFileReader(fifo).batches())
+    assert str(fifo) in str(e.value) and "FIFO" in str(e.value)
+    scan = FileScan(fifo)  # what inspect and export use: a problem, not a hang
+    assert list(scan.batches()) == [] and scan.state() == "unreadable"
+    assert any(str(fifo) in p and "FIFO" in p for p in scan.problems())
+
+
+def test_device_and_folder_are_refused_at_open():
+    for path, kind in (("/dev/null", "character device"), ("/", "folder")):
+        with pytest.raises(NotRegularFileError, match=kind):
+            list(EventFileReader(path).batches())
 
 
 def test_every_damaged_fixture_is_tested():
