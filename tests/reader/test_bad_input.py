@@ -17,7 +17,9 @@ import tracemalloc
 
 import pytest
 from conftest import CORRUPTIONS, FIXTURES, fixture_id, read_points, record_ends
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+from hostile import (DT_BFLOAT16, DT_DOUBLE, DT_FLOAT, DT_HALF, DT_STRING, HOSTILE_VALUES, Value,
+                     hostile_event_file, scalar_event, tensor, value_event)
+from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from tracelet.errors import CorruptFileError, NotRegularFileError
 from tracelet.export import FileScan
@@ -196,7 +198,7 @@ def test_impossible_length_with_valid_crc_is_corrupt_not_a_tail(clean_copy, leng
     corruption), and a re-read from the checkpoint reports the same and returns."""
     size = clean_copy.stat().st_size
     header = struct.pack("<Q", length)
-    after = b"".join(frame_record(_scalar_event(100 + k, 1.0).SerializeToString())
+    after = b"".join(frame_record(scalar_event(100 + k, 1.0).SerializeToString())
                      for k in range(150))
     with open(clean_copy, "ab") as f:
         f.write(header + _masked_crc(header) + b"partial payload" + after)
@@ -228,88 +230,6 @@ def test_largest_possible_length_is_still_not_yet_and_cheap(clean_copy, read_pat
 
 
 # -- values whose fields contradict each other: refused, bounded, reported with the offset ----
-Value = summary_pb2.Summary.Value
-
-
-def _scalar_event(step: int, value: float, tag: str = "loss") -> event_pb2.Event:
-    return event_pb2.Event(step=step, wall_time=1000.0 + step,
-                           summary=summary_pb2.Summary(value=[Value(tag=tag, simple_value=value)]))
-
-
-def _tensor(dtype: int, dims, **fields) -> tensor_pb2.TensorProto:
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
-    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, **fields)
-
-
-def _value_event(step: int, value: Value) -> event_pb2.Event:
-    return event_pb2.Event(step=step, wall_time=1000.0 + step,
-                           summary=summary_pb2.Summary(value=[value]))
-
-
-def _tensor_value(tag: str, tensor, plugin: str = "") -> Value:
-    v = Value(tag=tag, tensor=tensor)
-    if plugin:
-        v.metadata.plugin_data.plugin_name = plugin
-    return v
-
-
-DT_FLOAT, DT_DOUBLE, DT_UINT8, DT_STRING, DT_BFLOAT16, DT_HALF = 1, 2, 4, 7, 14, 19
-# Each would make the old reader allocate from the shape (64 GiB to 256 GiB and beyond, or an
-# int64 product that wraps), or holds data its shape contradicts. Sizes are far beyond this
-# machine's memory on purpose: a regression fails at once with MemoryError, it cannot thrash.
-HOSTILE_VALUES = {
-    "float_last_value_repeats_256GiB": lambda: _tensor_value(
-        "loss_t", _tensor(DT_FLOAT, [65536, 65536, 16], float_val=[1.0]), "scalars"),
-    "float_no_values_256GiB": lambda: _tensor_value(
-        "loss_t", _tensor(DT_FLOAT, [65536, 65536, 16]), "scalars"),
-    "histogram_no_values_huge": lambda: _tensor_value(
-        "w", _tensor(DT_DOUBLE, [1 << 40, 3]), "histograms"),
-    "product_wraps_int64": lambda: _tensor_value(
-        "x", _tensor(DT_FLOAT, [1 << 62, 4, 4])),
-    "negative_dimension": lambda: _tensor_value(
-        "x", _tensor(DT_FLOAT, [-1, 3], float_val=[1.0, 2.0, 3.0])),
-    "rank_1000": lambda: _tensor_value("x", _tensor(DT_FLOAT, [1] * 1000, float_val=[1.0])),
-    "tensor_content_too_short": lambda: _tensor_value(
-        "w", _tensor(DT_DOUBLE, [1000, 3], tensor_content=b"\0" * 8), "histograms"),
-    "tensor_content_too_long": lambda: _tensor_value(
-        "x", _tensor(DT_FLOAT, [2], tensor_content=b"\0" * 12), "scalars"),
-    "more_values_than_shape": lambda: _tensor_value(
-        "x", _tensor(DT_FLOAT, [2], float_val=[1.0, 2.0, 3.0, 4.0, 5.0])),
-    "bfloat16_no_values_huge": lambda: _tensor_value(
-        "x", _tensor(DT_BFLOAT16, [1 << 30, 1 << 10]), "scalars"),
-    "half_last_value_repeats_huge": lambda: _tensor_value(
-        "x", _tensor(DT_HALF, [1 << 40], half_val=[15360]), "scalars"),
-    "uint8_value_out_of_range": lambda: _tensor_value(
-        "x", _tensor(DT_UINT8, [], int_val=[300]), "scalars"),
-    "text_string_repeats_2^40": lambda: _tensor_value(
-        "notes", _tensor(DT_STRING, [1 << 40], string_val=[b"x"]), "text"),
-    "image_string_repeats_512MiB": lambda: _tensor_value(
-        "img", _tensor(DT_STRING, [3 + (1 << 19)], string_val=[b"64", b"48", b"x" * 1024]),
-        "images"),
-    "audio_clips_repeat_huge": lambda: _tensor_value(
-        "clip", _tensor(DT_STRING, [1 << 35, 2], string_val=[b"RIFF", b"label"]), "audio"),
-    "histo_buckets_without_limits": lambda: Value(tag="h", histo=summary_pb2.HistogramProto(
-        min=0.0, max=3.0, num=6, sum=9.0, bucket=[1.0, 2.0, 3.0], bucket_limit=[])),
-}
-
-
-def hostile_event_file(path, value: Value) -> int:
-    """file_version, scalars 0..4, the hostile value at step 5, scalars 6..9 (and a text after
-    it). Returns the byte offset of the hostile record."""
-    events = [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")]
-    events += [_scalar_event(k, 0.5 * k) for k in range(5)]
-    data = b"".join(frame_record(e.SerializeToString()) for e in events)
-    at = len(data)
-    data += frame_record(_value_event(5, value).SerializeToString())
-    data += b"".join(frame_record(_scalar_event(k, 0.5 * k).SerializeToString())
-                     for k in range(6, 10))
-    text = _tensor_value("after", _tensor(DT_STRING, [], string_val=[b"still read"]), "text")
-    data += frame_record(_value_event(10, text).SerializeToString())
-    path.write_bytes(data)
-    return at
-
-
 @contextlib.contextmanager
 def _bounded_memory(limit: int = 64 << 20):
     """The block may allocate at most ``limit`` bytes at its peak (Python and numpy memory)."""
@@ -352,7 +272,7 @@ def test_hostile_value_next_to_good_values_keeps_them(tmp_path, read_path):
 
 
 def test_many_refused_records_are_all_counted_and_notes_bounded(tmp_path, read_path):
-    bad = frame_record(_value_event(1, HOSTILE_VALUES["negative_dimension"]()).SerializeToString())
+    bad = frame_record(value_event(1, HOSTILE_VALUES["negative_dimension"]()).SerializeToString())
     path = tmp_path / "events.out.tfevents.1.host"
     path.write_bytes(bad * (records_mod.MAX_NOTED + 50))
     _, reader, batches = read_points(path, max_points=7)
@@ -366,17 +286,17 @@ def test_many_refused_records_are_all_counted_and_notes_bounded(tmp_path, read_p
 # MakeNdarray: no values -> zeros, fewer values -> the last one repeats; TensorBoard's own
 # make_ndarray only knows the one-value case, so it cannot be the oracle here).
 VALID_COMPACT = {
-    "zeros_histogram_30x3": (_tensor(DT_DOUBLE, [30, 3]), [[0.0] * 3] * 30),
-    "last_value_repeats": (_tensor(DT_FLOAT, [4, 2], float_val=[1.0, 2.0]),
+    "zeros_histogram_30x3": (tensor(DT_DOUBLE, [30, 3]), [[0.0] * 3] * 30),
+    "last_value_repeats": (tensor(DT_FLOAT, [4, 2], float_val=[1.0, 2.0]),
                            [[1.0, 2.0], [2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]),
-    "one_value_repeats": (_tensor(DT_FLOAT, [3], float_val=[0.5]), [0.5] * 3),
-    "half_repeats": (_tensor(DT_HALF, [3], half_val=[15360, 16384]), [1.0, 2.0, 2.0]),
-    "bfloat16_repeats": (_tensor(DT_BFLOAT16, [3], half_val=[16256]), [1.0] * 3),
-    "string_repeats": (_tensor(DT_STRING, [2, 2], string_val=[b"a", b"b"]),
+    "one_value_repeats": (tensor(DT_FLOAT, [3], float_val=[0.5]), [0.5] * 3),
+    "half_repeats": (tensor(DT_HALF, [3], half_val=[15360, 16384]), [1.0, 2.0, 2.0]),
+    "bfloat16_repeats": (tensor(DT_BFLOAT16, [3], half_val=[16256]), [1.0] * 3),
+    "string_repeats": (tensor(DT_STRING, [2, 2], string_val=[b"a", b"b"]),
                        [[b"a", b"b"], [b"b", b"b"]]),
-    "string_empty": (_tensor(DT_STRING, [2]), [b"", b""]),
-    "scalar_content": (_tensor(DT_DOUBLE, [], tensor_content=struct.pack("<d", 2.5)), 2.5),
-    "zero_elements": (_tensor(DT_FLOAT, [0, 3]), []),
+    "string_empty": (tensor(DT_STRING, [2]), [b"", b""]),
+    "scalar_content": (tensor(DT_DOUBLE, [], tensor_content=struct.pack("<d", 2.5)), 2.5),
+    "zero_elements": (tensor(DT_FLOAT, [0, 3]), []),
 }
 
 
@@ -388,17 +308,17 @@ def test_valid_compact_tensors_decode_as_tensorflow_defines(name):
 
 
 def test_compact_tensor_at_the_element_cap_is_expanded():
-    got = tensor_to_ndarray(_tensor(DT_FLOAT, [MAX_EXPANDED_ELEMENTS], float_val=[7.0]))
+    got = tensor_to_ndarray(tensor(DT_FLOAT, [MAX_EXPANDED_ELEMENTS], float_val=[7.0]))
     assert got.shape == (MAX_EXPANDED_ELEMENTS,) and float(got.min()) == float(got.max()) == 7.0
 
 
 def test_tensor_to_ndarray_refuses_what_the_caps_exclude():
     with pytest.raises(MalformedValue, match="at most"):
-        tensor_to_ndarray(_tensor(DT_FLOAT, [MAX_EXPANDED_ELEMENTS + 1], float_val=[7.0]))
+        tensor_to_ndarray(tensor(DT_FLOAT, [MAX_EXPANDED_ELEMENTS + 1], float_val=[7.0]))
     with pytest.raises(MalformedValue, match="bytes"):
-        tensor_to_ndarray(_tensor(DT_STRING, [1000], string_val=[b"x" * (1 << 20)]))
+        tensor_to_ndarray(tensor(DT_STRING, [1000], string_val=[b"x" * (1 << 20)]))
     with pytest.raises(ValueError, match="unsupported tensor dtype"):  # counted, not refused
-        tensor_to_ndarray(_tensor(8, [1], scomplex_val=[1.0, 2.0]))
+        tensor_to_ndarray(tensor(8, [1], scomplex_val=[1.0, 2.0]))
 
 
 # -- not a regular file -------------------------------------------------------------------
