@@ -282,6 +282,40 @@ def test_many_refused_records_are_all_counted_and_notes_bounded(tmp_path, read_p
     assert reader.skip_details().endswith("; and 140 more")
 
 
+def test_hparams_with_nan_inside_a_list_keep_every_hparam(tmp_path, read_path):
+    """JSON cannot hold NaN: such a list/struct hparam is kept as protobuf text, not refused."""
+    from google.protobuf import struct_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    data = plugin_data_pb2.HParamsPluginData(version=0)
+    data.session_start_info.hparams["lr"].number_value = 0.5
+    listed = struct_pb2.Value()
+    listed.list_value.values.add().number_value = float("nan")
+    data.session_start_info.hparams["betas"].CopyFrom(listed)
+    v = Value(tag="_hparams_/session_start_info")
+    v.metadata.plugin_data.plugin_name = "hparams"
+    v.metadata.plugin_data.content = data.SerializeToString()
+    path = tmp_path / "events.out.tfevents.1.host"
+    path.write_bytes(frame_record(value_event(0, v).SerializeToString()))
+    _, reader, batches = read_points(path)
+    (hp,) = [h for b in batches for h in b.hparams]
+    assert hp.hparams["lr"] == 0.5 and "nan" in hp.hparams["betas"]
+    assert reader.refused == 0
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), -16000.0])
+def test_audio_with_an_impossible_sample_rate_reads_it_as_unknown(tmp_path, rate, read_path):
+    """0 means unknown (the WAV header's rate is used); no destination gets NaN to convert."""
+    wav = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0" + (8000).to_bytes(4, "little")
+    v = Value(tag="clip", audio=summary_pb2.Summary.Audio(sample_rate=rate,
+                                                          encoded_audio_string=wav))
+    path = tmp_path / "events.out.tfevents.1.host"
+    path.write_bytes(frame_record(value_event(0, v).SerializeToString()))
+    _, _, batches = read_points(path)
+    (a,) = [a for b in batches for a in b.audio]
+    assert a.sample_rate == 8000.0
+
+
 # Compact forms a writer may legitimately use, within the caps, and what they mean (TensorFlow's
 # MakeNdarray: no values -> zeros, fewer values -> the last one repeats; TensorBoard's own
 # make_ndarray only knows the one-value case, so it cannot be the oracle here).

@@ -426,7 +426,8 @@ class EventFileReader:
         if kind == "audio":
             au = v.audio
             enc = au.encoded_audio_string
-            batch.audio.append(AudioPoint(tag, step, wall, enc, au.sample_rate or _wav_rate(enc),
+            rate = au.sample_rate if 0 < au.sample_rate < math.inf else 0.0  # NaN, <= 0: unknown
+            batch.audio.append(AudioPoint(tag, step, wall, enc, rate or _wav_rate(enc),
                                           au.content_type))
             return 1 + len(enc) * DEFAULT_BATCH_POINTS // _BATCH_IMAGE_BYTES
         batch.count_other(kind or "empty_value")
@@ -510,7 +511,12 @@ class EventFileReader:
             else:  # struct/list: keep as JSON-able text
                 from google.protobuf.json_format import MessageToJson
 
-                hp[name] = MessageToJson(val)
+                try:
+                    hp[name] = MessageToJson(val)
+                except ValueError:  # NaN/Inf inside a struct or list: JSON cannot hold them
+                    from google.protobuf.text_format import MessageToString
+
+                    hp[name] = MessageToString(val, as_one_line=True)
         batch.hparams.append(HParamsPoint(step, wall, hp, info.group_name))
         return 1
 
