@@ -53,6 +53,9 @@ class FileState:
     pending_end: int | None = None
     tag_plugins: dict[str, str] = field(default_factory=dict)
     replaced: str = ""  # non-empty: the file shrank/changed; reported, never replayed
+    # the incomplete tail left at `offset` by the last pass: {offset, size, mtime_ns, since};
+    # found again unchanged (same size and mtime), it is reported as a stuck tail
+    incomplete_tail: dict[str, Any] | None = None
 
 
 @dataclass
@@ -167,8 +170,29 @@ class CheckpointStore:
 
 
 def head_digest(path: str | os.PathLike, length: int) -> str:
-    with open(path, "rb") as f:
+    from .reader.events import open_event_file  # never blocks on a FIFO put in its place
+
+    with open_event_file(os.fspath(path)) as f:
         return hashlib.sha1(f.read(length)).hexdigest()
+
+
+def track_incomplete_tail(fs: FileState, pending: int, size: int, mtime_ns: int) -> dict | None:
+    """Remember the incomplete tail a pass left at ``fs.offset`` (``pending`` bytes; 0: none).
+
+    Returns the recorded tail when the previous pass left the very same one (same offset, file
+    size and mtime): a file that stopped growing mid-record. Otherwise records it (or clears
+    it) and returns None."""
+    if not pending:
+        fs.incomplete_tail = None
+        return None
+    tail = fs.incomplete_tail
+    if (isinstance(tail, dict) and isinstance(tail.get("since"), (int, float))
+            and (tail.get("offset"), tail.get("size"), tail.get("mtime_ns")) == (fs.offset, size,
+                                                                                 mtime_ns)):
+        return tail
+    fs.incomplete_tail = {"offset": fs.offset, "size": size, "mtime_ns": mtime_ns,
+                          "since": time.time()}
+    return None
 
 
 def check_file_identity(path: Path, fs: FileState, size_now: int) -> None:
@@ -192,5 +216,6 @@ def remember_identity(path: Path, fs: FileState, size_now: int) -> None:
     """Record the head hash once the file is long enough (or grows past the last head)."""
     want = min(size_now, HEAD_HASH_BYTES)
     if want > fs.head_len:
-        fs.head_len = want
-        fs.head_sha1 = head_digest(path, want)
+        # hash first: a file that cannot be read must not leave a length without its hash
+        # (the next sync would call the file replaced and never read it again)
+        fs.head_sha1, fs.head_len = head_digest(path, want), want

@@ -29,14 +29,15 @@ from typing import Any, Iterable
 
 from ._fs import exclusive_lock
 from .checkpoint import (Checkpoint, CheckpointStore, FileState, add_counts,
-                         check_file_identity, remember_identity)
+                         check_file_identity, remember_identity, track_incomplete_tail)
 from .destinations import create_destination, known_destinations, target_key
 from .destinations.base import Destination, RunHandle, RunRef
-from .errors import (DestinationError, FileReplacedError, LockedError, SourceError, StateError,
-                     TraceletError, UsageError)
+from .errors import (DestinationError, FileReplacedError, LockedError, NotRegularFileError,
+                     SourceError, StateError, TraceletError, UsageError)
 from .manifest import load_manifest
 from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
+from .reader.events import unreadable_message
 from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
 from .reader.points import HPARAMS, Batch
 from .redact import Redactor, scrub, scrubbed_logger
@@ -321,6 +322,15 @@ class _Slot:
     handle: RunHandle | None = None
     dedupe_all: bool = False  # lost state dir, run found on destination: dedupe everything
     failed: bool = False
+    recheck: bool = False  # look again next pass (a new incomplete tail): no "unchanged" yet
+
+    def source_failed(self, message: str) -> None:
+        """A source file of the run could not be read: this destination's report fails (exit 1)
+        but the slot goes on with the run's other files. ``last_error`` keeps the run off the
+        no-op fast path, so every sync retries the file until it can be read."""
+        if self.report.state != "failed":
+            self.report.state, self.report.error = "failed", message
+        self.ck.last_error = message
 
     def fail(self, err: BaseException) -> None:
         self.failed = True
@@ -389,7 +399,10 @@ class SyncEngine:
     # -- one pass over all runs ---------------------------------------------------------------
     def run_pass(self, logdirs: list[str], report: SyncReport) -> None:
         work, problems = self.plan(logdirs)
-        report.problems.extend(p for p in problems if p not in report.problems)
+        for p in dict.fromkeys(problems):
+            if p not in report.problems:  # new this pass (--follow says each once)
+                report.problems.append(p)
+                self.out.problem(p)
         self.out.begin(len(work))
         if self.o.workers > 1 and len(work) > 1:
             with ThreadPoolExecutor(self.o.workers, thread_name_prefix="tracelet-sync") as ex:
@@ -540,7 +553,7 @@ class SyncEngine:
                 closed = False
                 log.warning("%s: closing run %s: %s", slot.name, run.name, scrub(str(e)))
                 rr.problems.append(scrub(f"{slot.name}: closing run failed ({e}); retried next sync"))
-            complete = closed and not slot.failed and not self.stop.is_set()
+            complete = closed and not slot.failed and not self.stop.is_set() and not slot.recheck
             if complete:
                 slot.ck.source_signature = signature
                 slot.ck.reconcile = False  # a whole pass re-checked everything: caught up
@@ -624,7 +637,8 @@ class SyncEngine:
         except ValueError:
             rel = "linked:" + str(path)
         try:
-            size = os.stat(path).st_size  # the signpost: bytes appended later wait for next sync
+            st = os.stat(path)
+            size = st.st_size  # the signpost: bytes appended later wait for next sync
         except OSError as e:
             rr.problems.append(f"{path}: cannot stat ({e.strerror}); skipped this sync.")
             return
@@ -635,8 +649,8 @@ class SyncEngine:
                 check_file_identity(path, fs, size)
             except FileReplacedError as e:
                 fs.replaced = str(e)
-            except OSError as e:
-                rr.problems.append(f"{path}: unreadable ({e.strerror}); skipped this sync.")
+            except (OSError, NotRegularFileError) as e:
+                _source_unreadable(rr, slots, path, e, 0)
                 return
             if fs.replaced:
                 rr.note(fs.replaced)
@@ -656,19 +670,21 @@ class SyncEngine:
         for slot, fs, _ in work:
             try:
                 remember_identity(path, fs, size)
-            except OSError:
-                pass
+            except (OSError, NotRegularFileError):
+                pass  # the read below meets the same error and reports it
             fs.pending_end = max(size, fs.pending_end or 0)
             self._commit(store, slot)
         bounds = sorted({fs.offset for _, fs, _ in work} | {size})
         tag_plugins = min(work, key=lambda w: w[1].offset)[1].tag_plugins
         status = None
+        readers: list[EventFileReader] = []
         for a, b in zip(bounds, bounds[1:]):
             joined = [w for w in work if w[1].offset <= a and not w[0].failed]
             if not joined:
                 continue
             reader = EventFileReader(path, a, tag_plugins)
-            for batch in reader.batches(end=b, max_points=self.o.batch_points):
+            readers.append(reader)
+            for batch in _read_guarded(reader, b, self.o.batch_points, rr, slots):
                 if batch.clamp_wall_times():
                     rr.note(f"{path}: points with an unusable wall time (NaN, Inf or beyond "
                             "±1e12 s) were sent with wall time 0 (1970-01-01).")
@@ -679,11 +695,15 @@ class SyncEngine:
             status = reader.status
             if self.stop.is_set() or status.corrupt_offset is not None or status.offset < b:
                 break
+        skip_note = _skipped_records_note(path, readers)
+        if skip_note:
+            rr.note(skip_note)
         if status is not None:
             if status.corrupt_offset is not None:
                 note = (f"{path}: corrupt at byte {status.corrupt_offset} ({status.corrupt_reason}); "
-                        "records before it were synced, the rest of the file is skipped. Restore "
-                        "the file or remove it.")
+                        "records before it were synced, the rest of the file "
+                        f"({size - status.corrupt_offset:,} bytes) is skipped. Restore the file "
+                        "or remove it.")
                 rr.problems.append(note)
             if status.bad_data_crc:
                 where = ", ".join(str(o) for o in status.bad_data_offsets[:10])
@@ -695,6 +715,12 @@ class SyncEngine:
                 continue  # its last send may have landed: keep pending_end for the next sync
             if status is not None and status.corrupt_offset is not None and fs.offset == status.offset:
                 fs.corrupt_offset, fs.corrupt_reason = status.corrupt_offset, status.corrupt_reason
+            pending = status.pending_bytes if status is not None and fs.offset == status.offset else 0
+            stuck = track_incomplete_tail(fs, pending, st.st_size, st.st_mtime_ns)
+            if stuck is not None:
+                rr.note(_stuck_tail_note(path, stuck, pending, st.st_mtime))
+            elif pending:
+                slot.recheck = True  # next pass compares; the fast path would never look again
             fs.size_seen = size
             # Every batch sent to a healthy slot was committed, so nothing of *this* sync is in
             # flight; only an older in-flight range not yet re-read stays marked.
@@ -756,11 +782,14 @@ class SyncEngine:
             need = [s for s in self._live(slots) if part.name not in s.ck.sidecar_done]
             if not need:
                 continue
+            notes: list[str] = []
             try:
-                table = read_part(part)  # read once, whatever the number of destinations
+                table = read_part(part, notes)  # read once, whatever the number of destinations
             except SourceError as e:
-                rr.problems.append(str(e))
+                rr.note(str(e))
                 continue
+            for note in notes:
+                rr.note(note)
             for slot in need:
                 if slot.dest is None:
                     slot.report.add("points_sent", {"system": table.num_rows})
@@ -836,6 +865,59 @@ def _dedupe_retries(send):
         return send(*args, dedupe=dedupe or attempts > 1, **kw)
 
     return call
+
+
+def _read_guarded(reader: EventFileReader, end: int, max_points: int, rr: RunReport,
+                  slots: list[_Slot]):
+    """``reader.batches(end)``, but a file that cannot be opened or read (permissions, I/O
+    error, a FIFO put in its place) ends the read with a report instead of an exception. Only
+    the reader's own errors are caught here: a failing checkpoint commit still fails the run."""
+    it = reader.batches(end=end, max_points=max_points)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (OSError, NotRegularFileError) as e:
+            _source_unreadable(rr, slots, Path(reader.path), e, reader.status.offset)
+            return
+        yield batch
+
+
+def _source_unreadable(rr: RunReport, slots: list[_Slot], path: Path, err: Exception,
+                       offset: int) -> None:
+    """Report an event file that cannot be read and fail the run's report for it (not the
+    slots: the run's other files still sync)."""
+    if isinstance(err, OSError):
+        rr.note(unreadable_message(path, err, offset, "not synced this time (retried every sync)"))
+        short = f"{path}: cannot read ({err.strerror or err})"
+    else:
+        rr.note(str(err))
+        short = str(err).partition(";")[0]
+    for slot in slots:
+        if not slot.failed:
+            slot.source_failed(f"not synced: {short} (see problems)")
+
+
+def _skipped_records_note(path: Path, readers: list[EventFileReader]) -> str | None:
+    """One problem line for the records of a file skipped as not an Event or malformed."""
+    n = sum(r.unparsable + r.refused for r in readers)
+    if not n:
+        return None
+    details = "; ".join(d for d in (r.skip_details() for r in readers) if d)
+    return (f"{path}: {n:,} record(s) skipped as undecodable (counted in skipped_records): "
+            f"{details}. The records around them were synced.")
+
+
+def _stuck_tail_note(path: Path, tail: dict, pending: int, mtime: float) -> str:
+    """The warning for an incomplete tail that a pass found exactly as the previous one did."""
+    from .inspect import iso_utc
+
+    return (f"{path}: incomplete record at byte {tail['offset']} ({pending:,} bytes pending) "
+            f"unchanged since {iso_utc(tail['since'])} (file last modified {iso_utc(mtime)}): "
+            "the file no longer grows. The writer may have died mid-record; if it will not "
+            "resume, the last record is lost (the records before it were synced). Nothing to do "
+            "if the writer is still running (it completes the record when it next flushes).")
 
 
 _FAULT_COUNTS: dict[str, int] = {}
@@ -945,6 +1027,13 @@ class _Output:
                 print(scrub(line), file=sys.stderr, flush=True)
             for p in rr.problems:
                 print(scrub(f"tracelet: {rr.run}: {p}"), file=sys.stderr, flush=True)
+
+    def problem(self, line: str) -> None:
+        """A problem outside any run (unreadable folder, FIFO named like an event file)."""
+        if self.quiet:
+            return
+        with self.lock:
+            print(f"{chr(10) if self.tty else ''}tracelet: {line}", file=sys.stderr, flush=True)
 
     def end(self) -> None:
         if self.tty:

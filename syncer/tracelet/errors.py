@@ -6,7 +6,8 @@
     ├── UsageError                     bad path/option/config: fix the command (exit 2)
     ├── SourceError                    something wrong with the input files
     │   ├── CorruptFileError           length CRC bad / unparsable: file reading stops there
-    │   └── FileReplacedError          a file shrank or changed identity since last sync
+    │   ├── FileReplacedError          a file shrank or changed identity since last sync
+    │   └── NotRegularFileError        a FIFO/socket/device named like an event file: skipped
     ├── DestinationError               a destination failed (exit 1, other destinations go on)
     │   ├── TransientDestinationError  connection refused / 5xx / 429: retried with backoff
     │   └── MissingExtraError          the vendor SDK is not installed: install the extra
@@ -31,7 +32,8 @@ class SourceError(TraceletError):
 
 
 class CorruptFileError(SourceError):
-    """A record whose length CRC does not match: nothing after it can be framed."""
+    """A record whose length CRC does not match, or whose length no record can have: nothing
+    after it can be framed."""
 
     def __init__(self, path: str, offset: int, reason: str):
         self.path, self.offset, self.reason = path, offset, reason
@@ -43,6 +45,16 @@ class CorruptFileError(SourceError):
 
 class FileReplacedError(SourceError):
     """A file shrank or its first bytes changed since the last sync."""
+
+
+class NotRegularFileError(SourceError):
+    """A FIFO, socket or device where an event file was expected: never opened for reading
+    (a FIFO would block forever), skipped and reported."""
+
+    def __init__(self, path: str, kind: str):
+        self.path, self.kind = path, kind
+        super().__init__(f"{path}: {kind}, not a regular file; skipped (never read). Remove it "
+                         "or rename it so it is not named like an event file.")
 
 
 class DestinationError(TraceletError):

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UsageError
+from .errors import NotRegularFileError, UsageError
 from .redact import DEFAULT as DEFAULT_REDACTOR, Redactor
 from .reader import (AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
                      HistogramPoint, discover_runs, root_run_name)
+from .reader.events import unreadable_message
 
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
 ROW_GROUP_ROWS = 128 * 1024  # rows per Parquet row group: big enough to compress well, small
@@ -165,9 +166,11 @@ class FileScan:
                     self._skipped_ranges.append(
                         (batch.start_offset, batch.end_offset, batch.skipped_records))
                 yield batch
+        except NotRegularFileError as e:
+            self.read_error = str(e)
         except OSError as e:
-            self.read_error = (f"{self.path}: cannot read ({e.strerror or e}) at byte "
-                               f"{self.reader.status.offset}; the rest of the file was skipped")
+            self.read_error = unreadable_message(self.path, e, self.reader.status.offset,
+                                                 "the rest of the file was skipped")
 
     def state(self) -> str:
         """A short label for tables: ``ok``, ``corrupt at byte N``, ``incomplete tail``…"""
@@ -204,11 +207,15 @@ class FileScan:
                 causes.append(f"{status.bad_data_crc} payload CRC mismatch")
             if self.reader.unparsable:
                 causes.append(f"{self.reader.unparsable} not an Event")
+            if self.reader.refused:
+                causes.append(f"{self.reader.refused} with a malformed value")
             first, last = self._skipped_ranges[0], self._skipped_ranges[-1]
             where = (f"between bytes {first[0]} and {first[1]}" if len(self._skipped_ranges) == 1
                      else f"between bytes {first[0]} and {last[1]}")
+            details = self.reader.skip_details()
             out.append(f"{self.path}: {n:,} record{'' if n == 1 else 's'} skipped {where} "
-                       f"({', '.join(causes)}); the records around them were read")
+                       f"({', '.join(causes)}{': ' + details if details else ''}); the records "
+                       "around them were read")
         return out
 
 

@@ -222,3 +222,46 @@ def test_run_names_use_forward_slashes_and_sort(tmp_path):
     for rel in ("b/x", "a/y/z", "a/y"):
         _event_file(tmp_path / rel)
     assert [r.name for r in discover_runs(tmp_path).runs] == ["a/y", "a/y/z", "b/x"]
+
+
+def test_fifo_socket_and_links_to_them_named_like_event_files_are_skipped(tmp_path, monkeypatch):
+    """Opening a FIFO to read it waits forever for a writer: discovery never lists one (nor a
+    socket, nor a symlink to either) as an event file, and names each in its problems."""
+    import socket
+
+    _event_file(tmp_path / "mixed")  # a real event file beside the odd ones
+    fifo = tmp_path / "mixed/events.out.tfevents.1700000001.h.2.0"
+    os.mkfifo(fifo)
+    os.mkfifo(tmp_path / "mixed/not_an_event_file.fifo")  # not named like one: not our business
+    (tmp_path / "only_fifo").mkdir()
+    os.mkfifo(tmp_path / "only_fifo/events.out.tfevents.1.x")
+    (tmp_path / "linked").mkdir()
+    link = tmp_path / "linked/events.out.tfevents.2.x"
+    link.symlink_to(fifo)
+    sock_path = tmp_path / "mixed/events.out.tfevents.3.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    monkeypatch.chdir(sock_path.parent)  # bind by a short relative name: AF_UNIX paths are short
+    try:
+        sock.bind(sock_path.name)
+        disc = discover_runs(tmp_path)
+    finally:
+        sock.close()
+    assert _runs(tmp_path) == {"mixed": ["events.out.tfevents.1700000000.h.1.0"]}
+    assert sorted(disc.problems) == sorted([
+        f"{fifo}: named like an event file but is a FIFO (named pipe); skipped (never opened). "
+        "Remove it or give it another name.",
+        f"{tmp_path / 'only_fifo/events.out.tfevents.1.x'}: named like an event file but is a "
+        "FIFO (named pipe); skipped (never opened). Remove it or give it another name.",
+        f"{link}: named like an event file but is a FIFO (named pipe) (through a symlink); "
+        "skipped (never opened). Remove it or give it another name.",
+        f"{sock_path}: named like an event file but is a socket; skipped (never opened). "
+        "Remove it or give it another name.",
+    ])
+
+
+def test_dangling_link_named_like_an_event_file_stays_listed(tmp_path):
+    """Whether it is a file cannot be told: reading it reports the error (as before)."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r/events.out.tfevents.1.x").symlink_to(tmp_path / "gone")
+    disc = discover_runs(tmp_path)
+    assert _runs(tmp_path) == {"r": ["events.out.tfevents.1.x"]} and disc.problems == []

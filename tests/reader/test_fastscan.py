@@ -67,7 +67,8 @@ def _read(path, *, fast: bool, offset=0, tag_plugins=None, end=None, max_points=
             out.append(_norm(b))
             if first_only:
                 break
-        return out, _norm(r.status), r.unparsable, dict(r.tag_plugins)
+        # skipped records, with the byte offset and reason of each, must agree too
+        return out, _norm(r.status), (r.unparsable, r.refused, list(r.skip_notes)), dict(r.tag_plugins)
     finally:
         os.environ.pop("TRACELET_NO_FASTSCAN", None)
         if prev is not None:
@@ -192,7 +193,7 @@ def test_simple_values_never_reach_python(tmp_path, monkeypatch):
     calls = []
     orig = EventFileReader._decode_event
     monkeypatch.setattr(EventFileReader, "_decode_event",
-                        lambda self, data, batch: calls.append(1) or orig(self, data, batch))
+                        lambda self, *args: calls.append(1) or orig(self, *args))
     monkeypatch.delenv("TRACELET_NO_FASTSCAN", raising=False)
     (b,) = list(EventFileReader(p).batches())
     assert len(b.scalars) == 100 and b.records == 51 and not calls
@@ -276,8 +277,8 @@ def test_wire_format_edge_cases(tmp_path):
     p = write_records(tmp_path / "ev", payloads)
     for mp in (1, 2, 20_000):
         assert_same(p, max_points=mp)
-    batches, status, unparsable, _ = _read(p, fast=True)
-    assert unparsable >= 6
+    batches, status, (unparsable, _, notes), _ = _read(p, fast=True)
+    assert unparsable >= 6 and len(notes) == unparsable
 
 
 @needs_ext

@@ -15,7 +15,10 @@ not built (no C compiler at install time).
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
+import stat
 from typing import Iterator
 
 import numpy as np
@@ -23,8 +26,9 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2
 
 from .points import AudioPoint, Batch, HistogramPoint, HParamsPoint, ImagePoint, TextPoint
-from .records import (FOOTER_BYTES, HEADER_BYTES, LENGTH_CRC_MISMATCH, FramingStatus, _refill,
-                      iter_records, note_bad_data)
+from .records import (FOOTER_BYTES, HEADER_BYTES, LENGTH_CRC_MISMATCH, MAX_NOTED,
+                      MAX_RECORD_BYTES, FramingStatus, _refill, iter_records, length_too_large,
+                      note_bad_data)
 
 try:  # built by setup.py where a C compiler exists; optional, same results, tens of times faster
     from . import _fastscan
@@ -66,37 +70,95 @@ NO_FASTSCAN_ENV = "TRACELET_NO_FASTSCAN"
 _BATCH_IMAGE_BYTES = 32 << 20  # cap memory held by one batch of images
 
 
+# Bounds on what a record may make the reader allocate. A TensorProto's shape is a promise the
+# record does not have to keep: [65536, 65536, 16] with one float_val would be 256 GiB. Data
+# given in full (tensor_content, one typed value per element) is bounded by the record itself;
+# only TF's two compact forms -- no values (zeros) and "the last value repeats" -- make more
+# elements than the record holds, and those are expanded up to these caps (a summary's tensor:
+# a histogram's [k, 3], an image's [2 + n]; far below a million elements).
+MAX_TENSOR_RANK = 32  # numpy's own limit before 2.0; no summary has more than 3
+MAX_EXPANDED_ELEMENTS = 1 << 20  # elements a compact tensor may expand to
+MAX_EXPANDED_BYTES = 64 << 20  # bytes a compact string tensor may expand to (repeated strings)
+_MAX_IMAGE_SIDE = (1 << 31) - 1  # width/height of a TF2 image tensor: int32, like Summary.Image
+
+
+class MalformedValue(ValueError):
+    """A summary value whose own fields contradict each other (shape vs data, buckets vs
+    limits): the reader skips its record and reports it with the record's byte offset."""
+
+
+def _shape_of(t) -> tuple[list[int], int]:
+    """The shape of a ``TensorProto`` and its element count, refusing impossible shapes."""
+    dims = t.tensor_shape.dim
+    if len(dims) > MAX_TENSOR_RANK:  # len() first: a record may hold millions of dims
+        raise MalformedValue(f"tensor of rank {len(dims)} (at most {MAX_TENSOR_RANK} read)")
+    shape = [d.size for d in dims]
+    if any(s < 0 for s in shape):
+        raise MalformedValue(f"tensor shape {shape} has a negative dimension")
+    return shape, math.prod(shape)  # Python ints: no int64 overflow to wrap the product to 0
+
+
+def _compact_fill(shape: list[int], n: int, have: int, what: str) -> None:
+    """Refuse a tensor whose ``have`` values cannot stand for ``n`` elements within the caps."""
+    if have > n:
+        raise MalformedValue(f"tensor shape {shape} ({n:,} elements) holds {have:,} {what}")
+    if have < n and n > MAX_EXPANDED_ELEMENTS:
+        raise MalformedValue(
+            f"tensor shape {shape} promises {n:,} elements but the record holds {have:,} {what}; "
+            f"compact tensors are expanded to at most {MAX_EXPANDED_ELEMENTS:,} elements")
+
+
 def tensor_to_ndarray(t) -> np.ndarray:
-    """Decode a ``TensorProto`` (``tensor_content`` or typed fields) to a numpy array."""
-    shape = [d.size for d in t.tensor_shape.dim]
-    n = int(np.prod(shape)) if shape else 1
+    """Decode a ``TensorProto`` (``tensor_content`` or typed fields) to a numpy array.
+
+    Raises :class:`MalformedValue` when the shape and the data disagree (``tensor_content`` not
+    exactly elements x item size, more values than elements, a compact form beyond the caps, a
+    negative dimension, an absurd rank), and ``ValueError`` for a dtype it does not decode.
+    """
+    shape, n = _shape_of(t)
     if t.dtype == DT_STRING:
         vals = list(t.string_val)
-        arr = np.empty(len(vals), dtype=object)
+        _compact_fill(shape, n, len(vals), "strings")
+        if len(vals) < n:  # TensorFlow's MakeNdarray: the last string repeats ("" if none)
+            last = vals[-1] if vals else b""
+            if (n - len(vals)) * len(last) > MAX_EXPANDED_BYTES:
+                raise MalformedValue(
+                    f"tensor shape {shape} repeats a {len(last):,}-byte string to {n:,} "
+                    f"elements: more than {MAX_EXPANDED_BYTES:,} bytes")
+            vals.extend([last] * (n - len(vals)))
+        arr = np.empty(n, dtype=object)
         arr[:] = vals
-        return arr.reshape(shape) if len(vals) == n else arr
-    if t.dtype == DT_BFLOAT16:
-        raw = np.frombuffer(t.tensor_content, np.uint16) if t.tensor_content else np.array(
-            list(t.half_val), np.uint16
-        )
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    try:
-        dtype, field = _DTYPES[t.dtype]
-    except KeyError:
-        raise ValueError(f"unsupported tensor dtype enum {t.dtype}") from None
-    if t.tensor_content:
-        return np.frombuffer(t.tensor_content, dtype=dtype).reshape(shape)
-    vals = getattr(t, field)
-    if t.dtype == 19:  # half_val holds the float16 bit patterns in int32s
-        arr = np.array(list(vals), np.uint16).view(np.float16)
-    else:
-        arr = np.array(list(vals), dtype=dtype)
-    if arr.size == n:
         return arr.reshape(shape)
-    if arr.size == 0:
-        return np.zeros(shape, dtype=dtype)
-    # TF's compact form: the last value repeats to fill the shape
-    return np.concatenate([arr, np.repeat(arr[-1:], n - arr.size)]).reshape(shape)
+    if t.dtype == DT_BFLOAT16:
+        dtype, field = np.uint16, "half_val"
+    else:
+        try:
+            dtype, field = _DTYPES[t.dtype]
+        except KeyError:
+            raise ValueError(f"unsupported tensor dtype enum {t.dtype}") from None
+    if t.tensor_content:
+        itemsize = np.dtype(dtype).itemsize
+        if len(t.tensor_content) != n * itemsize:
+            raise MalformedValue(
+                f"tensor shape {shape} needs {n * itemsize:,} bytes of tensor_content, the "
+                f"record holds {len(t.tensor_content):,}")
+        arr = np.frombuffer(t.tensor_content, dtype=dtype)
+    else:
+        vals = getattr(t, field)
+        _compact_fill(shape, n, len(vals), field)
+        if t.dtype in (19, DT_BFLOAT16):  # half_val holds the 16-bit patterns in int32s
+            arr = np.array(list(vals), np.int64).astype(np.uint16)
+            if t.dtype == 19:
+                arr = arr.view(np.float16)
+        else:
+            arr = np.array(list(vals), dtype=dtype)
+        if arr.size == 0:
+            arr = np.zeros(n, dtype=arr.dtype)
+        elif arr.size < n:  # TF's compact form: the last value repeats to fill the shape
+            arr = np.concatenate([arr, np.repeat(arr[-1:], n - arr.size)])
+    if t.dtype == DT_BFLOAT16:
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.reshape(shape)
 
 
 def _wav_rate(encoded: bytes) -> float:
@@ -117,6 +179,11 @@ def _text_of(arr: np.ndarray) -> str:
     return "\n".join(" | ".join(s(x) for x in row) for row in arr.reshape(arr.shape[0], -1))
 
 
+def _short(tag: str, limit: int = 80) -> str:
+    """A tag for a message: quoted, and cut (a hostile record may hold a megabyte-long tag)."""
+    return repr(tag) if len(tag) <= limit else repr(tag[:limit]) + "…"
+
+
 def _fastscan_disabled() -> bool:
     return os.environ.get(NO_FASTSCAN_ENV, "").strip() not in ("", "0")
 
@@ -133,15 +200,26 @@ class EventFileReader:
         self.start_offset = offset
         self.tag_plugins: dict[str, str] = dict(tag_plugins or {})
         self.status = FramingStatus(offset=offset)
-        self.unparsable = 0
+        self.unparsable = 0  # records whose payload is not an Event
+        self.refused = 0  # records with a value refused as malformed (see _decode_event)
+        # (record byte offset, why) of the unparsable and refused records, first MAX_NOTED
+        self.skip_notes: list[tuple[int, str]] = []
 
     def batches(
         self, end: int | None = None, max_points: int = DEFAULT_BATCH_POINTS
     ) -> Iterator[Batch]:
-        with open(self.path, "rb") as f:
+        """Raises ``OSError`` if the file cannot be opened or read, and
+        :class:`~tracelet.errors.NotRegularFileError` for a FIFO, socket or device."""
+        with open_event_file(self.path) as f:
             if end is None:
                 end = os.fstat(f.fileno()).st_size
             yield from self._batches(f, end, max_points)
+
+    def skip_details(self, limit: int = 10) -> str:
+        """``byte N: why; …`` for the first ``limit`` unparsable or refused records."""
+        shown = "; ".join(f"byte {o}: {why}" for o, why in self.skip_notes[:limit])
+        more = self.unparsable + self.refused - min(limit, len(self.skip_notes))
+        return shown + (f"; and {more:,} more" if more > 0 else "")
 
     def _new_batch(self, start: int) -> Batch:
         return Batch(path=self.path, start_offset=start)
@@ -158,9 +236,9 @@ class EventFileReader:
         crc_skipped_before = 0
         records = 0
         weight = 0  # scalars + non-scalar points + image bytes/1MB, to cap batch memory
-        for _, data in iter_records(f, self.start_offset, end, status):
+        for after, data in iter_records(f, self.start_offset, end, status):
             records += 1
-            w = self._decode_event(data, batch)
+            w = self._decode_event(data, batch, after - len(data) - HEADER_BYTES - FOOTER_BYTES)
             if w is None:
                 continue
             weight += w
@@ -202,7 +280,7 @@ class EventFileReader:
             status.offset = pos + i
             if code == _fastscan.SCAN_SLOW:
                 records += 1
-                w = self._decode_event(buf[x:y], batch)
+                w = self._decode_event(buf[x:y], batch, pos + x - HEADER_BYTES)
                 if w is None:
                     continue
                 weight += w
@@ -217,6 +295,10 @@ class EventFileReader:
                     break  # file shrank under us; the identity check reports it
                 continue
             elif code == _fastscan.SCAN_NEED_BODY:
+                if x > MAX_RECORD_BYTES:  # C checked the length CRC; the length is impossible
+                    status.corrupt_offset = pos + i
+                    status.corrupt_reason = length_too_large(x)
+                    break
                 total = HEADER_BYTES + x + FOOTER_BYTES
                 if pos + i + total > end:
                     break  # incomplete tail: "not yet"
@@ -244,13 +326,20 @@ class EventFileReader:
         if status.offset > batch.start_offset or batch.points or batch.other:
             yield self._seal(batch, crc_skipped_before)
 
-    def _decode_event(self, data: bytes, batch: Batch) -> int | None:
-        """Decode one record's payload into ``batch``; its weight, or None if unparsable."""
+    def _note_skip(self, offset: int, why: str) -> None:
+        if len(self.skip_notes) < MAX_NOTED:
+            self.skip_notes.append((offset, why))
+
+    def _decode_event(self, data: bytes, batch: Batch, offset: int) -> int | None:
+        """Decode one record's payload (starting at byte ``offset``) into ``batch``; its weight,
+        or None if unparsable. A value refused as malformed is left out and its record counted
+        as skipped (once); the record's other values are kept."""
         try:
             ev = _parse_event(data)
-        except DecodeError:
+        except DecodeError as e:
             self.unparsable += 1
             batch.skipped_records += 1
+            self._note_skip(offset, f"not an Event protobuf ({e or 'undecodable'})")
             return None
         values = ev.summary.value
         if not values:
@@ -261,6 +350,7 @@ class EventFileReader:
         step, wall = ev.step, ev.wall_time
         cols = batch.scalars
         weight = 0
+        refused = False
         for v in values:
             kind = v.WhichOneof("value")
             if kind == "simple_value":  # inlined ScalarColumns.append: this is the hot loop
@@ -270,7 +360,17 @@ class EventFileReader:
                 cols.values.append(v.simple_value)
                 weight += 1
             else:
-                weight += self._decode_value(v, kind, step, wall, batch)
+                try:
+                    weight += self._decode_value(v, kind, step, wall, batch)
+                except (ValueError, TypeError, OverflowError) as e:
+                    # MalformedValue, and what numpy/protobuf raise on values no writer makes
+                    # (an int_val of 300 for uint8 ...): skip the value, name its record.
+                    if not refused:
+                        refused = True
+                        self.refused += 1
+                        batch.skipped_records += 1
+                        self._note_skip(offset,
+                                        f"{kind or 'value'} {_short(v.tag)} at step {step}: {e}")
         return weight
 
     def _seal(self, batch: Batch, crc_skipped_before: int) -> Batch:
@@ -304,6 +404,9 @@ class EventFileReader:
             if first > last:
                 lefts = rights = counts = ()
             else:
+                if len(h.bucket_limit) < last:  # every bucket but the last needs its limit
+                    raise MalformedValue(f"histogram with {n} buckets but "
+                                         f"{len(h.bucket_limit)} bucket limits")
                 inner = list(h.bucket_limit[first:last])
                 lefts = tuple([h.min] + inner)
                 rights = tuple(inner + [h.max])
@@ -323,7 +426,8 @@ class EventFileReader:
         if kind == "audio":
             au = v.audio
             enc = au.encoded_audio_string
-            batch.audio.append(AudioPoint(tag, step, wall, enc, au.sample_rate or _wav_rate(enc),
+            rate = au.sample_rate if 0 < au.sample_rate < math.inf else 0.0  # NaN, <= 0: unknown
+            batch.audio.append(AudioPoint(tag, step, wall, enc, rate or _wav_rate(enc),
                                           au.content_type))
             return 1 + len(enc) * DEFAULT_BATCH_POINTS // _BATCH_IMAGE_BYTES
         batch.count_other(kind or "empty_value")
@@ -335,7 +439,9 @@ class EventFileReader:
             return self._decode_hparams(v, step, wall, batch)
         try:
             arr = tensor_to_ndarray(t)
-        except (ValueError, TypeError) as e:
+        except MalformedValue:
+            raise  # the record is skipped and reported with its offset (_decode_event)
+        except (ValueError, TypeError) as e:  # a dtype the reader does not decode: counted
             batch.count_other(f"undecodable_tensor:{e}")
             return 0
         if plugin in ("scalars", "") and arr.dtype != object and arr.size == 1:
@@ -354,6 +460,8 @@ class EventFileReader:
                 width, height = int(flat[0]), int(flat[1])
             except ValueError:
                 width = height = 0
+            if not (0 <= width <= _MAX_IMAGE_SIDE and 0 <= height <= _MAX_IMAGE_SIDE):
+                width = height = 0  # unknown, as for an unparsable size
             weight = 0
             for k, enc in enumerate(flat[2:]):
                 batch.images.append(ImagePoint(tag, step, wall, bytes(enc), width, height, 0, k))
@@ -403,6 +511,50 @@ class EventFileReader:
             else:  # struct/list: keep as JSON-able text
                 from google.protobuf.json_format import MessageToJson
 
-                hp[name] = MessageToJson(val)
+                try:
+                    hp[name] = MessageToJson(val)
+                except ValueError:  # NaN/Inf inside a struct or list: JSON cannot hold them
+                    from google.protobuf.text_format import MessageToString
+
+                    hp[name] = MessageToString(val, as_one_line=True)
         batch.hparams.append(HParamsPoint(step, wall, hp, info.group_name))
         return 1
+
+
+def open_event_file(path: str):
+    """Open an event file for reading, refusing anything but a regular file.
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once instead of waiting forever for a writer;
+    ``fstat`` on the opened descriptor (not a ``stat`` of the name, which could be swapped in
+    between) then tells a FIFO, socket or device from a file. Blocking mode is restored for the
+    reads (it changes nothing for a regular file)."""
+    from ..errors import NotRegularFileError
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, file_kind(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for messages."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def unreadable_message(path, err: OSError, offset: int, consequence: str) -> str:
+    """``PATH: cannot read (Permission denied) at byte N; <consequence>. <what to do>``."""
+    fix = ("Fix its permissions (the reader needs read access)"
+           if err.errno in (errno.EACCES, errno.EPERM) else "Check the file and its file system")
+    return (f"{path}: cannot read ({err.strerror or err}) at byte {offset}; {consequence}. "
+            f"{fix}.")

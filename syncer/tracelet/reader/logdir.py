@@ -13,11 +13,14 @@ Special cases, each for a writer's habit:
   ``artifacts/`` inside a run that has a manifest (a copied event file is an artifact, not a run).
 * Symlinked folders are followed, after the real tree, so a run is named by its real path when it
   has one; symlink loops are cut, unreadable folders reported; neither is fatal.
+* A FIFO, socket or device named like an event file (or a symlink to one) is not an event file:
+  reported and skipped (opening a FIFO to read it would wait forever for a writer).
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +62,25 @@ class Discovery:
     logdir: Path
     runs: list[RunSource]
     problems: list[str]  # unreadable folders, symlink loops: reported, not fatal
+
+
+def _not_regular(entry: os.DirEntry, problems: list[str]) -> str | None:
+    """For an entry named like an event file that is not a regular file (d_type, or a stat
+    through its symlink, says so): note it in ``problems`` and return what it is. None when it
+    cannot be told (a dangling link): it stays listed, and reading it reports the error."""
+    from .events import file_kind
+
+    try:
+        mode = entry.stat().st_mode  # follows a symlink: a link to a FIFO is a FIFO
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = file_kind(mode)
+    link = " (through a symlink)" if entry.is_symlink() else ""
+    problems.append(f"{entry.path}: named like an event file but is {kind}{link}; skipped "
+                    "(never opened). Remove it or give it another name.")
+    return kind
 
 
 def _event_file_order(p: Path):
@@ -110,7 +132,8 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
                 try:
                     if entry.is_dir():  # follows links: a link to a folder is a folder here
                         dirnames.append((entry.name, entry.is_symlink()))
-                    else:
+                    elif (entry.is_file() or not is_event_file(entry.name)
+                          or _not_regular(entry, problems) is None):
                         filenames.append(entry.name)
                 except OSError:
                     filenames.append(entry.name)

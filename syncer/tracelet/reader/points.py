@@ -169,7 +169,7 @@ class Batch:
     audio: list[AudioPoint] = field(default_factory=list)
     other: dict[str, int] = field(default_factory=dict)  # plugin/kind name -> count not decoded
     records: int = 0
-    skipped_records: int = 0  # bad data CRC or unparsable payload
+    skipped_records: int = 0  # bad data CRC, unparsable payload, a value refused as malformed
     tag_plugins: dict[str, str] = field(default_factory=dict)  # reader's map as of end_offset
 
     @property

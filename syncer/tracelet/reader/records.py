@@ -10,6 +10,9 @@ Outcomes at a position, and why each is handled the way it is:
   the bytes themselves, and such a hole reads as zeros.
 * bad length CRC -> **corrupt**: nothing after it can be framed. Stop the file, report byte
   offset; the checkpoint keeps the offset so the next sync reports it again instead of looping.
+* a length with a valid CRC but larger than any record can be (:data:`MAX_RECORD_BYTES`: an
+  Event is a protobuf message, and those are under 2 GiB) -> **corrupt** too, at the record's
+  offset. Waiting for such a "tail" would wait forever and hide every record after it.
 * bad data CRC with a good length CRC -> the frame is intact, its payload is not: **skip** that
   record, count it, continue with the next one.
 """
@@ -29,6 +32,15 @@ MAX_NOTED = 100  # bad-record offsets kept per read: enough to locate damage, bo
 _U64_U32 = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
 LENGTH_CRC_MISMATCH = "record length CRC mismatch (not a TFRecord frame)"
+# The largest payload a record can hold: an Event is one protobuf message, and protobuf caps a
+# message at 2 GiB - 1 byte. A larger length (with a valid length CRC) is damage, not a tail.
+MAX_RECORD_BYTES = (1 << 31) - 1
+
+
+def length_too_large(length: int) -> str:
+    """The corrupt_reason for a record length beyond :data:`MAX_RECORD_BYTES`."""
+    return (f"record length {length:,} bytes (valid length CRC) is more than a record can hold "
+            f"({MAX_RECORD_BYTES:,} bytes, protobuf's limit): not a record being written")
 
 
 def masked_crc32c(data) -> int:
@@ -51,7 +63,7 @@ class FramingStatus:
     offset: int = 0  # next unread byte: resume here
     bad_data_crc: int = 0  # records skipped because their payload CRC did not match
     bad_data_offsets: list[int] = field(default_factory=list)  # where (first MAX_NOTED of them)
-    corrupt_offset: int | None = None  # bad length CRC here; nothing after it was read
+    corrupt_offset: int | None = None  # bad length CRC / impossible length here; nothing after read
     corrupt_reason: str = ""
     pending_bytes: int = 0  # bytes after `offset` that do not form a whole record yet
 
@@ -86,6 +98,10 @@ def iter_records(
                 break  # hole not yet filled in by the FS: "not yet"
             status.corrupt_offset = pos + i
             status.corrupt_reason = LENGTH_CRC_MISMATCH
+            break
+        if length > MAX_RECORD_BYTES:
+            status.corrupt_offset = pos + i
+            status.corrupt_reason = length_too_large(length)
             break
         total = HEADER_BYTES + length + FOOTER_BYTES
         if avail < total:
