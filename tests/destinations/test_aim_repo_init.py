@@ -164,8 +164,9 @@ def test_concurrent_first_syncs_of_one_logdir_into_one_new_repo(tmp_path, projec
     logdir, root = tmp_path / "logs", tmp_path / "repo"
     truth = build_kill_logdir(logdir, runs=3, steps=100)
     results = _concurrent([_cmd(logdir, root, project)] * 3)
-    assert all(rc in (0, 75) for rc, _ in results), results  # 75: a run locked by another sync
-    assert any(rc == 0 for rc, _ in results), results
+    # 75: some run was locked by another of these syncs (each may meet one): none failed
+    assert all(rc in (0, 75) for rc, _ in results), results
+    assert not any("failed" in err for _, err in results), results
     h = _harness(root)
     assert sync_once(logdir, h, project).exit_code == 0
     assert_exactly_once(h, truth, project_fn(project))
