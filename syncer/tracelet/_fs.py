@@ -79,23 +79,34 @@ def _unlink_quietly(path: Path) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``path`` or raise :class:`LockedError`.
+def exclusive_lock(path: str | os.PathLike, what: str, *, wait_s: float = 0.0,
+                   hint: str = "Wait for it to finish, or give each sync its own --shard.") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` or raise :class:`LockedError`: at once (``wait_s=0``)
+    or once ``wait_s`` seconds of retries did not get it (a short job another sync is doing).
 
     ``fcntl.lockf`` (POSIX record locks) is used because, unlike ``flock``, it is forwarded to
     the server on NFSv4 and Lustre, so two cron hosts sharing a state dir exclude each other.
-    The lock dies with the process, so a kill -9 never leaves a stale lock behind.
+    The lock dies with the process, so a kill -9 never leaves a stale lock behind. The file is
+    opened with ``O_NOFOLLOW``: the holder line written into it must never land in a file that
+    a symlink planted at its name points to.
     """
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.EAGAIN):
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
                 holder = ""
                 try:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
@@ -103,9 +114,8 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
                     pass
                 raise LockedError(
                     f"{what} is locked by another sync ({holder or 'unknown holder'}; lock file {path}). "
-                    "Wait for it to finish, or give each sync its own --shard."
+                    + hint
                 ) from e
-            raise
         # Who holds it, for the "locked" message. Fixed width, no ftruncate: truncating costs a
         # metadata write per run, which dominated a no-op pass over 1000 runs.
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}"[:120].ljust(120).encode(), 0)

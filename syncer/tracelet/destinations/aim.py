@@ -1,5 +1,6 @@
-"""Aim destination: a local Aim repo (default ``./.aim``, created as ``aim init`` would) or a
-remote Aim server (``--aim-repo aim://host:53800``).
+"""Aim destination: a local Aim repo (default ``./.aim``, created as ``aim init`` would, but
+crash-safely and one sync at a time: ``aim_repo.py``) or a remote Aim server
+(``--aim-repo aim://host:53800``).
 
 Identity (DESIGN §5): experiment = project; run name = run path;
 ``run["tracelet"] = {"run_id", "run_path"}`` (plus ``status`` and the manifest ``tags`` when
@@ -111,11 +112,13 @@ from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
-from ..errors import DestinationError
+from .._fs import _crash_point
+from ..errors import DestinationError, TraceletError
 from ..params import flatten_params
 from ..reader.points import (AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch,
                              HistogramPoint, ImagePoint)
 from ..redact import scrubbed_logger
+from .aim_repo import ensure_local_repo, repo_name
 from .base import Capabilities, Destination, RunHandle, RunRef, _chain, is_transient_error
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
@@ -170,8 +173,7 @@ def aim_repo_root(config: Mapping[str, Any]) -> str:
     if "://" in repo:
         return repo
     path = os.path.abspath(os.path.expanduser(repo))
-    name = os.environ.get("__AIM_REPO_NAME__") or ".aim"  # aim.sdk.configs.get_aim_repo_name
-    if os.path.basename(path) == name and os.path.isdir(os.path.join(path, "meta")):
+    if os.path.basename(path) == repo_name() and os.path.isdir(os.path.join(path, "meta")):
         path = os.path.dirname(path)  # given the .aim folder itself
     return path
 
@@ -722,9 +724,11 @@ class AimDestination(Destination):
                 if self.remote:
                     self.repo = Repo.from_path(self.root)
                 else:
-                    os.makedirs(self.root, exist_ok=True)
-                    # `aim init` is Repo(path, init=True): the folder, the index DB, the sqlite DB
-                    self.repo = Repo.from_path(self.root, init=not Repo.exists(self.root))
+                    # what `aim init` makes, crash-safe and one sync at a time (aim_repo.py)
+                    ensure_local_repo(self.root)
+                    self.repo = Repo.from_path(self.root)
+        except TraceletError:
+            raise  # says what is wrong and what to do already
         except Exception as e:
             hint = ("is `aim server` running there?" if self.remote else
                     "is it writable, and an Aim repo of a compatible version?")
@@ -811,6 +815,7 @@ class AimDestination(Destination):
         keep = {k: v for k, v in (identity or {}).items() if k in ("status", "end_time")}
         st = _AimRun(self, aim_run, run.source_dir)
         self._index_if(st, not existed)  # listed at once, even if this sync is killed later
+        _crash_point("aim_run_open")  # 4: indexed
         return RunHandle(identity={"run_hash": aim_run.hash, **keep}, existed=existed, client=st)
 
     def _open(self, run: RunRef, run_hash: str, existed: bool) -> Any:
@@ -824,7 +829,9 @@ class AimDestination(Destination):
                 aim_run = Run(run_hash, **kw)
             else:
                 self._create_props(run_hash, run)
+                _crash_point("aim_run_open")  # 1: Aim's run record (sqlite) only
                 aim_run = _create_run_with_hash(Run, run_hash, kw)
+                _crash_point("aim_run_open")  # 2: the run's containers, no identity yet
         except Exception as e:
             if type(e).__name__ == "Timeout":  # filelock: the run's lock is held
                 raise TimeoutError(
@@ -844,6 +851,7 @@ class AimDestination(Destination):
             aim_run["tracelet"] = want
         if self.artifacts_uri and aim_run.artifacts_uri is None:
             aim_run.set_artifacts_uri(self.artifacts_uri)
+        _crash_point("aim_run_open")  # 3: identity set, not indexed yet
         return aim_run
 
     def _create_props(self, run_hash: str, run: RunRef) -> None:
