@@ -42,7 +42,7 @@ SECRET = "root:x:0:0:SECRET-MARKER-7f3a:/root:/bin/bash"
 def run_cli(*args, env=None, cwd=None, boot: str | None = None, timeout=300):
     """``python -m tracelet.cli ARGS`` (or ``boot``, a script that ends by calling the CLI)."""
     cmd = [sys.executable, "-c", boot, *args] if boot else [sys.executable, "-m", "tracelet.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+    return subprocess.run(cmd, capture_output=True, text=True, errors="backslashreplace", cwd=cwd,
                            env={**os.environ, **(env or {})}, timeout=timeout)
 
 
@@ -358,6 +358,31 @@ def test_unexpected_error_fails_only_that_run(tmp_path, mlflow_uri):
     runs = mlflow_runs(mlflow_uri)
     for name in ("a_first", "crashing", "z_last", "warned"):
         assert mlflow_points(mlflow_uri, runs[name]) == truth_points(truth, name), name
+
+
+def test_run_named_with_undecodable_bytes_does_not_stop_the_others(tmp_path, mlflow_uri):
+    """A real input that today raises deep inside the engine (a folder name that is not UTF-8:
+    Python sees lone surrogates, which cannot be encoded): whatever the engine does with it, no
+    traceback, the other runs sync exactly once, and exit 1 only while that run really fails."""
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    for name in ("a_first", "z_last"):
+        write_run(logdir, name, truth, good_manifest(name))
+    bad = Path(os.fsdecode(bytes(logdir) + b"/bad\xff\xfename"))
+    write_simple_run(bad, "bad", SourceTruth(), TAGS, [0, 1])
+    r = run_cli("sync", str(logdir), "--to", "mlflow")
+    no_traceback(r)
+    runs = mlflow_runs(mlflow_uri)
+    for name in ("a_first", "z_last"):
+        assert mlflow_points(mlflow_uri, runs[name]) == truth_points(truth, name)
+    if r.returncode == 1:
+        assert any(ln.startswith("tracelet: bad") and ("error" in ln or "failed" in ln)
+                   for ln in r.stderr.splitlines()), r.stderr
+    else:
+        assert r.returncode == 0 and len(runs) == 3, r.stderr
+    st = run_cli("status", str(logdir), "--to", "mlflow")
+    no_traceback(st)
+    assert st.returncode == 0
 
 
 STATUS_FAULT_BOOT = """

@@ -1164,7 +1164,9 @@ class _Output:
                 if self.verbose and rr.traceback:
                     sys.stderr.write(scrub(rr.traceback))
                 return
-            if self.silent:
+            if self.silent:  # --json: the report says it all; -v still shows tracebacks
+                if self.verbose and rr.traceback:
+                    print(rr.traceback, file=sys.stderr, end="", flush=True)
                 return
             for d in rr.destinations.values():
                 if d.state == "unchanged" or (self.quiet and d.state != "failed"):
