@@ -10,7 +10,6 @@ file: JSON written by the test, real symlinks, a real FIFO, real parquet.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -567,6 +566,28 @@ def test_pinned_view_is_the_file_that_was_checked(tmp_path):
         view = views["model.txt"][0]
         assert view.name == "model.txt"
         assert view.read_text() == "checked content"
+
+
+def test_artifacts_or_sysmetrics_folder_linked_out_of_the_run(tmp_path):
+    outside = tmp_path / "outside"
+    write_part(outside / "part-000001.parquet", 3)
+    (outside / "secret.txt").write_text(SECRET)
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(outside, run / "artifacts")
+    os.symlink(outside, run / "sysmetrics")
+    problems: list[str] = []
+    files = RunFiles(run)
+    assert files.artifacts(problems) == {} and files.sidecar_parts(problems) == []
+    assert problems == [
+        f"{run / 'artifacts'}: a link to {outside}, outside the run folder; nothing in it is "
+        "uploaded. Give --follow-artifact-links to allow it.",
+        f"{run / 'sysmetrics'}: a link to {outside}, outside the run folder; nothing in it is "
+        "read. Give --follow-artifact-links to allow it.",
+    ]
+    follow = RunFiles(run, follow_links=True)
+    assert sorted(follow.artifacts()) == ["part-000001.parquet", "secret.txt"]
+    assert [p.name for p in follow.sidecar_parts()] == ["part-000001.parquet"]
 
 
 def test_unreadable_things_named_like_files_fail_alone(tmp_path):

@@ -87,6 +87,9 @@ class RunFiles:
         file that cannot be opened or is not a regular file, ``FileNotFoundError`` when absent.
         """
         path = os.fspath(path)
+        # A file directly in the run folder, opened without following a link, cannot be
+        # elsewhere: no real path needed (the no-op fast path reads the manifest this way).
+        direct = os.path.dirname(path) == os.path.normpath(self.dir)
         try:
             fd = os.open(path, _FLAGS)
         except FileNotFoundError:
@@ -96,6 +99,7 @@ class RunFiles:
                 raise SourceError(f"{path}: cannot open ({e.strerror}); skipped this sync, "
                                   "retried at the next. Fix its permissions.") from None
             # The last component is a link: open where it really leads, if that is allowed.
+            direct = False
             target = os.path.realpath(path)
             if not self.follow and not within(target, self.real):
                 raise OutsideRunError(path, target) from None
@@ -111,7 +115,7 @@ class RunFiles:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceError(f"{path}: is {_kind(st.st_mode)}, not a regular file; skipped "
                                   "this sync, retried at the next. Replace it with a file.")
-            if not self.follow:
+            if not self.follow and not direct:
                 actual = _fd_path(fd)
                 if actual is not None and not within(actual, self.real):
                     raise OutsideRunError(path, actual)  # a folder on the way was swapped
@@ -194,6 +198,8 @@ class RunFiles:
         walked. Costs what ``os.walk`` costs, plus a ``realpath`` per link met."""
         out: dict[str, tuple[int, int]] = {}
         top = os.path.join(self.dir, ARTIFACTS_DIR)
+        if self._folder_escapes(top, "uploaded", problems):
+            return out
         stack: list[tuple[str, str, frozenset]] = [(top, "", frozenset())]
         walked = 0
         while stack:
@@ -255,7 +261,9 @@ class RunFiles:
         """The run's sidecar parts (:func:`tracelet.sidecar.list_parts`) minus links leaving it."""
         from .sidecar import list_parts
 
-        out = []
+        out: list[Path] = []
+        if self._folder_escapes(os.path.join(self.dir, SIDECAR_DIR), "read", problems):
+            return out
         for part in list_parts(self.dir):
             if os.path.islink(part):
                 target = self.escape(part)
@@ -266,6 +274,19 @@ class RunFiles:
                     continue
             out.append(part)
         return out
+
+
+    def _folder_escapes(self, folder: str, verb: str, problems: list[str] | None) -> bool:
+        """``artifacts/`` or ``sysmetrics/`` itself is a link out of the run (reported)."""
+        if not os.path.islink(folder):
+            return False
+        target = self.escape(folder)
+        if target is None:
+            return False
+        if problems is not None:
+            problems.append(f"{folder}: a link to {target}, outside the run folder; nothing in it "
+                            f"is {verb}. Give --follow-artifact-links to allow it.")
+        return True
 
 
 def _fd_path(fd: int) -> str | None:
