@@ -624,13 +624,14 @@ def test_unreadable_artifacts_and_parts_fail_alone_and_are_retried(tmp_path, mlf
         no_traceback(r)
         assert r.returncode == 1, r.stderr
         rep = next(x for x in json.loads(r.stdout)["runs"] if x["run"] == "r")
-        errors = "\n".join(rep["errors"])
-        assert f"{art / 'pipe'}: is a FIFO" in errors
-        assert f"{run / 'sysmetrics' / 'part-000002.parquet'}: is a folder" in errors
+        problems = "\n".join(rep["problems"])
+        assert f"{art / 'pipe'}: is a FIFO" in problems
+        assert f"{run / 'sysmetrics' / 'part-000002.parquet'}: is a folder" in problems
         if not as_root:
-            assert f"{locked}: cannot open (Permission denied)" in errors
-        assert rep["destinations"]["mlflow"]["artifacts_sent"] == (
-            (2 if as_root else 1) if attempt == 0 else 0)
+            assert f"{locked}: cannot open (Permission denied)" in problems
+        dest = rep["destinations"]["mlflow"]
+        assert dest["state"] == "failed" and "not synced" in dest["error"], dest
+        assert dest["artifacts_sent"] == ((2 if as_root else 1) if attempt == 0 else 0)
     runs = mlflow_runs(mlflow_uri)
     assert mlflow_artifacts(mlflow_uri, runs["r"]) == (["good.txt", "locked.bin"] if as_root
                                                        else ["good.txt"])

@@ -1166,7 +1166,7 @@ class _Output:
                 return
             if self.silent:  # --json: the report says it all; -v still shows tracebacks
                 if self.verbose and rr.traceback:
-                    print(rr.traceback, file=sys.stderr, end="", flush=True)
+                    print(scrub(rr.traceback), file=sys.stderr, end="", flush=True)
                 return
             for d in rr.destinations.values():
                 if d.state == "unchanged" or (self.quiet and d.state != "failed"):
