@@ -2,17 +2,54 @@
 renders its result, and turns :class:`TraceletError` s into exit codes:
 
     0 all synced · 1 some run/destination failed (the rest synced) · 2 bad usage · 75 locked
+
+``sync`` and ``status`` never print a Python traceback: each run is synced inside its own error
+boundary (:meth:`tracelet.engine.SyncEngine.sync_run`), and anything that still escapes is one
+``internal error`` line (exit 1). ``-v`` adds the tracebacks.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import traceback
 
 import click
 
 from .errors import LockedError, TraceletError, UsageError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+
+def _output_options(f):
+    """-v/-q, shared by sync and status; the command body runs inside :func:`_no_traceback`."""
+    f = click.option("-q", "--quiet", is_flag=True,
+                     help="Print only errors (and the report with --json).")(f)
+    f = click.option("-v", "--verbose", is_flag=True,
+                     help="Print the traceback of an unexpected error.")(f)
+    return _no_traceback(f)
+
+
+def _no_traceback(f):
+    """The last error boundary: an unexpected exception is one line (exit 1), its traceback
+    only with -v. Runs have their own boundaries inside the engine; this one is for the rest."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kw):
+        try:
+            return f(*args, **kw)
+        except Exception as e:
+            if isinstance(e, click.exceptions.ClickException):
+                raise
+            if kw.get("verbose"):
+                traceback.print_exc()
+            text = str(e).replace("\n", " ")[:400]
+            click.echo(f"tracelet: internal error: {type(e).__name__}: {text}. The command "
+                       "stopped there; run it again with -v for the traceback and report it.",
+                       err=True)
+            sys.exit(EXIT_PARTIAL)
+
+    return wrapper
 
 
 def _fail(e: TraceletError) -> "NoReturn":  # noqa: F821
@@ -82,8 +119,12 @@ def _dest_config(kw: dict) -> dict:
               help="Send params and tags as written (default: secrets in them, i.e. names like "
                    "password/token/api_key, token-shaped values, URL passwords, are sent as "
                    "***REDACTED***). Credentials of target URIs are never shown either way.")
+@click.option("--follow-artifact-links", is_flag=True,
+              help="Read artifacts, sidecar parts and the manifest through symlinks that lead "
+                   "outside the run folder (default: skipped and reported).")
+@_output_options
 def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_run, as_json,
-         no_redact, **kw):
+         no_redact, follow_artifact_links, verbose, quiet, **kw):
     """Replay LOGDIR(s) into destinations, incrementally and exactly once.
 
     \b
@@ -111,6 +152,9 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
                 interval_s=interval,
                 json_output=as_json,
                 redact_secrets=not no_redact,
+                follow_artifact_links=follow_artifact_links,
+                verbose=verbose,
+                quiet=quiet,
             )
             report = run_sync(list(logdirs), options)
         except TraceletError as e:
@@ -124,7 +168,8 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
 @click.argument("logdirs", nargs=-1, required=True)
 @_destination_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(logdirs, to, state_dir, project, as_json, **kw):
+@_output_options
+def status(logdirs, to, state_dir, project, as_json, verbose, quiet, **kw):
     """Show, per run and destination, what is synced, behind, or failed.
 
     \b
@@ -136,11 +181,19 @@ def status(logdirs, to, state_dir, project, as_json, **kw):
 
     _dest_config(kw)
     try:
-        table = collect_status(list(logdirs), parse_destinations(to, allow_empty=True), state_dir)
+        table = collect_status(list(logdirs), parse_destinations(to, allow_empty=True), state_dir,
+                               verbose=verbose)
     except TraceletError as e:
         _fail(e)
-    click.echo(json.dumps(table.to_dict(), indent=1, sort_keys=True, default=str) if as_json
-               else table.render())
+    if verbose:
+        for tb in table.tracebacks:
+            click.echo(tb, err=True, nl=False)
+    if as_json:
+        click.echo(json.dumps(table.to_dict(), indent=1, sort_keys=True, default=str))
+    else:
+        text = table.render(only_failed=quiet)
+        if text:
+            click.echo(text)
 
 
 @main.command()

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +36,14 @@ from .destinations.base import Destination, RunHandle, RunRef
 from .errors import (DestinationError, FileReplacedError, LockedError, NotRegularFileError,
                      SourceError, StateError, TraceletError, UsageError)
 from .manifest import load_manifest
+from .runfiles import RunFiles, within
 from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
 from .reader.events import unreadable_message
 from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
 from .reader.points import HPARAMS, Batch
 from .redact import Redactor, scrub, scrubbed_logger
-from .retry import call_with_retry
+from .retry import _short, call_with_retry
 
 log = scrubbed_logger("tracelet.sync")  # log lines never show a credential
 
@@ -74,6 +76,9 @@ class SyncOptions:
     # any writer) and manifest tags: True (default names) | False (as written) | list (these names)
     redact_secrets: bool | list[str] = True
     secret_patterns: list[str] = field(default_factory=list)
+    verbose: bool = False  # an unexpected error in a run keeps its traceback (printed, in JSON)
+    quiet: bool = False  # print only errors
+    follow_artifact_links: bool = False  # read a run's files through links that leave the run
 
 
 @dataclass
@@ -104,24 +109,34 @@ class RunReport:
     logdir: str
     run_id: str = ""
     project: str = ""
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # warnings: the run synced what it could
     destinations: dict[str, DestReport] = field(default_factory=dict)
     locked: bool = False
+    # Errors of the run itself (an unreadable artifact, an unexpected error before any
+    # destination was known): exit 1, and the run is retried at the next sync.
+    errors: list[str] = field(default_factory=list)
+    traceback: str | None = None  # of an unexpected error; only with verbose
 
     @property
     def failed(self) -> bool:
-        return any(d.state == "failed" for d in self.destinations.values())
+        return bool(self.errors) or any(d.state == "failed" for d in self.destinations.values())
 
     def note(self, problem: str) -> None:
         """Add a problem once (several destinations of a run meet the same file)."""
         if problem not in self.problems:
             self.problems.append(problem)
 
+    def error(self, problem: str) -> None:
+        """Add an error once: something of this run was not synced and is retried next time."""
+        if problem not in self.errors:
+            self.errors.append(problem)
+
 
 @dataclass
 class SyncReport:
     runs: list[RunReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # a logdir that could not be planned at all
     failed_destinations: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     passes: int = 0
@@ -129,7 +144,7 @@ class SyncReport:
 
     @property
     def exit_code(self) -> int:
-        if self.failed_destinations or any(r.failed for r in self.runs):
+        if self.errors or self.failed_destinations or any(r.failed for r in self.runs):
             return EXIT_PARTIAL
         if any(r.locked for r in self.runs):
             return EXIT_LOCKED
@@ -156,6 +171,7 @@ class SyncReport:
             "passes": self.passes,
             "interrupted": self.interrupted,
             "problems": self.problems,
+            "errors": self.errors,
             "failed_destinations": self.failed_destinations,
             "totals": self.totals(),
             "runs": [asdict(r) for r in self.runs],
@@ -221,9 +237,10 @@ def param_text(v: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # source signature: the stat-only check that makes an unchanged run free
 # ---------------------------------------------------------------------------------------------
-def source_signature(run: RunSource, event_files: list[Path]) -> str:
+def source_signature(run: RunSource, event_files: list[Path], follow_links: bool = False) -> str:
     """Stat-only fingerprint of everything a sync would send. Plain TensorBoard runs (no
-    manifest) cost one stat per event file: they have no sidecar or artifacts to look at."""
+    manifest) cost one stat per event file: they have no sidecar or artifacts to look at.
+    Artifacts are those :meth:`RunFiles.artifacts` lists (no link out of the run)."""
     h = hashlib.sha1()
     for p in event_files:
         try:
@@ -243,27 +260,9 @@ def source_signature(run: RunSource, event_files: list[Path]) -> str:
         h.update(("s " + ",".join(sorted(os.listdir(os.path.join(base, SIDECAR_DIR)))) + "\n").encode())
     except OSError:
         pass
-    for rel, (size, mtime) in sorted(artifact_files(run.artifacts_dir).items()):
+    for rel, (size, mtime) in sorted(RunFiles(run.path, follow_links).artifacts().items()):
         h.update(f"a {rel}:{size}:{mtime}\n".encode())
     return h.hexdigest()
-
-
-def artifact_files(folder: Path) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
-    if not folder.is_dir():
-        return out
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".tmp"))
-        for f in filenames:
-            if f.startswith(".") and ".tmp" in f:
-                continue  # an atomic write in progress
-            p = Path(dirpath) / f
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            out[p.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +350,8 @@ class SyncEngine:
         self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
         self._target_keys = {n: target_key(n, options.dest_config) for n in known_destinations()}
         self._redactor = Redactor(options.redact_secrets, options.secret_patterns)
+        self._roots: list[str] = []  # real paths of the LOGDIRs of this pass (linked_logdirs)
+        self._ctx = threading.local()  # per worker: what the run is doing, its open slots
 
     def store_for(self, logdir: Path) -> CheckpointStore:
         store = self._stores.get(logdir)
@@ -359,9 +360,17 @@ class SyncEngine:
         return store
 
     # -- planning ---------------------------------------------------------------------------
-    def plan(self, logdirs: list[str]) -> tuple[list[tuple[Path, RunSource]], list[str]]:
+    def plan(self, logdirs: list[str], errors: list[str] | None = None
+             ) -> tuple[list[tuple[Path, RunSource]], list[str]]:
+        """The runs to sync and the warnings met. Each logdir, and each run in it, is planned
+        inside its own error boundary: an unexpected error skips that logdir (``errors``: exit 1)
+        or that run's part of the plan, never the others."""
         work: list[tuple[Path, RunSource]] = []
         problems: list[str] = []
+        errors = errors if errors is not None else problems
+        found: list[tuple[Path, list[RunSource]]] = []
+        # linked_logdirs are accepted inside the logdir being synced or a LOGDIR given
+        self._roots = [os.path.realpath(ld) for ld in logdirs]
         for ld in logdirs:
             root = Path(ld)
             if not root.exists():
@@ -369,40 +378,86 @@ class SyncEngine:
             if not root.is_dir():
                 raise UsageError(f"{ld}: is a file, not a folder. Give the logdir that holds it "
                                  f"(e.g. {root.parent}).")
-            disc = discover_runs(root)
+            try:
+                disc = discover_runs(root)
+            except Exception as e:  # the logdir's boundary: the other logdirs still sync
+                errors.append(f"{ld}: unexpected error while finding its runs: "
+                              f"{type(e).__name__}: {_short(e)}; none of its runs synced. "
+                              "Run with -v for the traceback.")
+                log.debug("discovering %s", ld, exc_info=True)
+                continue
             problems.extend(disc.problems)
-            linked = self._linked_dirs(disc.runs)
-            for run in disc.runs:
-                if linked and run.path.resolve() in linked:
-                    continue  # synced as part of the run whose manifest links it
-                if not in_shard(run.name, self.o.shard):
+            found.append((root, disc.runs))
+        linked: set[str] = set()  # real paths of folders synced as part of another run
+        for root, runs in found:
+            for run in runs:
+                if not run.has_manifest:
                     continue
-                if self.o.run_filter is not None and not self.o.run_filter(run):
+                try:
+                    manifest = load_manifest(run.path, validate=False,
+                                             follow_links=self.o.follow_artifact_links)
+                    linked.update(self._accepted_links(root, run, manifest, None))
+                except SourceError:
+                    continue  # reported when the run itself syncs
+                except Exception as e:  # this run's boundary: reported again when it syncs
+                    problems.append(f"run '{run.name}': unexpected error while reading its "
+                                    f"linked_logdirs: {type(e).__name__}: {_short(e)}")
+        for root, runs in found:
+            for run in runs:
+                try:
+                    # a plain TensorBoard folder linked by a recorded run is synced as part of
+                    # it; a run with its own manifest is always its own run
+                    if linked and not run.has_manifest and any(
+                            within(os.path.realpath(run.path), d) for d in linked):
+                        continue
+                    if not in_shard(run.name, self.o.shard):
+                        continue
+                    if self.o.run_filter is not None and not self.o.run_filter(run):
+                        continue
+                except Exception as e:
+                    problems.append(f"run '{run.name}': unexpected error while planning: "
+                                    f"{type(e).__name__}: {_short(e)}; not synced this time.")
                     continue
                 work.append((root, run))
         return work, problems
 
-    @staticmethod
-    def _linked_dirs(runs: list[RunSource]) -> set[Path]:
-        out: set[Path] = set()
-        for run in runs:
-            if not run.has_manifest:
+    def _accepted_links(self, logdir: Path, run: RunSource, manifest: dict | None,
+                        rr: RunReport | None) -> list[str]:
+        """Real paths of the run's ``linked_logdirs`` that may be read: inside the logdir being
+        synced, or inside a LOGDIR given on the command line, and not holding the run itself.
+        Each other entry is skipped with a warning (in ``rr``) naming the manifest and path."""
+        entries = (manifest or {}).get("linked_logdirs") or []
+        if not entries:
+            return []
+        roots = [os.path.realpath(logdir), *self._roots]
+        own = os.path.realpath(run.path)
+        out = []
+        for d in entries:
+            real = os.path.realpath(os.path.join(run.path, d))  # relative: to the run folder
+            if within(own, real):
+                why = "it holds the run itself (its event files would be sent twice)"
+            elif any(within(real, r) for r in roots):
+                out.append(real)
                 continue
-            try:
-                m = load_manifest(run.path) or {}
-            except SourceError:
-                continue
-            for d in m.get("linked_logdirs") or []:
-                out.add(Path(d).resolve())
+            else:
+                why = (f"it is outside the logdir {logdir}. To sync it as part of this run, give "
+                       f"it (or a folder above it) as a LOGDIR too: tracelet sync {logdir} {d}")
+            if rr is not None:
+                rr.note(f"{run.manifest_path}: linked_logdirs entry '{d}' ({real}) skipped: {why}")
         return out
 
     # -- one pass over all runs ---------------------------------------------------------------
     def run_pass(self, logdirs: list[str], report: SyncReport) -> None:
-        work, problems = self.plan(logdirs)
+        errors: list[str] = []
+        work, problems = self.plan(logdirs, errors)
         for p in dict.fromkeys(problems):
             if p not in report.problems:  # new this pass (--follow says each once)
                 report.problems.append(p)
                 self.out.problem(p)
+        for e in dict.fromkeys(errors):
+            if e not in report.errors:
+                report.errors.append(e)
+                self.out.error(e)
         self.out.begin(len(work))
         if self.o.workers > 1 and len(work) > 1:
             with ThreadPoolExecutor(self.o.workers, thread_name_prefix="tracelet-sync") as ex:
@@ -418,14 +473,30 @@ class SyncEngine:
 
     # -- one run ----------------------------------------------------------------------------
     def sync_run(self, logdir: Path, run: RunSource) -> RunReport:
+        """Sync one run inside its own error boundary: an unexpected error (a bug, an input no
+        check foresaw) is reported for this run — what, while doing what with which file — its
+        destinations are marked failed (exit 1, retried at the next sync), and the pass goes on
+        with the next run. The traceback is kept only with ``verbose``."""
         rr = RunReport(run=run.name, logdir=str(logdir))
+        self._ctx.where, self._ctx.slots = "checking whether it changed", []
+        try:
+            self._sync_run_guarded(logdir, run, rr)
+        except Exception as e:
+            self._report_crash(rr, e)
+        self.out.run_done(rr)
+        return rr
+
+    def _sync_run_guarded(self, logdir: Path, run: RunSource, rr: RunReport) -> None:
         store = self.store_for(logdir)
         if not self.o.dry_run and self._unchanged_without_lock(logdir, run, store, rr):
-            self.out.run_done(rr)
-            return rr
+            return
         try:
             with exclusive_lock(store.lock_path(run.name), f"run '{run.name}'"):
-                self._sync_run_locked(logdir, run, store, rr)
+                try:
+                    self._sync_run_locked(logdir, run, store, rr)
+                except Exception as e:
+                    self._fail_slots(store, e)  # under the lock: checkpoints say "failed"
+                    raise
         except LockedError as e:
             rr.locked = True
             rr.problems.append(str(e))
@@ -433,8 +504,35 @@ class SyncEngine:
             rr.problems.append(f"run '{run.name}': state dir {store.root}: {e}")
             for name in self._dest_names(None):
                 rr.destinations.setdefault(name, DestReport(name, state="failed", error=str(e)))
-        self.out.run_done(rr)
-        return rr
+
+    def _at(self, where: str) -> None:
+        """What the run is doing now, for the report of an unexpected error."""
+        self._ctx.where = where
+
+    def _crash_text(self, e: BaseException) -> str:
+        return (f"unexpected error while {self._ctx.where}: {type(e).__name__}: {_short(e)}. "
+                "Its destinations are marked failed and the run is retried at the next sync; "
+                "the other runs are not affected. Run with -v for the traceback.")
+
+    def _fail_slots(self, store: CheckpointStore, e: BaseException) -> None:
+        """Record the unexpected error in each open destination's checkpoint (best effort)."""
+        text = self._crash_text(e)
+        for slot in self._ctx.slots:
+            slot.fail(RuntimeError(text))
+            try:
+                self._commit(store, slot)
+            except Exception:  # the report still says it; the next sync retries anyway
+                log.debug("committing the failure of %s", slot.name, exc_info=True)
+
+    def _report_crash(self, rr: RunReport, e: BaseException) -> None:
+        text = self._crash_text(e)
+        log.debug("run %s", rr.run, exc_info=True)
+        if self.o.verbose:
+            rr.traceback = traceback.format_exc()
+        if not rr.destinations:
+            rr.error(text)
+        for d in rr.destinations.values():
+            d.state, d.error = "failed", text
 
     def _unchanged_without_lock(self, logdir: Path, run: RunSource, store: CheckpointStore,
                                 rr: RunReport) -> bool:
@@ -442,15 +540,20 @@ class SyncEngine:
 
         Safe without the lock: checkpoints are replaced atomically and carry the signature only
         once a whole pass committed, so "unchanged" read here is true whatever a concurrent
-        sync is doing; anything else takes the lock and rechecks."""
+        sync is doing; anything else takes the lock and rechecks. The manifest is read bounded
+        and depth-checked, with a type check of the two fields used here (no schema)."""
         try:
-            manifest = load_manifest(run.path) if run.has_manifest else None
+            manifest = load_manifest(run.path, validate=False,
+                                     follow_links=self.o.follow_artifact_links) \
+                if run.has_manifest else None
         except SourceError:
             return False
         names = self._dest_names(manifest)
         if not names:
             return False
-        signature = source_signature(run, list(run.event_files) + self._linked_event_files(manifest))
+        signature = source_signature(run, list(run.event_files)
+                                     + self._linked_event_files(logdir, run, manifest, None),
+                                     self.o.follow_artifact_links)
         for name in names:
             if store.read_signature(self._target_keys[name], run.name) == signature:
                 continue
@@ -474,8 +577,10 @@ class SyncEngine:
                          rr: RunReport) -> None:
         manifest = None
         if run.has_manifest:
+            self._at(f"reading the manifest {run.manifest_path}")
             try:
-                manifest = load_manifest(run.path)
+                manifest = load_manifest(run.path, rr.problems,
+                                         follow_links=self.o.follow_artifact_links)
             except SourceError as e:
                 rr.problems.append(str(e))
         names = self._dest_names(manifest)
@@ -483,15 +588,17 @@ class SyncEngine:
             rr.problems.append(f"run '{run.name}': no destination (give --to, or record the run "
                                "with a backend)")
             return
-        event_files = list(run.event_files) + self._linked_event_files(manifest)
+        self._at(f"reading linked_logdirs of {run.manifest_path}")
+        event_files = list(run.event_files) + self._linked_event_files(logdir, run, manifest, rr)
         project = str((manifest or {}).get("project") or self.o.project or logdir.resolve().name)
         ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
                      project=project, source_dir=run.path, manifest=self._redact_tags(manifest))
         rr.run_id, rr.project = ref.run_id, project
-        signature = source_signature(run, event_files)
+        signature = source_signature(run, event_files, self.o.follow_artifact_links)
 
-        slots: list[_Slot] = []
+        slots: list[_Slot] = self._ctx.slots
         for name in names:
+            self._at(f"opening the run on {name}")
             tk = self._target_keys[name]
             dr = DestReport(name, target=tk)
             rr.destinations[name] = dr
@@ -530,19 +637,23 @@ class SyncEngine:
         if not slots:
             return
 
+        self._at(f"sending field 'params' of {run.manifest_path}")
         params = flatten_params((manifest or {}).get("params") or {})
         self._sync_params(store, slots, params)
         for path in event_files:
             if self.stop.is_set():
                 break
+            self._at(f"reading event file {path}")
             self._sync_event_file(store, run, path, slots, rr)
         if not self.stop.is_set():
             self._sync_sidecar(store, run, ref, slots, rr)
-            self._sync_artifacts(store, run, slots)
+            self._sync_artifacts(store, run, slots, rr)
+            self._at(f"sending fields 'status'/'ended_at' of {run.manifest_path}")
             self._sync_status(store, slots, manifest)
         for slot in slots:
             if slot.dest is None:
                 continue
+            self._at(f"closing the run on {slot.name}")
             # Close BEFORE committing the signature: a kill between the two must leave the run
             # "changed", so the next sync runs close_run (end time, index refresh) again.
             closed = True
@@ -571,10 +682,12 @@ class SyncEngine:
             return manifest
         return {**manifest, "tags": self._redactor.params(tags)}  # type: ignore[dict-item]
 
-    def _linked_event_files(self, manifest: dict | None) -> list[Path]:
+    def _linked_event_files(self, logdir: Path, run: RunSource, manifest: dict | None,
+                            rr: RunReport | None) -> list[Path]:
+        """Event files of the run's accepted ``linked_logdirs`` (:meth:`_accepted_links`)."""
         out: list[Path] = []
-        for d in (manifest or {}).get("linked_logdirs") or []:
-            disc = discover_runs(d) if Path(d).is_dir() else None
+        for d in self._accepted_links(logdir, run, manifest, rr):
+            disc = discover_runs(d) if os.path.isdir(d) else None
             for r in disc.runs if disc else []:
                 out.extend(r.event_files)
         return out
@@ -770,9 +883,11 @@ class SyncEngine:
 
     def _sync_sidecar(self, store: CheckpointStore, run: RunSource, ref: RunRef,
                       slots: list[_Slot], rr: RunReport) -> None:
-        from .sidecar import list_parts, read_part  # pyarrow: only when a run has work
+        from .sidecar import read_part  # pyarrow: only when a run has work
+        files = RunFiles(run.path, self.o.follow_artifact_links)
+        self._at(f"listing sidecar parts in {run.sidecar_dir}")
         try:
-            parts = list_parts(run.path)
+            parts = files.sidecar_parts(rr.problems)  # links out of the run: reported, skipped
         except SourceError as e:
             rr.problems.append(str(e))
             return
@@ -782,9 +897,18 @@ class SyncEngine:
             need = [s for s in self._live(slots) if part.name not in s.ck.sidecar_done]
             if not need:
                 continue
+            self._at(f"reading sidecar part {part}")
+            try:
+                fd = files.open(part)  # checked at read time too: a link swapped in is refused
+            except FileNotFoundError:
+                continue  # removed since listing: nothing to send
+            except SourceError as e:  # unreadable, a FIFO, a folder: retried every sync
+                _source_unreadable(rr, need, part, e, 0)
+                continue
             notes: list[str] = []
             try:
-                table = read_part(part, notes)  # read once, whatever the number of destinations
+                with os.fdopen(fd, "rb") as f:  # read once, whatever the number of destinations
+                    table = read_part(part, notes, f)
             except SourceError as e:
                 rr.note(str(e))
                 continue
@@ -812,29 +936,47 @@ class SyncEngine:
                 slot.ck.sidecar_pending = None
                 self._commit(store, slot)
 
-    def _sync_artifacts(self, store: CheckpointStore, run: RunSource, slots: list[_Slot]) -> None:
-        files = artifact_files(run.artifacts_dir)
-        if not files:
-            return
-        for slot in self._live(slots):
-            changed = [(run.artifacts_dir / rel, rel) for rel, sig in sorted(files.items())
-                       if slot.ck.artifacts.get(rel) != list(sig)]
-            if not changed:
-                continue
-            if slot.dest is None:
-                slot.report.artifacts_sent += len(changed)
-                continue
-            if not slot.dest.capabilities.artifacts:
-                slot.report.add("unsupported", {"artifact": len(changed)})
-            else:
-                ok, _ = self._call(store, slot, slot.dest.log_artifacts, slot.handle, changed,
-                                   what=f"upload {len(changed)} artifact(s)")
-                if not ok:
-                    continue
-                slot.report.artifacts_sent += len(changed)
-            for _, rel in changed:
-                slot.ck.artifacts[rel] = list(files[rel])
-            self._commit(store, slot)
+    def _sync_artifacts(self, store: CheckpointStore, run: RunSource, slots: list[_Slot],
+                        rr: RunReport) -> None:
+        """Upload new or changed artifacts. Only files whose real path is inside the run are
+        read (links out of it are reported; ``follow_artifact_links`` allows them), through
+        descriptors checked when opened (:meth:`RunFiles.pinned`). An artifact that cannot be
+        read fails alone: the others upload, it is reported and retried at the next sync."""
+        runfiles = RunFiles(run.path, self.o.follow_artifact_links)
+        self._at(f"listing artifacts in {run.artifacts_dir}")
+        listed: list[str] = []
+        files = runfiles.artifacts(listed)
+        for p in listed:
+            rr.note(p)
+        todo = sorted(rel for rel, sig in files.items()
+                      if any(s.ck.artifacts.get(rel) != list(sig) for s in self._live(slots)))
+        for i in range(0, len(todo), _PIN_CHUNK):  # bounded: each pinned file holds a descriptor
+            chunk = todo[i: i + _PIN_CHUNK]
+            self._at(f"uploading artifacts {chunk[0]} ... of {run.artifacts_dir}")
+            with runfiles.pinned([(run.artifacts_dir / rel, rel) for rel in chunk]) as (views, bad):
+                for rel in chunk:  # reported; fails the run's report, retried every sync
+                    if rel in bad:
+                        _source_unreadable(rr, self._live(slots), run.artifacts_dir / rel,
+                                           SourceError(bad[rel]), 0)
+                for slot in self._live(slots):
+                    changed = [(views[rel][0], rel) for rel in chunk
+                               if rel in views and slot.ck.artifacts.get(rel) != list(files[rel])]
+                    if not changed:
+                        continue
+                    if slot.dest is None:
+                        slot.report.artifacts_sent += len(changed)
+                        continue
+                    if not slot.dest.capabilities.artifacts:
+                        slot.report.add("unsupported", {"artifact": len(changed)})
+                    else:
+                        ok, _ = self._call(store, slot, slot.dest.log_artifacts, slot.handle,
+                                           changed, what=f"upload {len(changed)} artifact(s)")
+                        if not ok:
+                            continue
+                        slot.report.artifacts_sent += len(changed)
+                    for _, rel in changed:  # what was opened and sent, not what was listed
+                        slot.ck.artifacts[rel] = list(views[rel][1])
+                    self._commit(store, slot)
 
     def _sync_status(self, store: CheckpointStore, slots: list[_Slot], manifest: dict | None) -> None:
         status = (manifest or {}).get("status")
@@ -920,6 +1062,7 @@ def _stuck_tail_note(path: Path, tail: dict, pending: int, mtime: float) -> str:
             "if the writer is still running (it completes the record when it next flushes).")
 
 
+_PIN_CHUNK = 256  # artifacts opened at once (file descriptors) per upload call
 _FAULT_COUNTS: dict[str, int] = {}
 
 
@@ -959,6 +1102,7 @@ def _merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
             by_key[(r.logdir, r.run)] = r
             continue
         prev.problems = r.problems
+        prev.errors, prev.traceback = r.errors, r.traceback
         prev.locked = r.locked
         for name, d in r.destinations.items():
             p = prev.destinations.get(name)
@@ -975,9 +1119,14 @@ def _merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
 # output: progress bar on a TTY, log lines in cron
 # ---------------------------------------------------------------------------------------------
 class _Output:
+    """stderr lines. ``quiet`` (``-q``): errors only; ``verbose`` (``-v``): with tracebacks;
+    ``--json`` off a TTY: nothing (the report says it all)."""
+
     def __init__(self, options: SyncOptions):
         self.tty = options.progress if options.progress is not None else sys.stderr.isatty()
-        self.quiet = options.json_output and not self.tty
+        self.silent = options.json_output and not self.tty
+        self.quiet = options.quiet
+        self.verbose = options.verbose
         self.lock = threading.Lock()
         self.total = 0
         self.done = 0
@@ -1010,11 +1159,17 @@ class _Output:
                 for d in rr.destinations.values():
                     if d.state == "failed":
                         sys.stderr.write(scrub(f"\n{rr.run} -> {d.destination}: FAILED: {d.error}\n"))
+                for p in rr.errors:
+                    sys.stderr.write(scrub(f"\n{rr.run}: ERROR: {p}\n"))
+                if self.verbose and rr.traceback:
+                    sys.stderr.write(scrub(rr.traceback))
                 return
-            if self.quiet:
+            if self.silent:  # --json: the report says it all; -v still shows tracebacks
+                if self.verbose and rr.traceback:
+                    print(scrub(rr.traceback), file=sys.stderr, end="", flush=True)
                 return
             for d in rr.destinations.values():
-                if d.state == "unchanged":
+                if d.state == "unchanged" or (self.quiet and d.state != "failed"):
                     continue
                 line = f"tracelet: {rr.run} -> {d.destination}: {d.state}"
                 if d.points_sent:
@@ -1025,15 +1180,29 @@ class _Output:
                 if d.error:
                     line += f": {d.error}"
                 print(scrub(line), file=sys.stderr, flush=True)
-            for p in rr.problems:
-                print(scrub(f"tracelet: {rr.run}: {p}"), file=sys.stderr, flush=True)
+            for p in rr.errors:
+                print(scrub(f"tracelet: {rr.run}: error: {p}"), file=sys.stderr, flush=True)
+            if not self.quiet:
+                for p in rr.problems:
+                    print(scrub(f"tracelet: {rr.run}: {p}"), file=sys.stderr, flush=True)
+            if self.verbose and rr.traceback:
+                print(scrub(rr.traceback), file=sys.stderr, end="", flush=True)
 
     def problem(self, line: str) -> None:
-        """A problem outside any run (unreadable folder, FIFO named like an event file)."""
-        if self.quiet:
+        """A warning outside any run (unreadable folder, FIFO named like an event file)."""
+        if self.silent or self.quiet:
             return
         with self.lock:
-            print(f"{chr(10) if self.tty else ''}tracelet: {line}", file=sys.stderr, flush=True)
+            print(scrub(f"{chr(10) if self.tty else ''}tracelet: {line}"), file=sys.stderr,
+                  flush=True)
+
+    def error(self, line: str) -> None:
+        """An error outside any run (a logdir whose runs could not be found): even with -q."""
+        if self.silent:
+            return
+        with self.lock:
+            print(scrub(f"{chr(10) if self.tty else ''}tracelet: error: {line}"), file=sys.stderr,
+                  flush=True)
 
     def end(self) -> None:
         if self.tty:

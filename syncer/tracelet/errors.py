@@ -7,7 +7,8 @@
     ├── SourceError                    something wrong with the input files
     │   ├── CorruptFileError           length CRC bad / unparsable: file reading stops there
     │   ├── FileReplacedError          a file shrank or changed identity since last sync
-    │   └── NotRegularFileError        a FIFO/socket/device named like an event file: skipped
+    │   ├── NotRegularFileError        a FIFO/socket/device named like an event file: skipped
+    │   └── OutsideRunError            a link leading out of the run folder: not read
     ├── DestinationError               a destination failed (exit 1, other destinations go on)
     │   ├── TransientDestinationError  connection refused / 5xx / 429: retried with backoff
     │   └── MissingExtraError          the vendor SDK is not installed: install the extra
@@ -55,6 +56,18 @@ class NotRegularFileError(SourceError):
         self.path, self.kind = path, kind
         super().__init__(f"{path}: {kind}, not a regular file; skipped (never read). Remove it "
                          "or rename it so it is not named like an event file.")
+
+
+class OutsideRunError(SourceError):
+    """A run's file (artifact, sidecar part, manifest) is a link whose real path leaves the run
+    folder: it is not read (``tracelet sync --follow-artifact-links`` allows it)."""
+
+    def __init__(self, path: str, target: str):
+        self.path, self.target = path, target
+        super().__init__(
+            f"{path}: a link to {target}, outside the run folder; not read. Give "
+            "--follow-artifact-links to read it."
+        )
 
 
 class DestinationError(TraceletError):

@@ -109,7 +109,8 @@ _COLUMN_TYPES = {"timestamp": (_is_number, "a number (float64 unix seconds)"),
                  "name": (_is_text, "a string"), "value": (_is_number, "a number (float64)")}
 
 
-def read_part(path: str | os.PathLike, problems: list[str] | None = None) -> pa.Table:
+def read_part(path: str | os.PathLike, problems: list[str] | None = None,
+              source=None) -> pa.Table:
     """One part as an Arrow table with :data:`SCHEMA` (extra columns dropped, types cast).
 
     A part is untrusted input. It is skipped whole (:class:`SourceError` naming the part, and
@@ -119,13 +120,18 @@ def read_part(path: str | os.PathLike, problems: list[str] | None = None) -> pa.
     point -- a null, NaN/±Inf or beyond ±1e12 s timestamp, a null, empty or over
     :data:`MAX_NAME_BYTES` name, a null value -- are dropped, counted in one line appended to
     ``problems``; NaN and ±Inf values are kept, as for scalars.
+
+    ``source``: an open binary file to read instead of opening ``path`` (the sync engine passes
+    the descriptor it checked to lie inside the run, :meth:`tracelet.runfiles.RunFiles.open`);
+    ``path`` then only names the part in messages.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     cols = ["timestamp", "name", "value"]
     try:
-        footer = pq.ParquetFile(path)  # the footer only, so far
+        where = source if source is not None else path
+        footer = pq.ParquetFile(where)  # the footer only, so far
         schema, rows = footer.schema_arrow, footer.metadata.num_rows
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError with little context
         raise SourceError(f"{path}: unreadable sidecar part ({e}); skipped. Delete or restore it.") from e
@@ -148,8 +154,8 @@ def read_part(path: str | os.PathLike, problems: list[str] | None = None) -> pa.
     try:
         # names stay dictionary-encoded until checked: a long name repeated in a dictionary page
         # costs its length once here, not once per row
-        table = pq.ParquetFile(path, read_dictionary=["name"]).read(columns=cols,
-                                                                    use_threads=False)
+        table = pq.ParquetFile(where, read_dictionary=["name"]).read(columns=cols,
+                                                                     use_threads=False)
         ts = pc.cast(table.column("timestamp"), pa.float64())
         values = pc.cast(table.column("value"), pa.float64())
     except Exception as e:  # damaged pages, a decimal beyond float64 ...

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .checkpoint import CheckpointStore, quote_run
 from .engine import state_dir_for
-from .errors import StateError, UsageError
+from .errors import SourceError, StateError, UsageError
 from .redact import scrub
 from .reader import discover_runs
+from .retry import _short
+from .runfiles import RunFiles
 
 
 @dataclass
@@ -36,16 +39,19 @@ class StatusRow:
 @dataclass
 class StatusTable:
     rows: list[StatusRow]
+    tracebacks: list[str] = field(default_factory=list)  # of unexpected errors, with verbose
 
     def to_dict(self) -> dict:
         return {"runs": [asdict(r) for r in self.rows]}
 
-    def render(self) -> str:
-        if not self.rows:
-            return "no runs found"
+    def render(self, only_failed: bool = False) -> str:
+        """The table; ``only_failed`` (``-q``): failed rows only, nothing when there are none."""
+        rows = [r for r in self.rows if r.state == "failed"] if only_failed else self.rows
+        if not rows:
+            return "" if only_failed else "no runs found"
         head = ("RUN", "DEST", "STATE", "POINTS", "BEHIND", "LAST SYNC", "ERROR")
         lines = []
-        for r in self.rows:
+        for r in rows:
             behind = _human_bytes(r.bytes_behind) if r.bytes_behind else "-"
             if r.sidecar_parts_behind:
                 behind += f" +{r.sidecar_parts_behind} parts"
@@ -67,69 +73,94 @@ def _human_bytes(n: int) -> str:
 
 
 def collect_status(logdirs: list[str], destinations: list[str] | None,
-                   state_dir: str | None) -> StatusTable:
-    rows: list[StatusRow] = []
+                   state_dir: str | None, verbose: bool = False) -> StatusTable:
+    """Each logdir, and each run in it, inside its own error boundary: an unexpected error
+    becomes a ``failed`` row naming the run (traceback kept with ``verbose``); the rest go on."""
+    table = StatusTable([])
     for ld in logdirs:
         root = Path(ld)
         if not root.is_dir():
             raise UsageError(f"{ld}: no such folder. Give the logdir you sync.")
-        store = CheckpointStore(state_dir_for(root, state_dir))
-        disc = discover_runs(root)
-        ck_dirs = sorted(p.name for p in (store.root / "checkpoints").glob("*")) \
-            if (store.root / "checkpoints").is_dir() else []
-        for run in disc.runs:
-            keys = [k for k in ck_dirs if destinations is None or k.split("-")[0] in destinations]
-            if destinations:
-                for d in destinations:
-                    if not any(k.split("-")[0] == d for k in keys):
-                        rows.append(StatusRow(str(root), run.name, d, "", state="never synced"))
-            for key in keys:
-                dest = key.split("-")[0]
-                path = store.root / "checkpoints" / key / f"{quote_run(run.name)}.json"
-                row = StatusRow(str(root), run.name, dest, key)
-                if not path.exists():
-                    rows.append(row)
-                    continue
-                try:
-                    ck = store.load(dest, key, run.name)
-                except StateError as e:
-                    row.state, row.last_error = "failed", scrub(str(e))
-                    rows.append(row)
-                    continue
-                assert ck is not None
-                row.points_synced = ck.total_points
-                # scrubbed again: a checkpoint written by an older Tracelet may hold a credential
-                row.last_sync, row.status = ck.last_sync, ck.status
-                row.last_error = scrub(ck.last_error)
-                for f in run.event_files:
-                    rel = f.relative_to(run.path).as_posix()
-                    fs = ck.files.get(rel)
-                    try:
-                        size = os.stat(f).st_size
-                    except OSError:
-                        continue
-                    done = (fs.offset if fs else 0)
-                    if fs and fs.corrupt_offset is not None:
-                        row.problems.append(f"{rel}: corrupt at byte {fs.corrupt_offset}")
-                        continue
-                    if fs and fs.replaced:
-                        row.problems.append(fs.replaced)
-                        continue
-                    if size > done:
-                        row.bytes_behind += size - done
-                        row.files_behind += 1
-                from .sidecar import list_parts
+        try:
+            store = CheckpointStore(state_dir_for(root, state_dir))
+            runs = discover_runs(root).runs
+            ck_dirs = sorted(p.name for p in (store.root / "checkpoints").glob("*")) \
+                if (store.root / "checkpoints").is_dir() else []
+        except Exception as e:
+            table.rows.append(_crashed_row(table, str(root), ".", "", e, "finding its runs", verbose))
+            continue
+        for run in runs:
+            try:
+                table.rows.extend(_run_rows(root, run, store, ck_dirs, destinations))
+            except Exception as e:  # this run's boundary: the next run still gets its rows
+                table.rows.append(_crashed_row(table, str(root), run.name, "", e,
+                                               "reading its state", verbose))
+    return table
 
-                try:
-                    row.sidecar_parts_behind = sum(p.name not in ck.sidecar_done
-                                                   for p in list_parts(run.path))
-                except Exception:
-                    pass
-                if ck.last_error:
-                    row.state = "failed"
-                elif row.bytes_behind or row.sidecar_parts_behind:
-                    row.state = "behind"
-                else:
-                    row.state = "up to date"
-                rows.append(row)
-    return StatusTable(rows)
+
+def _crashed_row(table: StatusTable, logdir: str, run: str, dest: str, e: Exception,
+                 where: str, verbose: bool) -> StatusRow:
+    if verbose:
+        table.tracebacks.append(scrub(traceback.format_exc()))
+    return StatusRow(logdir, run, dest, "", state="failed",
+                     last_error=scrub(f"unexpected error while {where}: {type(e).__name__}: "
+                                      f"{_short(e)} (run with -v for the traceback)"))
+
+
+def _run_rows(root: Path, run, store: CheckpointStore, ck_dirs: list[str],
+              destinations: list[str] | None) -> list[StatusRow]:
+    """One row per destination of ``run``: checkpoints and ``stat`` s only."""
+    rows: list[StatusRow] = []
+    keys = [k for k in ck_dirs if destinations is None or k.split("-")[0] in destinations]
+    if destinations:
+        for d in destinations:
+            if not any(k.split("-")[0] == d for k in keys):
+                rows.append(StatusRow(str(root), run.name, d, "", state="never synced"))
+    for key in keys:
+        dest = key.split("-")[0]
+        path = store.root / "checkpoints" / key / f"{quote_run(run.name)}.json"
+        row = StatusRow(str(root), run.name, dest, key)
+        if not path.exists():
+            rows.append(row)
+            continue
+        try:
+            ck = store.load(dest, key, run.name)
+        except StateError as e:
+            row.state, row.last_error = "failed", scrub(str(e))
+            rows.append(row)
+            continue
+        assert ck is not None
+        row.points_synced = ck.total_points
+        # scrubbed again: a checkpoint written by an older Tracelet may hold a credential
+        row.last_sync, row.status = ck.last_sync, ck.status
+        row.last_error = scrub(ck.last_error)
+        for f in run.event_files:
+            rel = f.relative_to(run.path).as_posix()
+            fs = ck.files.get(rel)
+            try:
+                size = os.stat(f).st_size
+            except OSError:
+                continue
+            done = (fs.offset if fs else 0)
+            if fs and fs.corrupt_offset is not None:
+                row.problems.append(f"{rel}: corrupt at byte {fs.corrupt_offset}")
+                continue
+            if fs and fs.replaced:
+                row.problems.append(fs.replaced)
+                continue
+            if size > done:
+                row.bytes_behind += size - done
+                row.files_behind += 1
+        try:  # the parts sync reads: links out of the run are not "behind"
+            row.sidecar_parts_behind = sum(p.name not in ck.sidecar_done
+                                           for p in RunFiles(run.path).sidecar_parts())
+        except SourceError as e:
+            row.problems.append(str(e))
+        if ck.last_error:
+            row.state = "failed"
+        elif row.bytes_behind or row.sidecar_parts_behind:
+            row.state = "behind"
+        else:
+            row.state = "up to date"
+        rows.append(row)
+    return rows

@@ -37,7 +37,9 @@ def read_run(run_dir: Path) -> RunContents:
     run_dir = Path(run_dir)
     runs = {r.path: r for r in discover_runs(run_dir.parent).runs}
     assert run_dir in runs, f"{run_dir} is not discovered as a run: {list(runs)}"
-    out = RunContents(run_dir, load_manifest(run_dir))
+    problems: list[str] = []
+    out = RunContents(run_dir, load_manifest(run_dir, problems))
+    assert not problems, f"the recorder wrote a manifest that does not validate: {problems}"
     for f in runs[run_dir].event_files:
         reader = EventFileReader(f)
         for b in reader.batches():

@@ -321,13 +321,20 @@ def _as_mapping(params: Any) -> Mapping[str, Any]:
     raise TypeError(f"log_params: expected a dict, dataclass or Namespace, got {type(params).__name__}")
 
 
-def _jsonable(v: Any) -> Any:
+_MAX_LIST_DEPTH = 32  # lists/dicts nested deeper become text: the manifest stays under its depth limit
+
+
+def _jsonable(v: Any, depth: int = 0) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        if depth >= _MAX_LIST_DEPTH:
+            return str(v)
+        return [_jsonable(x, depth + 1) for x in v]
     if isinstance(v, Mapping):  # a dict inside a list stays a dict: its keys are names to redact
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        if depth >= _MAX_LIST_DEPTH:
+            return str(v)
+        return {str(k): _jsonable(x, depth + 1) for k, x in v.items()}
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:  # numpy / torch scalars
         try:
             return v.item()

@@ -15,7 +15,7 @@ from .config import RecorderConfig
 
 ARTIFACTS_DIR = "artifacts"
 GIT_DIFF_ARTIFACT = "git_diff.patch"
-_UNSAFE = re.compile(r"[/\\\x00-\x1f]")
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def safe_name(name: str, default: str) -> str:
@@ -61,9 +61,17 @@ class ManifestFile:
         self._lock = threading.RLock()
 
     def update(self, **fields: Any) -> None:
+        """Apply ``fields`` and rewrite the file; ``ValueError`` (nothing changed) when the
+        manifest would exceed what ``tracelet sync`` reads (:func:`write_manifest`)."""
         with self._lock:
+            before = dict(self.data)
             self.data.update(fields)
-            write_manifest(self.run_dir, self.data)
+            try:
+                write_manifest(self.run_dir, self.data)
+            except ValueError:
+                self.data.clear()
+                self.data.update(before)
+                raise
 
     def add_linked_logdir(self, path: str) -> None:
         with self._lock:
