@@ -136,6 +136,8 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 BIG = 1 << 30
+# a real `mlflow server` (started once for this module: ~20 s)
+SERVER = pytest.param("mlflow-server", marks=[pytest.mark.server, pytest.mark.slow])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_mlflow_key_accepts_exactly_what_mlflow_accepts():
         keys[key] = tag
 
 
-@pytest.mark.parametrize("dest", ["mlflow-local", "mlflow-server"], indirect=True)
+@pytest.mark.parametrize("dest", ["mlflow-local", SERVER], indirect=True)
 def test_mlflow_path_like_tags_land_under_keys_mlflow_accepts(dest, tmp_path, capsys):
     h, project = dest, project_name()
     ev = EventFile(tmp_path / "logs" / "run" / "events.out.tfevents.1.host")
@@ -318,7 +320,7 @@ def test_mlflow_tags_that_clean_alike_stay_apart_stably(dest, tmp_path, capsys):
     assert_lands_exactly(h, project, "fwd", ev.scalars)
 
 
-@pytest.mark.parametrize("dest", ["mlflow-local", "mlflow-server"], indirect=True)
+@pytest.mark.parametrize("dest", ["mlflow-local", SERVER], indirect=True)
 def test_mlflow_negative_wall_times_and_colliding_params(dest, tmp_path, capsys):
     h, project = dest, project_name()
     run = tmp_path / "logs" / "run"
