@@ -610,12 +610,6 @@ class SyncEngine:
             rr.problems.append(f"run '{run.name}': no destination (give --to, or record the run "
                                "with a backend)")
             return
-        for name in ("started_at", "ended_at"):
-            value = (manifest or {}).get(name)
-            if value is not None and _as_unix(value) is None:
-                rr.note(f"{run.manifest_path}: {name} {value!r} is not a usable time "
-                        "(NaN, infinite, negative, beyond 1e12 s or not ISO 8601); the "
-                        "destinations do without it")
         self._at(f"reading linked_logdirs of {run.manifest_path}")
         event_files = list(run.event_files) + self._linked_event_files(logdir, run, manifest, rr)
         project = str((manifest or {}).get("project") or self.o.project or logdir.resolve().name)
