@@ -25,6 +25,9 @@ from ._fs import atomic_write_bytes, atomic_write_json, read_json
 from .errors import FileReplacedError, StateError
 
 CHECKPOINT_VERSION = 1
+# 2: a tag or param a destination must rename gets a ``-<hash>`` suffix (destinations/keys.py);
+# checkpoints written before say nothing (read as 1).
+KEY_SCHEME = 2
 HEAD_HASH_BYTES = 4096  # enough to tell two event files apart (header + first events)
 
 
@@ -75,6 +78,12 @@ class Checkpoint:
     points_sent: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)
+    # refused for good by the destination, per kind, and the last report lines naming them
+    # (tracelet.quarantine): their bytes count as done, so they are never sent again
+    quarantined: dict[str, int] = field(default_factory=dict)
+    quarantine: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # "m:<key>"/"p:<key>" -> tag/param
+    key_scheme: int = KEY_SCHEME
     reconcile: bool = False  # state was lost and the run found: dedupe until one full pass
     source_signature: str = ""  # stat-only fingerprint of the run at the last complete sync
     last_sync: float | None = None
@@ -92,6 +101,7 @@ class Checkpoint:
         files = {k: FileState(**v) for k, v in (d.get("files") or {}).items()}
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["files"] = files
+        d.setdefault("key_scheme", 1)  # written before key schemes existed
         return cls(**d)
 
     def add_counts(self, field_name: str, counts: dict[str, int]) -> None:

@@ -16,6 +16,7 @@ each lagging destination's offset so it joins exactly where it stopped).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import signal
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ._fs import exclusive_lock
-from .checkpoint import (Checkpoint, CheckpointStore, FileState, add_counts,
+from .checkpoint import (KEY_SCHEME, Checkpoint, CheckpointStore, FileState, add_counts,
                          check_file_identity, remember_identity, track_incomplete_tail)
 from .destinations import create_destination, known_destinations, target_key
-from .destinations.base import Destination, RunHandle, RunRef
+from .destinations.base import Destination, Rejected, RunHandle, RunRef
+from .destinations.keys import KeyLedger
 from .errors import (DestinationError, FileReplacedError, LockedError, NotRegularFileError,
                      SourceError, StateError, TraceletError, UsageError)
 from .manifest import load_manifest
@@ -41,7 +43,10 @@ from .params import flatten_params
 from .reader import EventFileReader, RunSource, discover_runs
 from .reader.events import unreadable_message
 from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
-from .reader.points import HPARAMS, Batch
+from .quarantine import (MAX_LINES as QUARANTINE_LINES, Isolation, Suspect, cause_text,
+                         describe_points, destination_wide, locate, merge, point, point_counts,
+                         record_batches, same_points, where)
+from .reader.points import HPARAMS, MAX_ABS_WALL_TIME, SCALAR, Batch
 from .redact import Redactor, scrub, scrubbed_logger
 from .retry import _short, call_with_retry
 
@@ -51,6 +56,7 @@ log = scrubbed_logger("tracelet.sync")  # log lines never show a credential
 # lowers it for fault-injection tests that need many commits in a small logdir.
 DEFAULT_BATCH_POINTS = int(os.environ.get("TRACELET_BATCH_POINTS", "20000"))
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+MAX_PRINTED_LINES = 10  # per run, destination and kind of line on stderr; all are in --json
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +99,11 @@ class DestReport:
     params_sent: int = 0
     param_conflicts: list[str] = field(default_factory=list)
     artifacts_sent: int = 0
+    # refused for good by the destination, per kind (scalar ... params, artifact, system):
+    # counted, named in `quarantine` (one line each), never retried (tracelet.quarantine)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    quarantine: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # tags/params renamed or kept apart (keys.py)
     error: str | None = None
 
     def add(self, field_name: str, counts: dict[str, int]) -> None:
@@ -322,6 +333,14 @@ class _Slot:
     dedupe_all: bool = False  # lost state dir, run found on destination: dedupe everything
     failed: bool = False
     recheck: bool = False  # look again next pass (a new incomplete tail): no "unchanged" yet
+    run_dir: str = ""  # report lines name files relative to it
+    legacy_keys: bool = False  # synced before KEY_SCHEME: renamed tags had other keys then
+    _ledger: KeyLedger | None = None
+
+    def ledger(self) -> KeyLedger:
+        if self._ledger is None:
+            self._ledger = KeyLedger(self.ck.keys, self.name)
+        return self._ledger
 
     def source_failed(self, message: str) -> None:
         """A source file of the run could not be read: this destination's report fails (exit 1)
@@ -352,6 +371,9 @@ class SyncEngine:
         self._redactor = Redactor(options.redact_secrets, options.secret_patterns)
         self._roots: list[str] = []  # real paths of the LOGDIRs of this pass (linked_logdirs)
         self._ctx = threading.local()  # per worker: what the run is doing, its open slots
+        # destinations that accepted a write in this sync: evidence, when a call is refused,
+        # that the refused content is bad rather than the destination (tracelet.quarantine)
+        self._wrote: set[str] = set()
 
     def store_for(self, logdir: Path) -> CheckpointStore:
         store = self._stores.get(logdir)
@@ -622,7 +644,9 @@ class SyncEngine:
             dr.target = scrub(dest.target)
             fresh = ck is None
             ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
-            slot = _Slot(name, dest, ck, dr)
+            slot = _Slot(name, dest, ck, dr, run_dir=str(run.path),
+                         legacy_keys=ck.key_scheme < KEY_SCHEME and ck.total_points > 0)
+            ck.key_scheme = KEY_SCHEME
             ok, slot.handle = self._call(store, slot, dest.open_run, ref, ck.identity, what="open run")
             if not ok:
                 continue
@@ -730,18 +754,56 @@ class SyncEngine:
             if not slot.dest.capabilities.params:
                 slot.report.add("unsupported", {"params": len(new)})
             else:
-                ok, conflicts = self._call(store, slot, slot.dest.log_params, slot.handle, new,
-                                           what="log params")
-                if not ok:
+                self._key_notes(slot, slot.ledger().note("p", list(new), slot.dest.param_key))
+                outcomes = self._call_isolated(
+                    store, slot, slot.dest.log_params, list(new.items()),
+                    lambda items: (slot.handle, dict(items)), what="log params")
+                if outcomes is None:
                     continue
-                conflicts = conflicts or []
+                conflicts: list[str] = []
+                refused = 0
+                for status, items, result in outcomes:
+                    if status == "ok":
+                        conflicts.extend(result or [])
+                        continue
+                    refused += 1
+                    self._quarantine(slot, None, f"param {items[0][0]!r} rejected by {slot.name}: "
+                                     f"{cause_text(result)}; not retried until its value changes")
                 for k in conflicts:
                     slot.report.param_conflicts.append(
                         f"param '{k}': destination keeps its earlier value; new value "
                         f"{param_text(new[k])!r} not applied ({slot.name} params are write-once)")
-                slot.report.params_sent += len(new) - len(conflicts)
+                slot.report.params_sent += len(new) - len(conflicts) - refused
+                self._count_quarantined(slot, {"params": refused})
             slot.ck.params.update({k: param_text(v) for k, v in new.items()})
             self._commit(store, slot)
+
+    def _call_isolated(self, store: CheckpointStore, slot: _Slot, fn, items: list,
+                       args, what: str, **kw: Any) -> list[tuple[str, list, Any]] | None:
+        """``fn(*args(items), **kw)`` under the retry policy; a permanent refusal is split down
+        to the items that fail alone (:class:`Isolation`). Returns the outcomes in order, or
+        None when the destination failed (the slot is failed and committed)."""
+        try:
+            result = self._retry(slot, fn, *args(items), what=what, **kw)
+            self._wrote.add(slot.name)
+            return [("ok", items, result)]
+        except DestinationError as e:
+            if destination_wide(e):
+                slot.fail(e)
+                self._commit(store, slot)
+                return None
+            error = e
+        iso = Isolation(lambda part: self._retry(slot, fn, *args(part), what=what, **kw),
+                        wrote_before=slot.name in self._wrote)
+        try:
+            outcomes = iso.run(items, error)
+        except (Suspect, DestinationError) as e:
+            slot.fail(DestinationError(f"{slot.name}: {what}: {e}") if isinstance(e, Suspect) else e)
+            self._commit(store, slot)
+            return None
+        if iso.landed:
+            self._wrote.add(slot.name)
+        return outcomes
 
     def _sync_event_file(self, store: CheckpointStore, run: RunSource, path: Path,
                          slots: list[_Slot], rr: RunReport) -> None:
@@ -797,11 +859,13 @@ class SyncEngine:
                 continue
             reader = EventFileReader(path, a, tag_plugins)
             readers.append(reader)
+            plugins = tag_plugins  # the map as of each batch's start (to re-read it)
             for batch in _read_guarded(reader, b, self.o.batch_points, rr, slots):
                 if batch.clamp_wall_times():
-                    rr.note(f"{path}: points with an unusable wall time (NaN, Inf or beyond "
-                            "±1e12 s) were sent with wall time 0 (1970-01-01).")
-                self._fan_out(store, batch, joined, rr)
+                    rr.note(f"{path}: points with an unusable wall time (NaN, Inf, negative or "
+                            "beyond 1e12 s) were sent with wall time 0 (1970-01-01).")
+                self._fan_out(store, batch, joined, rr, plugins)
+                plugins = batch.tag_plugins
                 if self.stop.is_set() or all(s.failed for s, _, _ in joined):
                     break
             tag_plugins = reader.tag_plugins
@@ -840,46 +904,168 @@ class SyncEngine:
             fs.pending_end = old_pending if fs.offset < old_pending else None
             self._commit(store, slot)
 
-    def _fan_out(self, store: CheckpointStore, batch: Batch, joined, rr: RunReport) -> None:
-        counts = batch.point_counts()
+    def _fan_out(self, store: CheckpointStore, batch: Batch, joined, rr: RunReport,
+                 plugins: dict[str, str]) -> None:
         for slot, fs, old_pending in joined:
             if slot.failed or fs.offset != batch.start_offset:
                 continue
-            caps_kinds = slot.dest.capabilities.kinds if slot.dest is not None else None
-            sent = {k: n for k, n in counts.items() if n and k != HPARAMS
-                    and (caps_kinds is None or k in caps_kinds)}
-            unsupported = {k: n for k, n in counts.items() if n and k != HPARAMS
-                           and caps_kinds is not None and k not in caps_kinds}
-            if slot.dest is not None and (sent or batch.points):
-                dedupe = batch.start_offset < old_pending
-                ok, _ = self._call(store, slot, _dedupe_retries(slot.dest.send), slot.handle,
-                                   batch, dedupe=dedupe,
-                                   what=f"send {batch.points} points of {batch.path}")
-                if not ok:
-                    continue
-                crash_point("after_send")
             if batch.hparams:
+                # Params first: they commit on their own, and must never commit a destination
+                # state (W&B's point ordinals) that is ahead of the committed offset.
                 merged: dict[str, Any] = {}
                 for hp in batch.hparams:
                     merged.update(hp.hparams)
-                sent[HPARAMS] = len(batch.hparams)
                 self._sync_params(store, [slot], merged)
                 if slot.failed:
                     continue
-            fs.offset = batch.end_offset
-            fs.records += batch.records
-            fs.points += batch.points
-            fs.skipped_records += batch.skipped_records
-            fs.tag_plugins = batch.tag_plugins
-            slot.ck.add_counts("points_sent", sent)
-            slot.ck.add_counts("unsupported", unsupported)
-            slot.ck.add_counts("other", batch.other)
-            slot.report.add("points_sent", sent)
-            slot.report.add("unsupported", unsupported)
-            slot.report.add("other", batch.other)
-            slot.report.skipped_records += batch.skipped_records
+            if slot.dest is not None:
+                self._note_keys(slot, batch)
+            if slot.dest is not None and batch.points:
+                dedupe = batch.start_offset < old_pending
+                self._deliver(store, slot, fs, batch, dedupe, plugins, rr)
+            else:
+                self._land(slot, fs, batch, {})
+                self._commit(store, slot)
+
+    # -- delivery with quarantine (tracelet.quarantine) ---------------------------------------
+    def _deliver(self, store: CheckpointStore, slot: _Slot, fs: FileState, batch: Batch,
+                 dedupe: bool, plugins: dict[str, str], rr: RunReport) -> bool:
+        """Send one batch and commit it. A permanent refusal is isolated record by record
+        (:meth:`_isolate`); what fails alone is quarantined, the rest lands."""
+        what = f"send {batch.points} points of {batch.path}"
+        try:
+            rejected = self._retry(slot, _dedupe_retries(slot.dest.send), slot.handle, batch,
+                                   dedupe=dedupe, what=what)
+        except DestinationError as e:
+            if destination_wide(e):
+                slot.fail(e)
+                self._commit(store, slot)
+                return False
+            return self._isolate(store, slot, fs, batch, plugins, rr, e)
+        self._wrote.add(slot.name)
+        crash_point("after_send")
+        records = (record_batches(batch, plugins) or [batch]) if rejected else [batch]
+        self._land(slot, fs, batch, self._rejected(slot, rr, batch, records, rejected))
+        self._commit(store, slot)
+        return True
+
+    def _isolate(self, store: CheckpointStore, slot: _Slot, fs: FileState, batch: Batch,
+                 plugins: dict[str, str], rr: RunReport, error: DestinationError) -> bool:
+        records = record_batches(batch, plugins)
+        if not records or not same_points(merge(records), batch):  # the file changed under us
+            slot.fail(error)
             self._commit(store, slot)
-            self.out.points(sum(sent.values()))
+            return False
+        # Sub-batches move the destination's own state (W&B point ordinals, ClearML copy
+        # numbers); if the destination is found guilty, that state goes back to what the
+        # checkpoint holds, and the next sync resends the range with dedupe.
+        saved = copy.deepcopy(slot.handle.identity)
+
+        def send(items: list[Batch]) -> Any:
+            sub = merge(items)
+            result = self._retry(
+                slot, slot.dest.send, slot.handle, sub, dedupe=True,
+                what=f"send {sub.points} points of {batch.path} (bytes {sub.start_offset}-"
+                     f"{sub.end_offset}, isolating a refused record)")
+            crash_point("after_send")
+            return result
+
+        iso = Isolation(send, wrote_before=slot.name in self._wrote)
+        try:
+            outcomes = iso.run(records, error)
+        except (Suspect, DestinationError) as e:
+            slot.handle.identity.clear()
+            slot.handle.identity.update(saved)
+            slot.fail(DestinationError(f"{slot.name}: {e}") if isinstance(e, Suspect) else e)
+            self._commit(store, slot)
+            return False
+        if iso.landed:
+            self._wrote.add(slot.name)
+        for status, items, result in outcomes:
+            sub = merge(items)
+            if status == "ok":
+                quarantined = self._rejected(slot, rr, sub, items, result)
+            else:
+                quarantined = point_counts(sub)
+                self._quarantine(slot, rr, f"{describe_points(sub)} rejected by {slot.name}: "
+                                 f"{cause_text(result)} ({self._where(slot, sub)}); not retried")
+            self._land(slot, fs, sub, quarantined)
+        self._commit(store, slot)  # once: offsets and the destination's state move together
+        return True
+
+    def _rejected(self, slot: _Slot, rr: RunReport, batch: Batch, records: list[Batch],
+                  rejected: list[Rejected] | None) -> dict[str, int]:
+        """Quarantine the points ``send`` left out (layer 1: the mapping): one line each,
+        naming the record that holds the point (``records``: ``batch`` record by record)."""
+        counts: dict[str, int] = {}
+        for r in rejected or ():
+            counts[r.kind] = counts.get(r.kind, 0) + 1
+            rec = locate(records, r.kind, r.index) or batch
+            p = point(batch, r.kind, r.index)
+            tag, step = p if r.kind == SCALAR else (p.tag, p.step)
+            self._quarantine(slot, rr, f"1 {r.kind} {tag!r} step {step} rejected by {slot.name}: "
+                             f"{r.reason} ({self._where(slot, rec)}); not retried")
+        return counts
+
+    @staticmethod
+    def _where(slot: _Slot, b: Batch) -> str:
+        return where(b.path, b.start_offset, b.end_offset, slot.run_dir)
+
+    def _quarantine(self, slot: _Slot, rr: RunReport | None, line: str) -> None:
+        line = scrub(line)  # vendor error text: never a credential in a report or checkpoint
+        log.info("%s: %s", slot.ck.run_path, line)
+        for lines in (slot.report.quarantine, slot.ck.quarantine):
+            lines.append(line)
+            del lines[:-QUARANTINE_LINES]
+
+    @staticmethod
+    def _count_quarantined(slot: _Slot, counts: dict[str, int]) -> None:
+        slot.ck.add_counts("quarantined", counts)
+        slot.report.add("quarantined", counts)
+
+    def _land(self, slot: _Slot, fs: FileState, batch: Batch,
+              quarantined: dict[str, int]) -> None:
+        """Account a delivered batch: offset, counts (the caller commits)."""
+        caps_kinds = slot.dest.capabilities.kinds if slot.dest is not None else None
+        sent, unsupported = {}, {}
+        for k, n in batch.point_counts().items():
+            if not n or k == HPARAMS:
+                continue
+            if caps_kinds is not None and k not in caps_kinds:
+                unsupported[k] = n
+            elif n - quarantined.get(k, 0):
+                sent[k] = n - quarantined.get(k, 0)
+        if batch.hparams:
+            sent[HPARAMS] = len(batch.hparams)
+        fs.offset = batch.end_offset
+        fs.records += batch.records
+        fs.points += batch.points
+        fs.skipped_records += batch.skipped_records
+        fs.tag_plugins = batch.tag_plugins
+        for name, counts in (("points_sent", sent), ("unsupported", unsupported),
+                             ("other", batch.other), ("quarantined", quarantined)):
+            slot.ck.add_counts(name, counts)
+            slot.report.add(name, counts)
+        slot.report.skipped_records += batch.skipped_records
+        self.out.points(sum(sent.values()))
+
+    def _note_keys(self, slot: _Slot, batch: Batch) -> None:
+        """Report each tag the destination renames, and tags that would meet (``keys.py``)."""
+        tags = set(batch.scalars.tags)
+        for name in ("histograms", "images", "texts", "audio"):
+            tags.update(p.tag for p in getattr(batch, name))
+        if tags:
+            self._key_notes(slot, slot.ledger().note("m", sorted(tags), slot.dest.metric_key))
+
+    def _key_notes(self, slot: _Slot, lines: list[str]) -> None:
+        if not lines:
+            return
+        if slot.legacy_keys:
+            slot.legacy_keys = False
+            lines.append(f"this run was synced to {slot.name} before tracelet's key scheme "
+                         f"{KEY_SCHEME}: the points a renamed tag sent then stay under its old "
+                         "key (README: Key mapping)")
+        slot.report.keys.extend(lines)
 
     def _sync_sidecar(self, store: CheckpointStore, run: RunSource, ref: RunRef,
                       slots: list[_Slot], rr: RunReport) -> None:
@@ -925,13 +1111,21 @@ class SyncEngine:
                     dedupe = slot.dedupe_all or slot.ck.sidecar_pending == part.name
                     slot.ck.sidecar_pending = part.name
                     self._commit(store, slot)
-                    ok, _ = self._call(store, slot, _dedupe_retries(slot.dest.send_system),
-                                       slot.handle, table, ref,
-                                       dedupe=dedupe, what=f"send system metrics {part.name}")
-                    if not ok:
+                    # One unit: a part's rows are matched by the part's content on resend.
+                    outcomes = self._call_isolated(
+                        store, slot, _dedupe_retries(slot.dest.send_system), [part],
+                        lambda _: (slot.handle, table, ref), dedupe=dedupe,
+                        what=f"send system metrics {part.name}")
+                    if outcomes is None:
                         continue
-                    slot.report.add("points_sent", {"system": table.num_rows})
-                    slot.ck.add_counts("points_sent", {"system": table.num_rows})
+                    if outcomes[0][0] == "ok":
+                        slot.report.add("points_sent", {"system": table.num_rows})
+                        slot.ck.add_counts("points_sent", {"system": table.num_rows})
+                    else:
+                        self._count_quarantined(slot, {"system": table.num_rows})
+                        self._quarantine(slot, rr, f"{table.num_rows} system points of {SIDECAR_DIR}/{part.name} "
+                                         f"rejected by {slot.name}: {cause_text(outcomes[0][2])}; "
+                                         "not retried")
                 slot.ck.sidecar_done.append(part.name)
                 slot.ck.sidecar_pending = None
                 self._commit(store, slot)
@@ -969,11 +1163,21 @@ class SyncEngine:
                     if not slot.dest.capabilities.artifacts:
                         slot.report.add("unsupported", {"artifact": len(changed)})
                     else:
-                        ok, _ = self._call(store, slot, slot.dest.log_artifacts, slot.handle,
-                                           changed, what=f"upload {len(changed)} artifact(s)")
-                        if not ok:
+                        outcomes = self._call_isolated(
+                            store, slot, slot.dest.log_artifacts, changed,
+                            lambda items: (slot.handle, items),
+                            what=f"upload {len(changed)} artifact(s)")
+                        if outcomes is None:
                             continue
-                        slot.report.artifacts_sent += len(changed)
+                        for status, items, result in outcomes:
+                            if status == "ok":
+                                slot.report.artifacts_sent += len(items)
+                                continue
+                            # recorded as sent below: retried only once the file changes
+                            self._count_quarantined(slot, {"artifact": 1})
+                            self._quarantine(slot, None, f"artifact {items[0][1]} rejected by "
+                                             f"{slot.name}: {cause_text(result)}; not retried "
+                                             "until the file changes")
                     for _, rel in changed:  # what was opened and sent, not what was listed
                         slot.ck.artifacts[rel] = list(views[rel][1])
                     self._commit(store, slot)
@@ -1081,16 +1285,21 @@ def crash_point(name: str) -> None:
 
 
 def _as_unix(value: Any) -> float | None:
-    if value is None:
+    """A manifest time (unix seconds or ISO 8601) as unix seconds; None when absent or unusable
+    (NaN, ±Inf, negative or beyond 1e12 s, unparsable): every destination then does without it
+    (a start time MLflow, Aim or W&B would refuse must never fail the run)."""
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        from datetime import datetime
+        t = float(value)
+    else:
+        try:
+            from datetime import datetime
 
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+            t = datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError, OSError):
+            return None
+    return t if 0 <= t < MAX_ABS_WALL_TIME else None
 
 
 def _merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
@@ -1110,6 +1319,9 @@ def _merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
                 if p is not None:
                     d.add("points_sent", p.points_sent)
                     d.add("unsupported", p.unsupported)
+                    d.add("quarantined", p.quarantined)
+                    d.quarantine[:0] = p.quarantine
+                    d.keys[:0] = p.keys
                     d.skipped_records += p.skipped_records
                 prev.destinations[name] = d
     return list(by_key.values())
@@ -1177,9 +1389,19 @@ class _Output:
                 if d.unsupported:
                     line += " (unsupported: " + ", ".join(
                         f"{k} {n}" for k, n in sorted(d.unsupported.items())) + ")"
+                if d.quarantined:
+                    line += " (quarantined: " + ", ".join(
+                        f"{k} {n}" for k, n in sorted(d.quarantined.items())) + ")"
                 if d.error:
                     line += f": {d.error}"
                 print(scrub(line), file=sys.stderr, flush=True)
+                for label, lines in (("quarantined", d.quarantine), ("key", d.keys)):
+                    for text in lines[:MAX_PRINTED_LINES]:
+                        print(scrub(f"tracelet: {rr.run} -> {d.destination}: {label}: {text}"),
+                              file=sys.stderr, flush=True)
+                    if len(lines) > MAX_PRINTED_LINES:
+                        print(f"tracelet: {rr.run} -> {d.destination}: {len(lines) - MAX_PRINTED_LINES} "
+                              f"more {label} line(s) in the --json report", file=sys.stderr, flush=True)
             for p in rr.errors:
                 print(scrub(f"tracelet: {rr.run}: error: {p}"), file=sys.stderr, flush=True)
             if not self.quiet:

@@ -11,6 +11,8 @@
     │   └── OutsideRunError            a link leading out of the run folder: not read
     ├── DestinationError               a destination failed (exit 1, other destinations go on)
     │   ├── TransientDestinationError  connection refused / 5xx / 429: retried with backoff
+    │   ├── PermanentDestinationError  the vendor refused a call (not transient): the engine
+    │   │                              isolates the points, params or files that cause it
     │   └── MissingExtraError          the vendor SDK is not installed: install the extra
     ├── StateError                     checkpoint unreadable or from an incompatible version
     └── LockedError                    another sync holds the lock (exit 75)
@@ -76,6 +78,13 @@ class DestinationError(TraceletError):
 
 class TransientDestinationError(DestinationError):
     """Connection refused, timeouts, HTTP 5xx/429: worth retrying with backoff."""
+
+
+class PermanentDestinationError(DestinationError):
+    """The vendor SDK refused a call with a non-transient error. Either the call's content is
+    bad (a point, param or file the destination will never accept: the engine isolates and
+    quarantines it) or the destination refuses everything (permission denied, run deleted:
+    the destination fails). ``tracelet.quarantine`` tells the two apart."""
 
 
 class MissingExtraError(DestinationError):

@@ -5,7 +5,8 @@ import os
 import threading
 from typing import Any, Callable
 
-from .errors import DestinationError, TraceletError, TransientDestinationError
+from .errors import (DestinationError, PermanentDestinationError, TraceletError,
+                     TransientDestinationError)
 from .redact import scrub
 
 # 6 tries, 0.5 s doubling to 8 s: ~15 s of patience, enough for a tracking server restart or a
@@ -41,10 +42,12 @@ def call_with_retry(
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
         except Exception as e:  # vendor SDKs raise anything; classify, don't guess by type only
             transient = is_transient(e)
-            if not transient or attempt == RETRY_ATTEMPTS:
-                hint = (f"still failing after {attempt} tries; it is retried at the next sync"
-                        if transient else "not retried (not a transient error)")
-                raise DestinationError(f"{what}: {type(e).__name__}: {_short(e)} ({hint})") from e
+            if not transient:
+                raise PermanentDestinationError(f"{what}: {type(e).__name__}: {_short(e)} "
+                                                "(not retried (not a transient error))") from e
+            if attempt == RETRY_ATTEMPTS:
+                raise DestinationError(f"{what}: {type(e).__name__}: {_short(e)} (still failing "
+                                       f"after {attempt} tries; it is retried at the next sync)") from e
             wait(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
     raise AssertionError("unreachable")

@@ -34,6 +34,7 @@ class StatusRow:
     last_error: str | None = None
     state: str = "never synced"  # up to date | behind | failed | never synced
     problems: list[str] = field(default_factory=list)
+    quarantined: dict[str, int] = field(default_factory=dict)  # refused for good, per kind
 
 
 @dataclass
@@ -134,6 +135,10 @@ def _run_rows(root: Path, run, store: CheckpointStore, ck_dirs: list[str],
         # scrubbed again: a checkpoint written by an older Tracelet may hold a credential
         row.last_sync, row.status = ck.last_sync, ck.status
         row.last_error = scrub(ck.last_error)
+        row.quarantined = dict(ck.quarantined)
+        if ck.quarantined:  # the checkpoint keeps the last report lines naming them
+            row.problems.append("quarantined: " + ", ".join(
+                f"{k} {n}" for k, n in sorted(ck.quarantined.items())))
         for f in run.event_files:
             rel = f.relative_to(run.path).as_posix()
             fs = ck.files.get(rel)

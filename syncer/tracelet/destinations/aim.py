@@ -26,7 +26,9 @@ histogram           ``aim.Distribution`` sequence ``<tag>``: equal-width buckets
                     exactly; other bucketings (TF1/PyTorch exponential buckets) are re-binned
                     onto at most 512 equal-width bins over [min, max] (mass kept)
 image               ``aim.Image`` list sequence ``<tag>``: the writer's encoded bytes unchanged
-                    (PNG/JPEG/GIF), all images of one event in one step
+                    (PNG/JPEG/GIF), all images of one event in one step; an image Pillow
+                    cannot decode (truncated, bad CRC, over Pillow's pixel limit) is left out
+                    and quarantined (``tracelet.media``)
 text                ``aim.Text`` sequence ``<tag>``
 audio               ``aim.Audio`` list sequence ``<tag>``: the writer's clip bytes unchanged
                     (format from the bytes: wav/mp3/flac), caption = the TF2 label or the tag
@@ -49,7 +51,8 @@ status              Aim only knows active/finished: ``running`` → active (no e
                     is closed like any Aim run (end time = end of the sync)
 ==================  =========================================================================
 
-Tag names are kept unchanged (Aim accepts any string); only an empty tag becomes ``_``.
+Tag names are kept unchanged (Aim accepts any string); only an empty tag becomes ``_-<hash>``
+(:func:`aim_key`).
 
 Configuration: ``--aim-repo`` (config ``aim_repo``), else ``AIM_REPO``, else the working folder;
 ``aim_artifacts_uri`` / ``TRACELET_AIM_ARTIFACTS_URI``; ``aim_index`` / ``TRACELET_AIM_INDEX``;
@@ -117,9 +120,12 @@ from ..errors import DestinationError, TraceletError
 from ..params import flatten_params
 from ..reader.points import (AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch,
                              HistogramPoint, ImagePoint)
+from ..media import image_problem
 from ..redact import scrubbed_logger
 from .aim_repo import ensure_local_repo, repo_name
-from .base import Capabilities, Destination, RunHandle, RunRef, _chain, is_transient_error
+from .base import (Capabilities, Destination, Rejected, RunHandle, RunRef, _chain,
+                   is_transient_error)
+from .keys import suffixed
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 
@@ -165,6 +171,12 @@ def aim_system_metric(name: str) -> tuple[str, dict[str, Any]]:
     if m and m.group(2) in AIM_GPU_NAMES:
         return AIM_SYSTEM_PREFIX + AIM_GPU_NAMES[m.group(2)], {"gpu": int(m.group(1))}
     return f"system/{name}", {}
+
+
+def aim_key(tag: str) -> str:
+    """A tag as an Aim metric name: unchanged (Aim takes any non-empty string); the empty tag
+    is ``_-<hash>`` (:mod:`.keys`), apart from a tag that is literally ``_``."""
+    return tag or suffixed("_", tag)
 
 
 def aim_repo_root(config: Mapping[str, Any]) -> str:
@@ -750,7 +762,7 @@ class AimDestination(Destination):
         return self.root
 
     def metric_key(self, tag: str) -> str:
-        return tag or "_"
+        return aim_key(tag)
 
     def is_transient(self, exc: BaseException) -> bool:
         if is_transient_error(exc):
@@ -861,8 +873,8 @@ class AimDestination(Destination):
         started = _as_unix((run.manifest or {}).get("started_at"))
         if not started:
             return
-        created = datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc).replace(tzinfo=None)
-        try:
+        try:  # fromtimestamp refuses years past 9999 (a usable but far-future start time)
+            created = datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc).replace(tzinfo=None)
             if self.remote:
                 self.repo.request_props(run_hash, False, created)
             else:
@@ -873,11 +885,11 @@ class AimDestination(Destination):
             log.debug("aim: creation time of %s: %s", run_hash, e)
 
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
         st: _AimRun = handle.client
         source = st.source_key(batch.path)
         if batch.end_offset <= st.landed_meta.get(source, 0):
-            return  # Aim's own record: this range landed (a kill after the send, a lost state dir)
+            return []  # Aim's own record: this range landed (a kill after the send, a lost state dir)
         if st.atomic and source in st.landed_series:
             # Aim's record is the truth, whatever the checkpoint says: points past the series
             # record never landed; points before it landed, their meta maybe not (a kill between
@@ -887,6 +899,11 @@ class AimDestination(Destination):
             dedupe = dedupe or st.dirty  # no record of this file: the checkpoint's word
         else:
             dedupe = dedupe or st.dirty or batch.start_offset < st.landed_meta.get(source, 0)
+        # aim.Image is built from a Pillow decode: an image Pillow cannot take (truncated, bad
+        # CRC, a header declaring 2^30 x 2^30 pixels) is left out and quarantined by the engine
+        rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
+                    if (why := image_problem(im.encoded, decode=True))]
+        refused = {r.index for r in rejected}
         sequences = len(st.tracker.sequence_infos)
         with st.writes():
             st.mark_landed(source, batch.end_offset)
@@ -909,7 +926,9 @@ class AimDestination(Destination):
             # images / audio clips of one event: one list-valued point, in tensor order
             for media, make in ((batch.images, _aim_image), (batch.audio, _aim_audio)):
                 groups: dict[tuple[str, int, float], list[ImagePoint | AudioPoint]] = {}
-                for p in media:
+                for j, p in enumerate(media):
+                    if media is batch.images and j in refused:
+                        continue
                     groups.setdefault((p.tag, p.step, p.wall_time), []).append(p)
                 for (tag, step, wall), points in groups.items():
                     value = [make(p) for p in sorted(points, key=lambda p: p.index)]
@@ -921,6 +940,7 @@ class AimDestination(Destination):
                     st.put(self.metric_key(t.tag), t.step, t.wall_time, Text(t.text), dedupe)
         st.dirty = False
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
+        return rejected
 
     def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
         st: _AimRun = handle.client
@@ -1075,12 +1095,8 @@ def _aim_image(im: ImagePoint) -> Any:
     from PIL import Image as PILImage
 
     caption = im.tag if not im.index else f"{im.tag} #{im.index}"
-    try:
-        pil = PILImage.open(io.BytesIO(im.encoded))
-        pil.load()
-    except Exception as e:  # keep the point and its bytes; Aim's UI shows a broken image
-        log.warning("aim: image %s step %s is not decodable (%s); stored as is", im.tag, im.step, e)
-        pil = PILImage.new("L", (max(im.width, 1), max(im.height, 1)))
+    pil = PILImage.open(io.BytesIO(im.encoded))  # send() checked it decodes (media.py)
+    pil.load()
     image = Image(pil, format="png", caption=caption)
     image.storage["data"] = BLOB(data=im.encoded)
     image.storage["format"] = im.format  # png | jpeg | gif | bin

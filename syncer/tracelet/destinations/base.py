@@ -16,6 +16,10 @@ call               guarantee
                    true, some of these points may already be on the destination (a crash
                    between send and commit, or a lost state dir): the destination must not
                    store them twice (ask what landed, or rely on a write that is idempotent).
+                   A point the vendor can never take (an image it cannot decode) is left out
+                   and returned as a :class:`Rejected`; the engine quarantines it (reported,
+                   never retried). Any batch of whole records, in file order, may be sent:
+                   the engine resends parts of a refused batch to isolate a bad record.
 ``send_system``    Same contract for a table of system metrics (sidecar part).
 ``log_params``     Set params; return the names the destination refused because a different
                    value is already there (write-once params): reported, never raised.
@@ -26,7 +30,9 @@ call               guarantee
 Anything a destination lacks is declared in :class:`Capabilities`; the engine counts those
 points as "unsupported" in the report instead of calling the destination with them.
 Transient failures (connection refused, 5xx, 429) must surface as exceptions for which
-``is_transient`` is true: the engine retries them with bounded backoff.
+``is_transient`` is true: the engine retries them with bounded backoff. Any other exception
+from the vendor is permanent: the engine isolates the record, param or file that causes it
+(``tracelet.quarantine``); a ``DestinationError`` raised on purpose fails the destination.
 """
 from __future__ import annotations
 
@@ -53,6 +59,16 @@ class Capabilities:
     status: bool = True
     max_points_per_call: int = 1000  # the engine's batches may be larger; split inside send
     max_bytes_per_call: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A point ``send`` left out because the vendor can never take it: ``kind`` and ``index``
+    into the batch's list of that kind (``batch.images[index]``), ``reason`` in one line."""
+
+    kind: str
+    index: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,7 @@ class Destination(abc.ABC):
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle: ...
 
     @abc.abstractmethod
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None: ...
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected] | None: ...
 
     def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
         """Send sidecar rows (``timestamp``, ``name``, ``value``) as ``system/<name>``."""
@@ -128,8 +144,13 @@ class Destination(abc.ABC):
         return is_transient_error(exc)
 
     def metric_key(self, tag: str) -> str:
-        """The destination's name for a TensorBoard tag (DESIGN §6: unchanged where accepted)."""
+        """The destination's name for a TensorBoard tag (DESIGN §6: unchanged where accepted;
+        a tag that must be rewritten ends in ``-<8 hex of its SHA-1>``, see ``keys.py``)."""
         return tag
+
+    def param_key(self, name: str) -> str:
+        """The destination's name for a (flattened) param, by the same rule."""
+        return name
 
 
 _TRANSIENT_TEXT = re.compile(

@@ -27,7 +27,8 @@ histogram           plot event per step (``create_2d_histogram_plot``: bars over
                     edges) under the same title/series; shown in PLOTS with an iteration slider
 image               debug sample (``ImageEvent``) from the writer's encoded bytes, unchanged
                     (PNG/JPEG/GIF), file ``iter_<step>.<ext>``; image ``i`` of a TF2 image
-                    tensor goes to series ``<series> [i]``
+                    tensor goes to series ``<series> [i]``. A truncated or corrupt PNG/JPEG/GIF
+                    (checked without decoding, ``tracelet.media``) is quarantined
 text                debug sample ``.txt`` (``MediaEvent``, as ClearML's TensorBoard binding
                     does), file ``iter_<step>.txt``
 audio               debug sample (``MediaEvent``, as ``Logger.report_media`` of an audio file
@@ -47,7 +48,9 @@ status              task status: running → in_progress, finished → completed
 Tag → title/series: the last ``/`` splits: ``Loss/Train/CrossEntropy`` → title
 ``Loss/Train``, series ``CrossEntropy``; a tag without ``/`` (or with an empty side) is both:
 ``loss`` → title ``loss``, series ``loss``. No character is replaced (ClearML accepts any
-string). Two tags meet only when one is ``X/X`` and the other ``X``: both land in (``X``, ``X``).
+string). Where two tags would meet (``X/X`` and ``X``), or a tag's series ends like a series
+this destination makes itself (``loss #2``, ``loss (nan)``, ``img [1]``), the series of the
+first kind is renamed ``<series>-<8 hex of the tag's SHA-1>`` (:func:`split_tag`).
 
 What ClearML cannot hold, and what this destination does instead:
 
@@ -155,9 +158,11 @@ import pyarrow as pa
 
 from .._fs import atomic_write_bytes
 from ..errors import DestinationError
-from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..media import image_problem
+from ..reader.points import AUDIO, HISTOGRAM, IMAGE, MAX_ABS_WALL_TIME, SCALAR, TEXT, Batch
 from ..redact import scrubbed_logger
-from .base import Capabilities, Destination, RunHandle, RunRef
+from .base import Capabilities, Destination, Rejected, RunHandle, RunRef
+from .keys import suffixed
 
 log = scrubbed_logger("tracelet.clearml")  # log lines never show a credential
 
@@ -209,11 +214,25 @@ def _names(run: RunRef) -> tuple[str, str]:
     return clearml_name(run.project, nested=True), clearml_name(run.run_path)
 
 
+# Series endings this destination writes itself (a repeated step, a non-finite value's marker,
+# item i of a TF2 image/audio tensor): a tag's own series ending so is renamed (split_tag).
+_RESERVED_SERIES = re.compile(r"( #\d+| \((nan|\+inf|-inf)\)| \[\d+\])$")
+
+
 def split_tag(tag: str) -> tuple[str, str]:
-    """(title, series) of a TensorBoard tag: split at the last ``/``; no ``/`` → both the tag."""
+    """(title, series) of a TensorBoard tag: split at the last ``/``; no ``/`` → both the tag.
+
+    Renamed (series ``<series>-<8 hex of the tag's SHA-1>``, :mod:`.keys`) where the plain
+    split would meet another tag or a series this destination makes: ``X/X`` (``X`` alone is
+    (``X``, ``X``) too) and a series ending like ``loss #2``, ``loss (nan)`` or ``img [1]``."""
     title, sep, series = tag.rpartition("/")
     if not sep or not title or not series:
-        return tag, tag
+        title = series = tag
+        if _RESERVED_SERIES.search(series):
+            series = suffixed(series, tag)
+        return title, series
+    if title == series or _RESERVED_SERIES.search(series):
+        series = suffixed(series, tag)
     return title, series
 
 
@@ -476,15 +495,18 @@ def _scalar_rows(copies: _Copies, batch: Batch) -> list[tuple]:
     return out
 
 
-def _media_specs(copies: _Copies, batch: Batch) -> list[tuple]:
-    """(kind, title, series, step, wall, point) for histograms, images, audio and texts."""
+def _media_specs(copies: _Copies, batch: Batch, refused: set[int] = frozenset()) -> list[tuple]:
+    """(kind, title, series, step, wall, point) for histograms, images, audio and texts;
+    ``refused``: indexes of images left out (quarantined; they take no copy number)."""
     specs = []
     for h in batch.histograms:
         title, series = split_tag(h.tag)
         specs.append(("plot", title, series_name(series, copies.take("h:" + h.tag, h.step)),
                       h.step, h.wall_time, h))
     for kind, points in (("image", batch.images), ("audio", batch.audio)):
-        for p in points:  # item i of a TF2 image/audio tensor: series "<series> [i]"
+        for j, p in enumerate(points):  # item i of a TF2 image/audio tensor: series "<series> [i]"
+            if kind == "image" and j in refused:
+                continue
             title, series = split_tag(p.tag)
             if p.index:
                 series = f"{series} [{p.index}]"
@@ -685,12 +707,17 @@ class ClearmlDestination(Destination):
     # -- points ------------------------------------------------------------------------------
     # Points become rows (title, series, iteration, value, timestamp_ms) first: the dedupe
     # check needs no session, so a re-send of what landed opens no new (empty) session.
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+        # ClearML stores an image's bytes as they are and its UI cannot show a broken one: a
+        # truncated or corrupt PNG/JPEG/GIF (checked without decoding) is quarantined instead
+        rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
+                    if (why := image_problem(im.encoded))]
         copies = _Copies(handle.identity["copies"])
         rows = _scalar_rows(copies, batch)
-        media = _media_specs(copies, batch)
+        media = _media_specs(copies, batch, {r.index for r in rejected})
         self._write(handle, rows, media, dedupe)
         copies.commit()
+        return rejected
 
     def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
         from ..engine import _as_unix
@@ -708,6 +735,8 @@ class ClearmlDestination(Destination):
             if spec is None:
                 spec = names[name] = system_series(name)
             title, series, scale = spec
+            if not 0 <= ts < MAX_ABS_WALL_TIME:  # NaN or a broken clock: as event wall times
+                ts = 0.0
             it = int(math.floor(ts - start))
             copy = copies.take("y:" + name, it)
             v, marker = _finite_or_marker(float(value) * scale)
@@ -808,7 +837,10 @@ class ClearmlDestination(Destination):
         res = metrics.write_events(events, async_enable=False)
         failed = [e for e in events if e.upload_exception is not None]
         if failed:
-            raise DestinationError(
+            # not a DestinationError: one sample's file may be what fails (a name too long for
+            # the file system), which the engine isolates; a folder it cannot write fails the
+            # destination (tracelet.quarantine.destination_wide reads the cause)
+            raise RuntimeError(
                 f"clearml: storing {len(failed)} debug sample(s) failed: "
                 f"{failed[0].upload_exception}") from failed[0].upload_exception
         if res is not None and not res.ok():

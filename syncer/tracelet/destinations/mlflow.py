@@ -24,9 +24,10 @@ artifacts/          run artifacts under the same relative paths
 status              run status (RUNNING/FINISHED/FAILED/KILLED) and end time
 ==================  =========================================================================
 
-Tag names: characters MLflow rejects (anything but letters, digits, ``_ - . / : space``)
-become ``_``; ``//``, ``./``, ``../`` and leading/trailing ``/`` are normalised; keys over 250
-characters are cut and suffixed with a hash. Artifact paths use the same cleaned key.
+Tag names (:func:`mlflow_key`): a tag MLflow accepts is the key; any other is cleaned
+(characters MLflow rejects become ``_``, the path is normalised, a leading ``..`` is escaped)
+and ends in ``-<8 hex of the tag's SHA-1>`` so that no two tags share a key; the same for
+params and run tags. Artifact paths use the same key.
 
 Idempotency: metrics sent with ``dedupe=True`` are checked against ``get_metric_history`` (per
 key, once per sync) and only missing points are logged; artifacts are written under
@@ -34,7 +35,6 @@ deterministic names (a re-send overwrites); params and status are set-if-differe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -48,35 +48,49 @@ import pyarrow as pa
 
 from ..errors import DestinationError
 from ..redact import scrub
-from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..reader.points import AUDIO, HISTOGRAM, IMAGE, MAX_ABS_WALL_TIME, SCALAR, TEXT, Batch
 from .base import Capabilities, Destination, RunHandle, RunRef
+from .keys import suffixed
 
 MAX_METRICS_PER_CALL = 1000  # MLflow's MAX_METRICS_PER_BATCH
 MAX_PARAMS_PER_CALL = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
 MAX_PARAM_VALUE_CHARS = 6000  # MLflow's MAX_PARAM_VAL_LENGTH
 MAX_KEY_CHARS = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+# MLflow's character rule (``re.match`` with ``$``, as MLflow writes it; Windows drops ``:``)
+_MLFLOW_KEY_CHARS = re.compile(r"^[/\w.\- ]*$" if os.name == "nt" else r"^[/\w.\- :]*$")
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]" if os.name == "nt" else r"[^/\w.\- :]")
 _MAX_DOUBLE = 1.7976931348623157e308
 _STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
+def mlflow_accepts(key: str) -> bool:
+    """MLflow's own rule for metric, param and tag names (``mlflow.utils.validation``:
+    ``validate_param_and_metric_name``, ``path_not_unique``, ``MAX_ENTITY_KEY_LENGTH``)."""
+    if not _MLFLOW_KEY_CHARS.match(key) or len(key) > MAX_KEY_CHARS:
+        return False
+    norm = posixpath.normpath(key)
+    return not (norm != key or norm == "." or norm.startswith("..") or norm.startswith("/"))
+
+
 def mlflow_key(tag: str) -> str:
-    """Map a TensorBoard tag to a key MLflow accepts (identity when already valid)."""
-    key = _BAD_KEY_CHARS.sub("_", tag)
-    if key and posixpath.normpath(key) == key and not key.startswith(("/", "..")) and key != ".":
-        cleaned = key
-    else:
-        parts = [p for p in key.split("/") if p not in ("", ".", "..")]
-        cleaned = "/".join(parts) or "_"
-    if len(cleaned) > MAX_KEY_CHARS:
-        digest = hashlib.sha1(tag.encode()).hexdigest()[:8]
-        cleaned = cleaned[: MAX_KEY_CHARS - 9] + "-" + digest
-    return cleaned
+    """Map a TensorBoard tag (or param name) to a key MLflow accepts: the tag itself when MLflow
+    takes it; else its characters outside ``letters digits _ - . / : space`` become ``_``, the
+    path is normalised (no empty, ``.`` or ``..`` parts; a first part starting with ``..``
+    gets a leading ``_``), the result is cut to fit and ends in ``-<8 hex of the tag's SHA-1>``
+    (:mod:`.keys`), so distinct tags never share a key."""
+    if mlflow_accepts(tag):
+        return tag
+    parts = [p for p in _BAD_KEY_CHARS.sub("_", tag).split("/") if p not in ("", ".", "..")]
+    if parts and parts[0].startswith(".."):
+        parts[0] = "_" + parts[0]  # MLflow refuses names that resolve to a parent folder
+    return suffixed("/".join(parts) or "_", tag, MAX_KEY_CHARS)
 
 
 def wall_ms(wall: float) -> int:
-    """Wall time in ms; a NaN/Inf wall time (a broken writer clock) becomes 0, not a crash."""
-    return int(wall * 1000) if math.isfinite(wall) else 0
+    """Wall time in ms; a NaN/Inf, negative or absurd (> 1e12 s) time (a broken clock: MLflow
+    refuses a negative timestamp, SQL stores overflow on a huge one) becomes 0. The engine
+    already sends event points with such times as 0; this covers sidecar samples too."""
+    return int(wall * 1000) if 0 < wall < MAX_ABS_WALL_TIME else 0
 
 
 def _canon(value: float) -> float | str:
@@ -120,6 +134,9 @@ class MlflowDestination(Destination):
 
     def metric_key(self, tag: str) -> str:
         return mlflow_key(tag)
+
+    def param_key(self, name: str) -> str:
+        return mlflow_key(name)
 
     # -- identity ----------------------------------------------------------------------------
     def _experiment_id(self, project: str) -> str:
@@ -172,6 +189,15 @@ class MlflowDestination(Destination):
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
+        try:
+            self._send(handle, batch, dedupe)
+        except BaseException:
+            # Part of it may have landed (the file store writes metric by metric): what the
+            # cache says landed is no longer known; the next dedupe asks MLflow again.
+            handle.extra.pop("landed", None)
+            raise
+
+    def _send(self, handle: RunHandle, batch: Batch, dedupe: bool) -> None:
         from mlflow.entities import Metric
 
         run_id = handle.identity["run_id"]
@@ -245,12 +271,17 @@ class MlflowDestination(Destination):
         names = table.column("name").to_pylist()
         values = table.column("value").to_pylist()
         metrics = [
-            Metric(mlflow_key(f"system/{n}"), v, wall_ms(t), max(0, int(t - start)) if start and math.isfinite(t) else 0)
+            Metric(mlflow_key(f"system/{n}"), v, wall_ms(t),
+                   max(0, int(t - start)) if start and wall_ms(t) else 0)
             for t, n, v in zip(ts, names, values) if v is not None
         ]
-        if dedupe:
-            metrics = self._missing(handle, metrics)
-        self._log_metrics(handle.identity["run_id"], metrics)
+        try:
+            if dedupe:
+                metrics = self._missing(handle, metrics)
+            self._log_metrics(handle.identity["run_id"], metrics)
+        except BaseException:
+            handle.extra.pop("landed", None)  # see send
+            raise
 
     # -- params, artifacts, status -------------------------------------------------------------
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:

@@ -33,7 +33,9 @@ histogram           ``wandb.Histogram(np_histogram=(counts, edges))``; more than
                     merged into 512 (whole adjacent buckets, so counts stay exact)
 image               ``wandb.Image`` from the writer's encoded bytes (PNG/JPEG/GIF copied
                     byte-for-byte; other encodings decoded with PIL); several images of one
-                    tag and step become one image list
+                    tag and step become one image list. An image Pillow cannot decode
+                    (truncated, a bad chunk CRC, a size over Pillow's pixel limit) is left
+                    out and quarantined (``tracelet.media``, ``tracelet.quarantine``)
 audio               ``wandb.Audio`` from the writer's clip file (WAV bytes unchanged), caption =
                     the TF2 label; several clips of one tag and step go to consecutive rows
                     (a list of clips would need the ``soundfile`` package)
@@ -56,7 +58,9 @@ status              exit record at ``close_run``: finished → exit 0 ("finished
 
 Tag names are kept unchanged (W&B accepts any text). Only names that collide with keys W&B or
 this destination reserve (``_step``, ``_runtime``, ``_timestamp``, ``_wandb``, ``_tracelet``,
-``global_step``, ``system_step``, anything under ``system/``) are prefixed with ``tb/``.
+``global_step``, ``system_step``, anything under ``system/``) and the empty tag are renamed
+``tb/<tag>-<8 hex of its SHA-1>`` (:mod:`.keys`), params ``tracelet``/``_wandb*``
+``params/<name>-<hash>``.
 
 Steps and exactly-once
 ----------------------
@@ -133,8 +137,10 @@ import pyarrow as pa
 from .._fs import _crash_point
 from ..errors import DestinationError, UsageError
 from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ..media import image_problem
 from ..redact import scrubbed_logger
-from .base import Capabilities, Destination, RunHandle, RunRef
+from .base import Capabilities, Destination, Rejected, RunHandle, RunRef
+from .keys import suffixed
 
 log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
@@ -159,11 +165,13 @@ _ANNOUNCED: set[str] = set()
 
 
 def wandb_key(tag: str) -> str:
-    """A TensorBoard tag as a W&B history key: unchanged unless it collides with a reserved key."""
+    """A TensorBoard tag as a W&B history key: unchanged unless it is empty or collides with a
+    key W&B or this destination reserves; then ``tb/<tag>-<hash>`` (:mod:`.keys`: the suffix
+    keeps it apart from a tag that is literally ``tb/<tag>``)."""
     if not tag:
-        return "tb/untagged"
+        return suffixed("tb/untagged", tag)
     if tag in RESERVED_KEYS or tag.startswith(("system/", "_wandb")):
-        return "tb/" + tag
+        return suffixed("tb/" + tag, tag)
     return tag
 
 
@@ -618,6 +626,9 @@ class WandbDestination(Destination):
     def metric_key(self, tag: str) -> str:
         return wandb_key(tag)
 
+    def param_key(self, name: str) -> str:
+        return _param_key(name)
+
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, (TimeoutError, ConnectionError)):
             return True
@@ -742,16 +753,24 @@ class WandbDestination(Destination):
                     f"resumes at byte {batch.start_offset}; the checkpoint was edited or restored. "
                     "Delete the state dir (tracelet then checks what W&B already has).")
             base = (list(ords[1:6]) + [0])[:5]  # [s, h, i, t, a]; older checkpoints lack `a`
+        attempt_key = ("events", rel, batch.start_offset, batch.end_offset)
+        _retire_attempt(handle, attempt_key)
         landed = self._landed(handle) if dedupe else None
         rows = self._scalar_rows(batch, fk, base[0], landed)
+        # wandb.Image decodes with Pillow: an image it cannot take is left out here (its ordinal
+        # is still used) and quarantined by the engine, instead of failing the batch forever
+        rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
+                    if (why := image_problem(im.encoded, decode=True))]
         with tempfile.TemporaryDirectory(prefix="tracelet-wandb-") as tmp:
             if batch.histograms or batch.images or batch.texts or batch.audio:
-                rows.extend(self._media_rows(batch, fk, base, landed, Path(tmp)))
-            self._log_rows(handle, rows, ("events", rel, batch.start_offset, batch.end_offset))
+                rows.extend(self._media_rows(batch, fk, base, landed, Path(tmp),
+                                             {r.index for r in rejected}))
+            self._log_rows(handle, rows, attempt_key)
         handle.identity["ords"][rel] = [batch.end_offset, base[0] + len(batch.scalars),
                                         base[1] + len(batch.histograms),
                                         base[2] + len(batch.images), base[3] + len(batch.texts),
                                         base[4] + len(batch.audio)]
+        return rejected
 
     def _rel_path(self, handle: RunHandle, path: str) -> str:
         src = handle.extra["source_dir"]
@@ -800,7 +819,7 @@ class WandbDestination(Destination):
         return rows
 
     def _media_rows(self, batch: Batch, fk: str, base: list[int], landed: Landed | None,
-                    tmp: Path) -> list:
+                    tmp: Path, refused: set[int] = frozenset()) -> list:
         """Histograms, images, texts and audio grouped into one row per step where keys allow."""
         items: list[tuple[int, float, str, Any, str, list[int]]] = []  # step, wall, key, value, kind, ords
         # one point per entry; audio too (a list of wandb.Audio needs the soundfile package)
@@ -817,7 +836,7 @@ class WandbDestination(Destination):
         skip = landed.covered(fk, "i", base[2], len(batch.images)) if landed is not None else ()
         groups: dict[tuple[str, int], list[int]] = {}
         for j, im in enumerate(batch.images):
-            if j not in skip:
+            if j not in skip and j not in refused:
                 groups.setdefault((im.tag, im.step), []).append(j)
         for (tag, step), idx in groups.items():
             images = [_image(batch.images[j], tmp, f"{base[2] + j}") for j in idx]
@@ -844,6 +863,7 @@ class WandbDestination(Destination):
             return
         # A part has no name here; its content identifies it (parts are immutable).
         fk = _short_hash(f"part|{len(ts)}|{ts[0]!r}|{ts[-1]!r}|{names[0]}|{names[-1]}")
+        _retire_attempt(handle, ("system", fk, 0, len(ts)))
         skip = self._landed(handle).covered(fk, _SYSTEM_CODE, 0, len(ts)) if dedupe else ()
         start = handle.extra.get("run_started_at")
         rows = []
@@ -877,14 +897,17 @@ class WandbDestination(Destination):
         if attempt and attempt["key"] == attempt_key:  # a retry: skip what the failed try logged
             first, done = attempt["first_step"], attempt["done"]
         else:
+            _retire_attempt(handle, attempt_key)
             first, done = handle.extra["live_step"], 0
-            attempt = handle.extra["attempt"] = {"key": attempt_key, "first_step": first, "done": 0}
+            attempt = handle.extra["attempt"] = {"key": attempt_key, "first_step": first,
+                                                 "done": 0, "srcs": []}
         last = len(rows) - 1
         for k in range(done, len(rows)):
             row, src = rows[k]
             row[SOURCE_KEY] = src
             r.log(row, step=first + k, commit=True if k == last else None)
             attempt["done"] = k + 1
+            attempt["srcs"].append(src)
             handle.extra["live_step"] = first + k + 1
         if rows:
             _crash_point("wandb_rows_handed")  # kill -9 tests: rows in the service, not on disk
@@ -898,6 +921,11 @@ class WandbDestination(Destination):
     def _landed(self, handle: RunHandle) -> Landed:
         cached = handle.extra.get("landed")
         if cached is not None:
+            logged = handle.extra.pop("logged", None)
+            if logged:
+                for text in logged:
+                    cached.add_source(text)
+                cached.finish()
             return cached
         landed = Landed()
         ident = handle.identity
@@ -931,6 +959,8 @@ class WandbDestination(Destination):
                 text = row.get(SOURCE_KEY)
                 if isinstance(text, str):
                     landed.add_source(text)
+        for text in handle.extra.pop("logged", None) or ():
+            landed.add_source(text)
         handle.extra["landed"] = landed.finish()
         return landed
 
@@ -1073,6 +1103,16 @@ def _quarantine(path: str, why: str) -> None:
         log.warning("wandb: cannot move %s aside (%s): `wandb sync` of its folder may fail", path, e)
 
 
+def _retire_attempt(handle: RunHandle, key: tuple) -> None:
+    """Before a send other than a retry of the last one: if the last one failed part-way (the
+    engine then resends parts of it to isolate a refused record), the rows it logged are in
+    this sync's fragment, which ``_landed`` does not read: remember them for the dedupe."""
+    attempt = handle.extra.get("attempt")
+    if attempt and attempt["key"] != key:
+        handle.extra.setdefault("logged", []).extend(attempt["srcs"])
+        handle.extra["attempt"] = None
+
+
 def _run_started_at(run: RunRef) -> float | None:
     from ..engine import _as_unix
 
@@ -1088,7 +1128,11 @@ def _finish_row(row: dict, fk: str, code: str, segs: list[list[int]]) -> tuple[d
 
 
 def _param_key(key: str) -> str:
-    return "params/" + key if key == "tracelet" or key.startswith("_wandb") else key
+    """A param name as a W&B config key: ``tracelet`` (this destination's own) and ``_wandb*``
+    (W&B's) become ``params/<name>-<hash>``."""
+    if key == "tracelet" or key.startswith("_wandb"):
+        return suffixed("params/" + key, key)
+    return key
 
 
 def _json_value(v: Any) -> Any:
@@ -1169,6 +1213,8 @@ def _finite(edges):
 
 
 def _image(im, tmp: Path, name: str) -> Any:
+    """``wandb.Image`` of an image :func:`tracelet.media.image_problem` passed: PNG/JPEG/GIF
+    from the writer's bytes unchanged, other formats decoded with Pillow."""
     import wandb
 
     fmt = im.format
@@ -1176,16 +1222,9 @@ def _image(im, tmp: Path, name: str) -> Any:
         path = tmp / f"{name}.{'jpg' if fmt == 'jpeg' else fmt}"
         path.write_bytes(im.encoded)  # the writer's bytes, unchanged
         return wandb.Image(str(path))
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        return wandb.Image(Image.open(io.BytesIO(im.encoded)))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        # Logged as a visible note rather than failing the run on every sync forever.
-        log.warning("wandb: image %r step %d: undecodable (%s); logged as a note", im.tag,
-                    im.step, e)
-        return wandb.Html(f"<pre>undecodable image ({len(im.encoded)} bytes): "
-                          f"{html.escape(str(e))}</pre>", inject=False, data_is_not_path=True)
+    return wandb.Image(Image.open(io.BytesIO(im.encoded)))
 
 
 def _audio(a, tmp: Path, name: str) -> Any:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-# A wall time outside this range (NaN, ±Inf, a broken clock's 1e300) cannot be a destination's
-# timestamp (MLflow: int64 ms); the engine sends such points with wall time 0.0 (1970-01-01).
+# A wall time outside [0, 1e12) s (NaN, ±Inf, a broken clock's 1e300 or -1) cannot be a
+# destination's timestamp (MLflow: a non-negative int64 of ms); the engine sends such points
+# with wall time 0.0 (1970-01-01).
 MAX_ABS_WALL_TIME = 1e12  # seconds: year 33658
 
 
 def _bad_wall(w: float) -> bool:
-    return not -MAX_ABS_WALL_TIME < w < MAX_ABS_WALL_TIME
+    return not 0.0 <= w < MAX_ABS_WALL_TIME
 
 # Kinds, as they appear in `tracelet export`'s `kind` column and in reports.
 SCALAR = "scalar"
@@ -180,7 +181,7 @@ class Batch:
         )
 
     def clamp_wall_times(self) -> int:
-        """Set unusable wall times (NaN, ±Inf, beyond ±1e12 s) to 0.0, for every destination
+        """Set unusable wall times (NaN, ±Inf, negative, beyond 1e12 s) to 0.0, for every destination
         alike; returns how many were set. ``tracelet export`` shows them as written."""
         fixed = 0
         walls = self.scalars.wall_times
