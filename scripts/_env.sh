@@ -25,3 +25,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ]; then
   python -m pip install -q --disable-pip-version-check -e ".[$want]"
   echo "$sig" > "$stamp"
 fi
+# Azurite (Microsoft's Azure Storage emulator, from the npm registry) for tests/cloud: installed
+# once into .venv/azurite; without npm the Azure tests are skipped with the reason printed.
+AZURITE_VERSION=3.37.0  # keep in step with tests/cloud/conftest.py
+if [[ "$want" == *test* ]] && [ ! -x .venv/azurite/node_modules/.bin/azurite-blob ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "tracelet: installing azurite@$AZURITE_VERSION into .venv/azurite" >&2
+    npm install --prefix .venv/azurite --no-audit --no-fund --loglevel=error \
+      "azurite@$AZURITE_VERSION" >/dev/null || echo "tracelet: azurite install failed; Azure tests will be skipped" >&2
+  else
+    echo "tracelet: npm not found; Azure (Azurite) tests will be skipped" >&2
+  fi
+fi

@@ -59,6 +59,9 @@ class FileState:
     # the incomplete tail left at `offset` by the last pass: {offset, size, mtime_ns, since};
     # found again unchanged (same size and mtime), it is reported as a stuck tail
     incomplete_tail: dict[str, Any] | None = None
+    # Object stores: the ETag / generation of the version last read. Same value: the object
+    # was not rewritten, so its head need not be read again to know it is the same file.
+    etag: str = ""
 
 
 @dataclass
@@ -179,7 +182,11 @@ class CheckpointStore:
         return sorted(root.glob("*/*.json"))
 
 
-def head_digest(path: str | os.PathLike, length: int) -> str:
+def head_digest(path: str | os.PathLike, length: int, read_head=None) -> str:
+    """SHA-1 of the first ``length`` bytes; ``read_head(path, n)`` reads them from an object
+    store (default: the local file)."""
+    if read_head is not None:
+        return hashlib.sha1(read_head(path, length)).hexdigest()
     from .reader.events import open_event_file  # never blocks on a FIFO put in its place
 
     with open_event_file(os.fspath(path)) as f:
@@ -205,27 +212,35 @@ def track_incomplete_tail(fs: FileState, pending: int, size: int, mtime_ns: int)
     return None
 
 
-def check_file_identity(path: Path, fs: FileState, size_now: int) -> None:
-    """Raise FileReplacedError if ``path`` is not the file this state was built from."""
+def check_file_identity(path: Path, fs: FileState, size_now: int, read_head=None,
+                        etag: str = "") -> None:
+    """Raise FileReplacedError if ``path`` is not the file this state was built from.
+
+    Object stores (``etag`` given): an object rewritten by a writer that appends by
+    re-uploading keeps its first bytes and grows; one that shrank or whose head changed was
+    replaced. The same ETag as last time means the same version: nothing is read."""
     if fs.head_len == 0:
         return
+    where = " (object rewritten: ETag/generation changed)" if etag and fs.etag else ""
     if size_now < fs.offset or size_now < fs.head_len:
         raise FileReplacedError(
             f"{path}: file shrank from at least {max(fs.offset, fs.head_len)} to {size_now} bytes "
-            "since the last sync; not replayed. If it was rewritten on purpose, move its "
+            f"since the last sync{where}; not replayed. If it was rewritten on purpose, move its "
             "checkpoint aside (tracelet status shows where) to sync it as new."
         )
-    if head_digest(path, fs.head_len) != fs.head_sha1:
+    if etag and fs.etag == etag:
+        return
+    if head_digest(path, fs.head_len, read_head) != fs.head_sha1:
         raise FileReplacedError(
-            f"{path}: first {fs.head_len} bytes changed since the last sync (file replaced); "
-            "not replayed. Move its checkpoint aside to sync it as new."
+            f"{path}: first {fs.head_len} bytes changed since the last sync (file replaced"
+            f"{where}); not replayed. Move its checkpoint aside to sync it as new."
         )
 
 
-def remember_identity(path: Path, fs: FileState, size_now: int) -> None:
+def remember_identity(path: Path, fs: FileState, size_now: int, read_head=None) -> None:
     """Record the head hash once the file is long enough (or grows past the last head)."""
     want = min(size_now, HEAD_HASH_BYTES)
     if want > fs.head_len:
         # hash first: a file that cannot be read must not leave a length without its hash
         # (the next sync would call the file replaced and never read it again)
-        fs.head_sha1, fs.head_len = head_digest(path, want), want
+        fs.head_sha1, fs.head_len = head_digest(path, want, read_head), want

@@ -49,6 +49,7 @@ from .quarantine import (MAX_LINES as QUARANTINE_LINES, Isolation, Suspect, caus
 from .reader.points import HPARAMS, MAX_ABS_WALL_TIME, SCALAR, Batch
 from .redact import Redactor, scrub, scrubbed_logger
 from .retry import _short, call_with_retry
+from .storage import ObjectPath, is_object_url, open_location
 
 log = scrubbed_logger("tracelet.sync")  # log lines never show a credential
 
@@ -152,6 +153,7 @@ class SyncReport:
     interrupted: bool = False
     passes: int = 0
     elapsed_s: float = 0.0
+    storage: dict[str, dict[str, int]] = field(default_factory=dict)  # object-store requests
 
     @property
     def exit_code(self) -> int:
@@ -185,6 +187,7 @@ class SyncReport:
             "errors": self.errors,
             "failed_destinations": self.failed_destinations,
             "totals": self.totals(),
+            "storage": self.storage,
             "runs": [asdict(r) for r in self.runs],
         })
 
@@ -226,12 +229,24 @@ def run_id_for(run_path: str, run: RunSource, manifest: dict | None) -> str:
     return hashlib.sha1(f"{run_path}\n{first}".encode()).hexdigest()[:32]
 
 
-def state_dir_for(logdir: Path, explicit: str | None) -> Path:
+def state_dir_for(logdir: Path | ObjectPath, explicit: str | None) -> Path:
+    if isinstance(logdir, ObjectPath):
+        return object_state_dir(logdir, explicit)
     if not explicit:
         return logdir / ".tracelet"
     # One explicit state dir may serve many logdirs: keep each logdir's checkpoints apart.
     resolved = logdir.resolve()
     return Path(explicit) / f"{resolved.name or 'root'}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+
+
+def object_state_dir(url: ObjectPath, explicit: str | None) -> Path:
+    """State of a logdir in object storage stays local (and so does its lock): under
+    ``--state-dir``, which such a logdir requires, one folder per URL."""
+    if not explicit:
+        raise UsageError(f"{url}: a logdir in object storage needs --state-dir (or "
+                         "TRACELET_STATE_DIR): checkpoints and locks stay on local disk. Give "
+                         "the same one on every sync of this logdir.")
+    return Path(explicit) / f"{url.name or 'root'}-{hashlib.sha1(url.url.encode()).hexdigest()[:8]}"
 
 
 def param_text(v: Any) -> str:
@@ -251,7 +266,12 @@ def param_text(v: Any) -> str:
 def source_signature(run: RunSource, event_files: list[Path], follow_links: bool = False) -> str:
     """Stat-only fingerprint of everything a sync would send. Plain TensorBoard runs (no
     manifest) cost one stat per event file: they have no sidecar or artifacts to look at.
-    Artifacts are those :meth:`RunFiles.artifacts` lists (no link out of the run)."""
+    Artifacts are those :meth:`RunFiles.artifacts` lists (no link out of the run).
+    Runs in object storage: size + ETag of each object, from the pass's listing."""
+    if run.location is not None:
+        from .storage.runs import signature
+
+        return signature(run, event_files)
     h = hashlib.sha1()
     for p in event_files:
         try:
@@ -367,6 +387,7 @@ class SyncEngine:
         self.pool = _DestinationPool(options.dest_config)
         self.out = _Output(options)
         self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
+        self._locations: dict[str, Any] = {}  # object-store logdirs: one client each, kept
         self._target_keys = {n: target_key(n, options.dest_config) for n in known_destinations()}
         self._redactor = Redactor(options.redact_secrets, options.secret_patterns)
         self._roots: list[str] = []  # real paths of the LOGDIRs of this pass (linked_logdirs)
@@ -394,6 +415,9 @@ class SyncEngine:
         # linked_logdirs are accepted inside the logdir being synced or a LOGDIR given
         self._roots = [os.path.realpath(ld) for ld in logdirs]
         for ld in logdirs:
+            if is_object_url(ld):
+                work.extend(self._plan_objects(ld, problems, errors))
+                continue
             root = Path(ld)
             if not root.exists():
                 raise UsageError(f"{ld}: no such folder. Give the logdir that holds your runs.")
@@ -443,6 +467,28 @@ class SyncEngine:
                 work.append((root, run))
         return work, problems
 
+    def _plan_objects(self, url: str, problems: list[str], errors: list[str]
+                      ) -> list[tuple[ObjectPath, RunSource]]:
+        """Runs of a logdir in object storage: one listing per pass. Manifests' linked_logdirs
+        (local paths of the training machine) are not followed there. A listing that fails
+        (network, server) skips this logdir (``errors``: exit 1), never the others."""
+        loc = self._locations.get(url)
+        if loc is None:
+            loc = self._locations[url] = open_location(url)
+        self.store_for(loc.root)  # --state-dir is required: say so before listing
+        try:
+            disc = discover_runs(loc)
+        except SourceError as e:
+            errors.append(f"{url}: {e}; none of its runs synced this time.")
+            return []
+        problems.extend(disc.problems)
+        return [(loc.root, run) for run in disc.runs if in_shard(run.name, self.o.shard)
+                and (self.o.run_filter is None or self.o.run_filter(run))]
+
+    def storage_stats(self) -> dict[str, dict[str, int]]:
+        """Requests made to each object-store logdir so far (listing pages, GETs, bytes)."""
+        return {url: loc.stats_snapshot() for url, loc in self._locations.items()}
+
     def _accepted_links(self, logdir: Path, run: RunSource, manifest: dict | None,
                         rr: RunReport | None) -> list[str]:
         """Real paths of the run's ``linked_logdirs`` that may be read: inside the logdir being
@@ -488,6 +534,7 @@ class SyncEngine:
             results = [self.sync_run(root, run) for root, run in work]
         report.runs = _merge_runs(report.runs, results)
         report.failed_destinations.update(self.pool.failed)
+        report.storage = self.storage_stats()
         self.out.end()
 
     def close(self) -> None:
@@ -565,8 +612,7 @@ class SyncEngine:
         sync is doing; anything else takes the lock and rechecks. The manifest is read bounded
         and depth-checked, with a type check of the two fields used here (no schema)."""
         try:
-            manifest = load_manifest(run.path, validate=False,
-                                     follow_links=self.o.follow_artifact_links) \
+            manifest = self._manifest(run, store, validate=False, fetch=False) \
                 if run.has_manifest else None
         except SourceError:
             return False
@@ -587,6 +633,17 @@ class SyncEngine:
                                                state="unchanged")
         return True
 
+    def _manifest(self, run: RunSource, store: CheckpointStore, problems: list[str] | None = None,
+                  validate: bool = True, fetch: bool = True) -> dict | None:
+        """The run's manifest; in object storage through its local copy in the state dir (so
+        an unchanged run reads no object: ``fetch=False`` gives up instead of reading)."""
+        if run.location is None:
+            return load_manifest(run.path, problems, validate=validate,
+                                 follow_links=self.o.follow_artifact_links)
+        from .storage.runs import manifest
+
+        return manifest(run, store.root, fetch, problems, validate)
+
     def _dest_names(self, manifest: dict | None) -> list[str]:
         if self.o.destinations:
             return self.o.destinations
@@ -601,8 +658,7 @@ class SyncEngine:
         if run.has_manifest:
             self._at(f"reading the manifest {run.manifest_path}")
             try:
-                manifest = load_manifest(run.path, rr.problems,
-                                         follow_links=self.o.follow_artifact_links)
+                manifest = self._manifest(run, store, rr.problems)
             except SourceError as e:
                 rr.problems.append(str(e))
         names = self._dest_names(manifest)
@@ -710,6 +766,8 @@ class SyncEngine:
                             rr: RunReport | None) -> list[Path]:
         """Event files of the run's accepted ``linked_logdirs`` (:meth:`_accepted_links`)."""
         out: list[Path] = []
+        if run.location is not None:  # local paths of the training machine: not followed
+            return out
         for d in self._accepted_links(logdir, run, manifest, rr):
             disc = discover_runs(d) if os.path.isdir(d) else None
             for r in disc.runs if disc else []:
@@ -811,8 +869,12 @@ class SyncEngine:
             rel = path.relative_to(run.path).as_posix()
         except ValueError:
             rel = "linked:" + str(path)
+        src = _SourceFile.of(run, path)
+        if src is None:
+            rr.problems.append(f"{path}: no longer in the bucket; skipped this sync.")
+            return
         try:
-            st = os.stat(path)
+            st = src.stat()
             size = st.st_size  # the signpost: bytes appended later wait for next sync
         except OSError as e:
             rr.problems.append(f"{path}: cannot stat ({e.strerror}); skipped this sync.")
@@ -821,10 +883,12 @@ class SyncEngine:
         for slot in self._live(slots):
             fs = slot.ck.files.setdefault(rel, FileState())
             try:
-                check_file_identity(path, fs, size)
+                check_file_identity(path, fs, size, src.read_head, src.etag)
+                if not fs.replaced:
+                    fs.etag = src.etag
             except FileReplacedError as e:
                 fs.replaced = str(e)
-            except (OSError, NotRegularFileError) as e:
+            except (OSError, NotRegularFileError, SourceError) as e:
                 _source_unreadable(rr, slots, path, e, 0)
                 return
             if fs.replaced:
@@ -844,8 +908,8 @@ class SyncEngine:
         # Durably note "up to `size` may be in flight" before the first send of this file.
         for slot, fs, _ in work:
             try:
-                remember_identity(path, fs, size)
-            except (OSError, NotRegularFileError):
+                remember_identity(path, fs, size, src.read_head)
+            except (OSError, NotRegularFileError, SourceError):
                 pass  # the read below meets the same error and reports it
             fs.pending_end = max(size, fs.pending_end or 0)
             self._commit(store, slot)
@@ -857,7 +921,7 @@ class SyncEngine:
             joined = [w for w in work if w[1].offset <= a and not w[0].failed]
             if not joined:
                 continue
-            reader = EventFileReader(path, a, tag_plugins)
+            reader = EventFileReader(path, a, tag_plugins, opener=src.opener)
             readers.append(reader)
             plugins = tag_plugins  # the map as of each batch's start (to re-read it)
             for batch in _read_guarded(reader, b, self.o.batch_points, rr, slots):
@@ -1070,10 +1134,14 @@ class SyncEngine:
     def _sync_sidecar(self, store: CheckpointStore, run: RunSource, ref: RunRef,
                       slots: list[_Slot], rr: RunReport) -> None:
         from .sidecar import read_part  # pyarrow: only when a run has work
+        from .storage import runs as objects
+
         files = RunFiles(run.path, self.o.follow_artifact_links)
         self._at(f"listing sidecar parts in {run.sidecar_dir}")
         try:
-            parts = files.sidecar_parts(rr.problems)  # links out of the run: reported, skipped
+            # links out of the run: reported, skipped; object storage: from the listing
+            parts = files.sidecar_parts(rr.problems) if run.location is None \
+                else objects.sidecar_parts(run)
         except SourceError as e:
             rr.problems.append(str(e))
             return
@@ -1084,20 +1152,27 @@ class SyncEngine:
             if not need:
                 continue
             self._at(f"reading sidecar part {part}")
-            try:
-                fd = files.open(part)  # checked at read time too: a link swapped in is refused
-            except FileNotFoundError:
-                continue  # removed since listing: nothing to send
-            except SourceError as e:  # unreadable, a FIFO, a folder: retried every sync
-                _source_unreadable(rr, need, part, e, 0)
-                continue
             notes: list[str] = []
-            try:
-                with os.fdopen(fd, "rb") as f:  # read once, whatever the number of destinations
-                    table = read_part(part, notes, f)
-            except SourceError as e:
-                rr.note(str(e))
-                continue
+            if run.location is not None:  # read whole (bounded), checked by the same reader
+                try:
+                    table = objects.read_part(run, part, notes)
+                except SourceError as e:
+                    rr.note(str(e))
+                    continue
+            else:
+                try:
+                    fd = files.open(part)  # checked at read time too: a link swapped in is refused
+                except FileNotFoundError:
+                    continue  # removed since listing: nothing to send
+                except SourceError as e:  # unreadable, a FIFO, a folder: retried every sync
+                    _source_unreadable(rr, need, part, e, 0)
+                    continue
+                try:
+                    with os.fdopen(fd, "rb") as f:  # read once, whatever the number of destinations
+                        table = read_part(part, notes, f)
+                except SourceError as e:
+                    rr.note(str(e))
+                    continue
             for note in notes:
                 rr.note(note)
             for slot in need:
@@ -1136,10 +1211,17 @@ class SyncEngine:
         read (links out of it are reported; ``follow_artifact_links`` allows them), through
         descriptors checked when opened (:meth:`RunFiles.pinned`). An artifact that cannot be
         read fails alone: the others upload, it is reported and retried at the next sync."""
-        runfiles = RunFiles(run.path, self.o.follow_artifact_links)
         self._at(f"listing artifacts in {run.artifacts_dir}")
         listed: list[str] = []
-        files = runfiles.artifacts(listed)
+        if run.location is None:
+            runfiles = RunFiles(run.path, self.o.follow_artifact_links)
+            files = runfiles.artifacts(listed)
+            pin = runfiles.pinned
+        else:  # object storage: (size, ETag) from the listing; uploaded from local copies
+            from .storage import runs as objects
+
+            files = objects.artifacts(run)
+            pin = lambda items: objects.pinned(run, items)  # noqa: E731
         for p in listed:
             rr.note(p)
         todo = sorted(rel for rel, sig in files.items()
@@ -1147,7 +1229,7 @@ class SyncEngine:
         for i in range(0, len(todo), _PIN_CHUNK):  # bounded: each pinned file holds a descriptor
             chunk = todo[i: i + _PIN_CHUNK]
             self._at(f"uploading artifacts {chunk[0]} ... of {run.artifacts_dir}")
-            with runfiles.pinned([(run.artifacts_dir / rel, rel) for rel in chunk]) as (views, bad):
+            with pin([(run.artifacts_dir / rel, rel) for rel in chunk]) as (views, bad):
                 for rel in chunk:  # reported; fails the run's report, retried every sync
                     if rel in bad:
                         _source_unreadable(rr, self._live(slots), run.artifacts_dir / rel,
@@ -1213,6 +1295,57 @@ def _dedupe_retries(send):
     return call
 
 
+class _SourceFile:
+    """One event file as ``_sync_event_file`` reads it: its size now (the signpost), how to
+    read its head and its bytes. Local files: ``os.stat`` and ``open``. Objects: the size and
+    ETag of the pass's listing, ranged GETs pinned to that version."""
+
+    __slots__ = ("path", "loc", "entry", "etag")
+
+    def __init__(self, path, loc=None, entry=None):
+        self.path, self.loc, self.entry = path, loc, entry
+        self.etag = entry.etag if entry is not None else ""
+
+    @classmethod
+    def of(cls, run: RunSource, path) -> "_SourceFile | None":
+        if run.location is None or not isinstance(path, ObjectPath):
+            return cls(path)
+        entry = run.location.entry(path)
+        return cls(path, run.location, entry) if entry is not None else None
+
+    def stat(self):
+        """``os.stat`` of a local file; for an object, its size and its ETag in place of the
+        mtime (what tells a stuck incomplete tail from a growing one)."""
+        if self.entry is None:
+            return os.stat(self.path)
+        return _ObjectStat(self.entry.size, self.etag, self.entry.mtime or 0.0)
+
+    @property
+    def read_head(self):
+        if self.loc is None:
+            return None
+        return lambda path, n: self.loc.head_bytes(path, n, self.etag)
+
+    @property
+    def opener(self):
+        if self.loc is None:
+            return None
+        return lambda path: self.loc.open(self.path, self.entry.size, self.etag)
+
+    @staticmethod
+    def changed(exc: BaseException) -> bool:
+        from .storage.objects import ObjectChangedError
+
+        return isinstance(exc, ObjectChangedError)
+
+
+@dataclass(frozen=True)
+class _ObjectStat:
+    st_size: int
+    st_mtime_ns: str  # the ETag: compared for equality only (track_incomplete_tail)
+    st_mtime: float
+
+
 def _read_guarded(reader: EventFileReader, end: int, max_points: int, rr: RunReport,
                   slots: list[_Slot]):
     """``reader.batches(end)``, but a file that cannot be opened or read (permissions, I/O
@@ -1224,8 +1357,11 @@ def _read_guarded(reader: EventFileReader, end: int, max_points: int, rr: RunRep
             batch = next(it)
         except StopIteration:
             return
-        except (OSError, NotRegularFileError) as e:
-            _source_unreadable(rr, slots, Path(reader.path), e, reader.status.offset)
+        except (OSError, NotRegularFileError, SourceError) as e:
+            if _SourceFile.changed(e):  # an object re-uploaded by its writer during the read:
+                log.info("%s", e)  # what was sent is committed; the rest is read next sync
+                return
+            _source_unreadable(rr, slots, reader.path, e, reader.status.offset)
             return
         yield batch
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import NotRegularFileError, UsageError
+from .errors import NotRegularFileError, SourceError, UsageError
 from .redact import DEFAULT as DEFAULT_REDACTOR, Redactor
 from .reader import (AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
                      HistogramPoint, discover_runs, root_run_name)
@@ -118,8 +118,13 @@ def resolve_logdir(path: str | os.PathLike, *, allow_file: bool = False):
     """Check ``path`` and return ``(Discovery, None)`` for a folder or ``(None, file)`` for a file.
 
     Raises :class:`UsageError` for a missing path, a file when ``allow_file`` is false, and a
-    folder holding no event files at any depth.
+    folder holding no event files at any depth. ``path`` may be an object-store URL
+    (``s3://bucket/runs``): its runs come from one listing; a URL naming one object is a file.
     """
+    from .storage import is_object_url
+
+    if is_object_url(path):
+        return _resolve_objects(str(path), allow_file)
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such file or folder. Give a TensorBoard logdir: a folder "
@@ -139,6 +144,23 @@ def resolve_logdir(path: str | os.PathLike, *, allow_file: bool = False):
     return discovery, None
 
 
+def _resolve_objects(url: str, allow_file: bool):
+    from .storage import open_location
+
+    loc = open_location(url)
+    discovery = discover_runs(loc)
+    if any(r.event_files for r in discovery.runs):
+        return discovery, None
+    if loc.head(loc.root) is not None:  # the URL names one object
+        if allow_file:
+            return None, loc.root
+        raise UsageError(f"{url} is an object (a file); expected the prefix (folder) that holds "
+                         f"event files (try {loc.root.parent}).")
+    detail = f" ({'; '.join(discovery.problems)})" if discovery.problems else ""
+    raise UsageError(f"{url}: no event files found; expected objects named "
+                     f"events.out.tfevents.* under it{detail}.")
+
+
 class FileScan:
     """Read one event file batch by batch and describe what went wrong, with byte offsets.
 
@@ -146,8 +168,13 @@ class FileScan:
     :meth:`problems` describe the file. An unreadable file is a problem, not an exception.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, location=None):
+        from .storage import ObjectPath
+
+        self.path = path if isinstance(path, ObjectPath) else Path(path)
+        # an object store: the run's location (its listing has the size), or, for a URL that
+        # names one object, a location rooted at it (asked with one HEAD)
+        self.location = location
         self.reader = EventFileReader(self.path)
         self.size_bytes = 0
         self.records = 0
@@ -158,7 +185,8 @@ class FileScan:
     def batches(self) -> Iterator[Batch]:
         try:
             # The signpost: bytes appended while we read wait for the next export.
-            self.size_bytes = os.stat(self.path).st_size
+            self.size_bytes = self._open_object() if self._is_object() else \
+                os.stat(self.path).st_size
             for batch in self.reader.batches(end=self.size_bytes):
                 self.records += batch.records
                 self.points += batch.points
@@ -171,6 +199,26 @@ class FileScan:
         except OSError as e:
             self.read_error = unreadable_message(self.path, e, self.reader.status.offset,
                                                  "the rest of the file was skipped")
+        except SourceError as e:  # an object store: deleted, rewritten or unreachable
+            self.read_error = (f"{self.path}: cannot read ({e}) at byte "
+                               f"{self.reader.status.offset}; the rest of the file was skipped")
+
+    def _is_object(self) -> bool:
+        return not isinstance(self.path, Path)
+
+    def _open_object(self) -> int:
+        """Size and version of the object; the reader then reads it with ranged GETs."""
+        from .storage import open_location
+
+        loc = self.location
+        entry = loc.entry(self.path) if loc is not None else None
+        if entry is None:
+            loc = open_location(self.path) if loc is None else loc
+            entry = loc.head(self.path)
+        if entry is None:
+            raise SourceError(f"{self.path}: no longer in the bucket")
+        self.reader._opener = lambda p: loc.open(self.path, entry.size, entry.etag)
+        return entry.size
 
     def state(self) -> str:
         """A short label for tables: ``ok``, ``corrupt at byte N``, ``incomplete tail``…"""
@@ -407,7 +455,7 @@ def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike,
             summary.runs += 1
             for path in run.event_files:
                 summary.files += 1
-                scan = FileScan(path)
+                scan = FileScan(path, run.location)
                 for batch in scan.batches():
                     sink.write(batch_to_table(batch, run.name, redactor))
                     for kind, n in batch.point_counts().items():
@@ -455,17 +503,17 @@ def read_scalars(logdir: str | os.PathLike):
 
     discovery, single = resolve_logdir(logdir, allow_file=True)
     if single is not None:
-        root, sources = single.parent, [(root_run_name(single.parent), single)]
+        root, sources = single.parent, [(root_run_name(single.parent), single, None)]
         problems: list[str] = []
     else:
         root = discovery.logdir
-        sources = [(run.name, p) for run in discovery.runs for p in run.event_files]
+        sources = [(run.name, p, run.location) for run in discovery.runs for p in run.event_files]
         problems = list(discovery.problems)
     # tbparse walks sorted os.listdir depth-first: ordering by path components gives that order.
-    sources.sort(key=lambda rp: Path(rp[1]).relative_to(root).parts)
+    sources.sort(key=lambda rp: rp[1].relative_to(root).parts)
     tables = []
-    for run, path in sources:
-        scan = FileScan(path)
+    for run, path, location in sources:
+        scan = FileScan(path, location)
         for batch in scan.batches():
             n = len(batch.scalars)
             if n:

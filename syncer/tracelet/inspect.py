@@ -19,8 +19,11 @@ def iso_utc(unix_s: float | None) -> str | None:
     """``2024-05-01T12:00:03Z`` for a unix time; None stays None."""
     if unix_s is None or not math.isfinite(unix_s):
         return None
-    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="seconds") \
-        .replace("+00:00", "Z")
+    try:
+        when = datetime.fromtimestamp(unix_s, timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a writer's broken clock (1e300 s): no date
+        return None
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -252,19 +255,21 @@ def inspect_path(path) -> InspectReport:
     files are read up to the damage; each problem becomes a note with file and byte offset.
     """
     discovery, single = resolve_logdir(path, allow_file=True)
+    shown = discovery.logdir if discovery is not None else single  # Path, or ObjectPath (URL)
     if single is not None:
-        report = InspectReport(Path(path))
-        sources = [(root_run_name(single.parent), single.parent, [single])]
+        report = InspectReport(shown if shown is not None else Path(path))
+        sources = [(root_run_name(single.parent), single.parent, [single], None)]
     else:
-        report = InspectReport(Path(path), problems=list(discovery.problems))
-        sources = [(r.name, r.path, r.event_files) for r in discovery.runs if r.event_files]
-    for name, run_path, files in sources:
+        report = InspectReport(shown, problems=list(discovery.problems))
+        sources = [(r.name, r.path, r.event_files, r.location) for r in discovery.runs
+                   if r.event_files]
+    for name, run_path, files, location in sources:
         run = RunStats(name, run_path)
         for fpath in files:
-            scan = FileScan(fpath)
+            scan = FileScan(fpath, location)
             for batch in scan.batches():
                 run.add_batch(batch)
-            run.files.append(FileStats(Path(fpath), scan.size_bytes, scan.records, scan.points,
+            run.files.append(FileStats(scan.path, scan.size_bytes, scan.records, scan.points,
                                        scan.state(), scan.problems()))
         report.runs.append(run)
     return report

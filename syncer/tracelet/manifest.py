@@ -131,6 +131,13 @@ def load_manifest(run_dir: str | os.PathLike, problems: list[str] | None = None,
         raw = RunFiles(run_dir, follow_links).read_bounded(path, MAX_MANIFEST_BYTES, "manifest")
     except FileNotFoundError:
         return None
+    return manifest_from_bytes(raw, path, problems, validate=validate)
+
+
+def manifest_from_bytes(raw: bytes, path, problems: list[str] | None = None, *,
+                        validate: bool = True) -> dict[str, Any]:
+    """:func:`load_manifest` on bytes already read (``path`` names them in messages): a
+    manifest in object storage is read by :mod:`tracelet.storage.runs`, then checked the same."""
     data = parse_manifest(raw, path)
     if validate:
         for problem in drop_invalid_fields(data, path):

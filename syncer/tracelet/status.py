@@ -1,6 +1,8 @@
 """``tracelet status``: runs x destinations — points synced, bytes behind, last sync, last error.
 
 Reads only checkpoints and ``stat`` results: no destination is contacted, no event file read.
+A logdir in object storage costs one listing (sizes from it) and needs the same ``--state-dir``
+its syncs use.
 """
 from __future__ import annotations
 
@@ -17,6 +19,17 @@ from .redact import scrub
 from .reader import discover_runs
 from .retry import _short
 from .runfiles import RunFiles
+from .storage import is_object_url, open_location
+from .storage.runs import sidecar_parts as object_parts
+
+
+def _size(run, path) -> int:
+    if run.location is None:
+        return os.stat(path).st_size
+    entry = run.location.entry(path)
+    if entry is None:
+        raise FileNotFoundError(str(path))
+    return entry.size
 
 
 @dataclass
@@ -79,12 +92,18 @@ def collect_status(logdirs: list[str], destinations: list[str] | None,
     becomes a ``failed`` row naming the run (traceback kept with ``verbose``); the rest go on."""
     table = StatusTable([])
     for ld in logdirs:
-        root = Path(ld)
-        if not root.is_dir():
-            raise UsageError(f"{ld}: no such folder. Give the logdir you sync.")
+        if is_object_url(ld):  # one listing; --state-dir is required (UsageError otherwise)
+            loc = open_location(ld)
+            root = loc.root
+            store = CheckpointStore(state_dir_for(root, state_dir))
+        else:
+            root = Path(ld)
+            if not root.is_dir():
+                raise UsageError(f"{ld}: no such folder. Give the logdir you sync.")
+            loc = root
         try:
             store = CheckpointStore(state_dir_for(root, state_dir))
-            runs = discover_runs(root).runs
+            runs = discover_runs(loc).runs
             ck_dirs = sorted(p.name for p in (store.root / "checkpoints").glob("*")) \
                 if (store.root / "checkpoints").is_dir() else []
         except Exception as e:
@@ -143,7 +162,7 @@ def _run_rows(root: Path, run, store: CheckpointStore, ck_dirs: list[str],
             rel = f.relative_to(run.path).as_posix()
             fs = ck.files.get(rel)
             try:
-                size = os.stat(f).st_size
+                size = _size(run, f)
             except OSError:
                 continue
             done = (fs.offset if fs else 0)
@@ -157,8 +176,9 @@ def _run_rows(root: Path, run, store: CheckpointStore, ck_dirs: list[str],
                 row.bytes_behind += size - done
                 row.files_behind += 1
         try:  # the parts sync reads: links out of the run are not "behind"
-            row.sidecar_parts_behind = sum(p.name not in ck.sidecar_done
-                                           for p in RunFiles(run.path).sidecar_parts())
+            parts = RunFiles(run.path).sidecar_parts() if run.location is None \
+                else object_parts(run)
+            row.sidecar_parts_behind = sum(p.name not in ck.sidecar_done for p in parts)
         except SourceError as e:
             row.problems.append(str(e))
         if ck.last_error:

@@ -132,9 +132,9 @@ def test_a_lagging_destination_catches_up_from_its_own_offset_reading_each_range
     reads = []
     real_init = events.EventFileReader.__init__
 
-    def spy(self, path, offset=0, tag_plugins=None):
+    def spy(self, path, offset=0, tag_plugins=None, **kw):
         reads.append((str(path), offset))
-        real_init(self, path, offset, tag_plugins)
+        real_init(self, path, offset, tag_plugins, **kw)
 
     monkeypatch.setattr(events.EventFileReader, "__init__", spy)
     r2 = sync(logdir, ("memory", "memory-b"), batch_points=60)

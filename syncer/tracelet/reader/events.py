@@ -195,7 +195,8 @@ class EventFileReader:
     ``status.offset`` is where the next read resumes and ``tag_plugins`` the map to carry on with.
     """
 
-    def __init__(self, path: str | os.PathLike, offset: int = 0, tag_plugins: dict | None = None):
+    def __init__(self, path: str | os.PathLike, offset: int = 0, tag_plugins: dict | None = None,
+                 opener=None):
         self.path = os.fspath(path)
         self.start_offset = offset
         self.tag_plugins: dict[str, str] = dict(tag_plugins or {})
@@ -204,15 +205,19 @@ class EventFileReader:
         self.refused = 0  # records with a value refused as malformed (see _decode_event)
         # (record byte offset, why) of the unparsable and refused records, first MAX_NOTED
         self.skip_notes: list[tuple[int, str]] = []
+        # opener(path) -> a seekable binary file: an object store's ranged reader
+        # (tracelet.storage); None opens a local file
+        self._opener = opener
 
     def batches(
         self, end: int | None = None, max_points: int = DEFAULT_BATCH_POINTS
     ) -> Iterator[Batch]:
         """Raises ``OSError`` if the file cannot be opened or read, and
-        :class:`~tracelet.errors.NotRegularFileError` for a FIFO, socket or device."""
-        with open_event_file(self.path) as f:
+        :class:`~tracelet.errors.NotRegularFileError` for a FIFO, socket or device (an object
+        store's reader raises :class:`~tracelet.errors.SourceError`)."""
+        with (self._opener(self.path) if self._opener else open_event_file(self.path)) as f:
             if end is None:
-                end = os.fstat(f.fileno()).st_size
+                end = os.fstat(f.fileno()).st_size if self._opener is None else f.seek(0, 2)
             yield from self._batches(f, end, max_points)
 
     def skip_details(self, limit: int = 10) -> str:

@@ -23,6 +23,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 MANIFEST_NAME = "tracelet.json"
 SIDECAR_DIR = "sysmetrics"
@@ -43,6 +44,9 @@ class RunSource:
     path: Path
     event_files: list[Path] = field(default_factory=list)
     has_manifest: bool = False
+    # The ObjectLocation of a run in object storage (its paths are ObjectPaths); None for a
+    # local run, which keeps the plain os.* code paths.
+    location: Any = None
 
     @property
     def manifest_path(self) -> Path:
@@ -96,7 +100,12 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
     rename ``run_3`` to ``latest``, which would make it a new run on every destination the day
     the link moves), and a link that leads back to a folder already read (a loop, or a second
     link to the same run) is reported once and not followed.
+
+    ``logdir`` may also be an object-store location (:func:`tracelet.storage.open_location`):
+    its runs come from one listing (:func:`discover_listing`).
     """
+    if getattr(logdir, "is_local", True) is False:
+        return discover_listing(logdir)
     root = Path(logdir)
     problems: list[str] = []
     runs: dict[str, RunSource] = {}
@@ -137,38 +146,29 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
                         filenames.append(entry.name)
                 except OSError:
                     filenames.append(entry.name)
-            has_manifest = MANIFEST_NAME in filenames
+            has_manifest, names, keep_dirs = folder_rules(filenames, dirnames)
             keep = []
-            for d, is_link in sorted(dirnames):
-                if d.startswith("."):
-                    continue  # .tracelet/ state, .ipynb_checkpoints/, .git/ ...: never runs
-                if has_manifest and d in (SIDECAR_DIR, ARTIFACTS_DIR):
-                    continue  # a Tracelet run's own parts: artifacts may be copied event files
+            for d, is_link in keep_dirs:
                 if is_link:
                     links.append(os.path.join(dirpath, d))
                     continue
                 keep.append(os.path.join(dirpath, d))
             stack.extend(reversed(keep))  # visit in sorted order
-            names = sorted(f for f in filenames if is_event_file(f))  # TensorBoard's order
             if not names and not has_manifest:
                 continue
             folder = Path(dirpath)
-            events = [folder / f for f in names]
             # string ops, not pathlib: every dirpath here is root_s + "/..." (links included)
             rel = dirpath[len(root_s):].strip(os.sep).replace(os.sep, "/")
-            name = rel or "."
-            parent_name = (name.rpartition("/")[0] or ".") if name != "." else None
-            if (parent_name is not None and parent_name in runs and not has_manifest
-                    and _HPARAMS_CHILD.match(folder.name)):
-                runs[parent_name].event_files.extend(events)
-                continue
-            runs[name] = RunSource(name=name, path=folder, event_files=events,
-                                   has_manifest=has_manifest)
+            add_run(runs, rel or ".", folder, [folder / f for f in names], has_manifest)
 
     root_s = os.path.normpath(os.fspath(root))
     walk(root_s)
     while links:  # FIFO: shallow links first; links inside a linked tree queue up behind
         walk(links.pop(0))
+    return _finish(root, runs, problems)
+
+
+def _finish(root, runs: dict[str, RunSource], problems: list[str]) -> Discovery:
     if "." in runs:  # the logdir itself is a run (`tracelet sync runs/exp1`): named `exp1`, not `.`
         own = root_run_name(root)
         if own not in runs:
@@ -178,6 +178,71 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
     return Discovery(root, sorted(runs.values(), key=lambda r: r.name), problems)
 
 
+# -- the rules, shared by the local walk and the object-store listing --------------------------
+def folder_rules(filenames: list[str], dirnames: Iterable[tuple[str, bool]]):
+    """What one folder is: ``(has_manifest, event file names in read order, child folders to
+    visit in order as (name, is_link))``. Hidden folders are never runs; a manifest run's own
+    ``sysmetrics/`` and ``artifacts/`` are not either (a copied event file is an artifact)."""
+    has_manifest = MANIFEST_NAME in filenames
+    keep = []
+    for d, is_link in sorted(dirnames):
+        if d.startswith("."):
+            continue  # .tracelet/ state, .ipynb_checkpoints/, .git/ ...: never runs
+        if has_manifest and d in (SIDECAR_DIR, ARTIFACTS_DIR):
+            continue  # a Tracelet run's own parts: artifacts may be copied event files
+        keep.append((d, is_link))
+    names = sorted(f for f in filenames if is_event_file(f))  # TensorBoard's order
+    return has_manifest, names, keep
+
+
+def add_run(runs: dict[str, RunSource], name: str, folder, events: list, has_manifest: bool,
+            location: Any = None) -> None:
+    """Record the run in ``folder`` (named ``name``, ``.`` for the logdir itself), or fold it
+    into its parent when it is PyTorch's ``add_hparams`` child. Folders must come parents
+    first (a pre-order walk)."""
+    parent_name = (name.rpartition("/")[0] or ".") if name != "." else None
+    if (parent_name is not None and parent_name in runs and not has_manifest
+            and _HPARAMS_CHILD.match(folder.name)):
+        runs[parent_name].event_files.extend(events)
+        return
+    runs[name] = RunSource(name=name, path=folder, event_files=events, has_manifest=has_manifest,
+                           location=location)
+
+
+def discover_listing(location) -> Discovery:
+    """Every run under an object-store logdir, from ONE listing of it (no request per
+    folder): the same rules as :func:`discover_runs`, applied to the folders the keys imply.
+    Object stores have no links, so there is nothing to loop on."""
+    listing = location.listing(refresh=True)
+    files: dict[str, list[str]] = {}  # folder -> file names in it
+    dirs: dict[str, set[str]] = {}  # folder -> child folder names
+    for rel in listing:
+        folder, _, fname = rel.rpartition("/")
+        files.setdefault(folder, []).append(fname)
+        while folder:  # register the folder under its parent, up to the first one known
+            parent, _, base = folder.rpartition("/")
+            children = dirs.setdefault(parent, set())
+            if base in children:
+                break
+            children.add(base)
+            folder = parent
+    root = location.root
+    runs: dict[str, RunSource] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        has_manifest, names, keep = folder_rules(files.get(rel, []),
+                                                 [(d, False) for d in dirs.get(rel, ())])
+        stack.extend(f"{rel}/{d}" if rel else d for d, _ in reversed(keep))
+        if not names and not has_manifest:
+            continue
+        folder = root / rel if rel else root
+        add_run(runs, rel or ".", folder, [folder / f for f in names], has_manifest, location)
+    return _finish(root, runs, list(location.problems))
+
+
 def root_run_name(folder: str | os.PathLike) -> str:
     """The name of a run that is the logdir itself: its folder's name (``.`` for ``/``)."""
+    if getattr(folder, "url", None):  # an ObjectPath: the last segment of its URL
+        return folder.name or "."
     return os.path.basename(os.path.abspath(os.fspath(folder))) or "."

@@ -136,7 +136,8 @@ def _refill(f: BinaryIO, buf: bytes, pos: int, i: int, end: int, need: int):
     """Drop consumed bytes and read at least ``need`` bytes (or up to ``end``) after index i."""
     keep = buf[i:]
     pos += i
-    want = max(need, _CHUNK_BYTES) - len(keep)
+    # an object store's ranged file sets its own chunk: TRACELET_READ_BLOCK_BYTES per GET
+    want = max(need, getattr(f, "read_chunk", _CHUNK_BYTES)) - len(keep)
     want = min(want, end - (pos + len(keep)))
     if want > 0:
         f.seek(pos + len(keep))

@@ -108,8 +108,19 @@ class RecorderConfig:
         return cls(**kw)
 
     def resolve_logdir(self) -> Path:
+        raw = self.logdir or os.environ.get(LOGDIR_ENV) or DEFAULT_LOGDIR
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(raw)):
+            # Not written to object storage (README "Logdirs in object storage"): the recorder's
+            # durability rests on fsync + rename, which object stores lack, and a SIGKILL or OOM
+            # would lose everything buffered since the last upload. Refused rather than creating
+            # a local folder literally named "s3:".
+            raise UsageError(
+                f"logdir {raw!r}: the recorder writes to a local or shared folder, not to object "
+                "storage. Record locally (or on the node's scratch disk) and sync that folder, or "
+                "copy it up (aws s3 sync / gcloud storage rsync / azcopy sync) and run "
+                f"`tracelet sync {raw} --state-dir DIR` on the copy.")
         # absolute: the writer reopens files by name, and training code may chdir later
-        return Path(self.logdir or os.environ.get(LOGDIR_ENV) or DEFAULT_LOGDIR).absolute()
+        return Path(raw).absolute()
 
 
 def normalize_tags(tags: Any) -> dict[str, str]:
