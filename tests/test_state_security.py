@@ -518,3 +518,14 @@ def test_store_never_builds_a_path_from_checkpoint_fields(tmp_path):
     store.commit("mlflow-0123456789", "run0", ck)
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()] == \
         ["state/checkpoints/mlflow-0123456789/run0.json"]
+
+
+def test_every_checkpoint_field_is_validated():
+    """A field added to Checkpoint/FileState must get a schema entry (and, if older checkpoints
+    lack it, a place in _ADDED_LATER), or it would be trusted unchecked."""
+    from dataclasses import fields
+
+    from tracelet.checkpoint import CHECKPOINT_SCHEMA, FILE_STATE_SCHEMA, Checkpoint, FileState
+
+    assert {f.name for f in fields(Checkpoint)} == set(CHECKPOINT_SCHEMA["properties"])
+    assert {f.name for f in fields(FileState)} == set(FILE_STATE_SCHEMA["properties"])
