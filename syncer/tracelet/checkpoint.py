@@ -182,9 +182,11 @@ CHECKPOINT_SCHEMA = {
         "sidecar_done": {"type": "array", "items": _STR},
         "sidecar_pending": _OPT_STR,
         "params": {"type": "object", "additionalProperties": _STR},
+        # [size, mtime_ns] of a local file, [size, ETag/generation] of an object
         "artifacts": {"type": "object", "additionalProperties": {
-            "type": "array", "minItems": 2, "maxItems": 2,
-            "items": {"type": "integer", "minimum": -INT64_MAX - 1, "maximum": INT64_MAX}}},
+            "type": "array", "minItems": 2, "items": False, "prefixItems": [
+                _COUNT,
+                {"type": ["integer", "string"], "minimum": -INT64_MAX - 1, "maximum": INT64_MAX}]}},
         "status": _OPT_STR, "ended_at": _OPT_NUM,
         "points_sent": _COUNTS, "unsupported": _COUNTS, "other": _COUNTS,
         "quarantined": _COUNTS, "quarantine": {"type": "array", "items": _STR},
@@ -414,6 +416,38 @@ class CheckpointStore:
             replace_in_dir(fd, quote_run(run_path) + ".json", data,
                            display=self._path(target_key, run_path), mode=STATE_FILE_MODE)
 
+    # -- small caches kept in the state dir (the local copy of a cloud run's manifest) --------
+    def read_cached(self, folder: str, run_path: str, limit: int) -> bytes | None:
+        """What :meth:`write_cached` stored for the run (at most ``limit`` bytes), or None: absent,
+        not a plain file (a link or FIFO there is never followed or read), or not carrying this
+        state dir key's HMAC (written by anyone else: not trusted)."""
+        key = self._key(create=False)
+        if not key:
+            return None
+        name = quote_run(run_path) + ".json"
+        try:
+            with self._dir(folder, create=False) as fd:
+                f = open_state_file(fd, name, os.O_RDONLY,
+                                    display=os.path.join(self._root_s, folder, name), what="cache")
+                try:
+                    raw = os.read(f, limit + 65)
+                finally:
+                    os.close(f)
+        except (OSError, StateError):
+            return None
+        mac, _, data = raw.partition(b"\n")
+        ok = hmac.compare_digest(mac, _cache_mac(key, folder, run_path, data))
+        return data if ok and len(data) <= limit else None
+
+    def write_cached(self, folder: str, run_path: str, data: bytes) -> None:
+        key = self._key(create=True)
+        if not key:
+            return
+        name = quote_run(run_path) + ".json"
+        with self._dir(folder, create=True) as fd:
+            replace_in_dir(fd, name, _cache_mac(key, folder, run_path, data) + b"\n" + data,
+                           display=os.path.join(self._root_s, folder, name), mode=STATE_FILE_MODE)
+
     def list_checkpoints(self) -> list[Path]:
         root = self.root / "checkpoints"
         if not root.is_dir():
@@ -423,6 +457,11 @@ class CheckpointStore:
 
 def _mac(key: bytes, target_key: str, run_path: str, signature: str) -> bytes:
     msg = f"{target_key}\0{run_path}\0{signature}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest().encode()
+
+
+def _cache_mac(key: bytes, folder: str, run_path: str, data: bytes) -> bytes:
+    msg = f"cache\0{folder}\0{run_path}\0".encode() + data
     return hmac.new(key, msg, hashlib.sha256).hexdigest().encode()
 
 

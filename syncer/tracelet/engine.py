@@ -654,7 +654,7 @@ class SyncEngine:
                                  follow_links=self.o.follow_artifact_links)
         from .storage.runs import manifest
 
-        return manifest(run, store.root, fetch, problems, validate)
+        return manifest(run, store, fetch, problems, validate)
 
     def _dest_names(self, manifest: dict | None) -> list[str]:
         if self.o.destinations:

@@ -139,7 +139,7 @@ def _run_id(run, store: CheckpointStore) -> str | None:
         else:
             from .storage.runs import manifest as object_manifest
 
-            manifest = object_manifest(run, store.root, fetch=False)
+            manifest = object_manifest(run, store, fetch=False)
     except SourceError:
         if run.location is not None:
             return None
