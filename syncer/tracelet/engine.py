@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ._fs import exclusive_lock
 from .checkpoint import (KEY_SCHEME, Checkpoint, CheckpointStore, FileState, add_counts,
                          check_file_identity, remember_identity, track_incomplete_tail)
 from .destinations import create_destination, known_destinations, target_key
 from .destinations.base import Destination, Rejected, RunHandle, RunRef
 from .destinations.keys import KeyLedger
-from .errors import (DestinationError, FileReplacedError, LockedError, NotRegularFileError,
-                     SourceError, StateError, TraceletError, UsageError)
+from .errors import (DestinationError, FileReplacedError, InvalidCheckpointError, LockedError,
+                     NotRegularFileError, SourceError, StateError, TraceletError, UsageError)
 from .manifest import load_manifest
 from .runfiles import RunFiles, within
 from .params import flatten_params
@@ -355,6 +354,10 @@ class _Slot:
     recheck: bool = False  # look again next pass (a new incomplete tail): no "unchanged" yet
     run_dir: str = ""  # report lines name files relative to it
     legacy_keys: bool = False  # synced before KEY_SCHEME: renamed tags had other keys then
+    # where the checkpoint is committed: the engine's own target key and run path, never
+    # values read from a checkpoint
+    target_key: str = ""
+    run_path: str = ""
     _ledger: KeyLedger | None = None
 
     def ledger(self) -> KeyLedger:
@@ -516,6 +519,8 @@ class SyncEngine:
 
     # -- one pass over all runs ---------------------------------------------------------------
     def run_pass(self, logdirs: list[str], report: SyncReport) -> None:
+        for store in self._stores.values():
+            store.new_pass()
         errors: list[str] = []
         work, problems = self.plan(logdirs, errors)
         for p in dict.fromkeys(problems):
@@ -533,6 +538,10 @@ class SyncEngine:
         else:
             results = [self.sync_run(root, run) for root, run in work]
         report.runs = _merge_runs(report.runs, results)
+        for store in list(self._stores.values()):
+            if store.problem and store.problem not in report.problems:
+                report.problems.append(store.problem)
+                self.out.problem(store.problem)
         report.failed_destinations.update(self.pool.failed)
         report.storage = self.storage_stats()
         self.out.end()
@@ -560,7 +569,7 @@ class SyncEngine:
         if not self.o.dry_run and self._unchanged_without_lock(logdir, run, store, rr):
             return
         try:
-            with exclusive_lock(store.lock_path(run.name), f"run '{run.name}'"):
+            with store.lock(run.name, f"run '{run.name}'"):
                 try:
                     self._sync_run_locked(logdir, run, store, rr)
                 except Exception as e:
@@ -569,10 +578,13 @@ class SyncEngine:
         except LockedError as e:
             rr.locked = True
             rr.problems.append(str(e))
-        except OSError as e:  # state dir not writable, disk full: this run fails, others go on
-            rr.problems.append(f"run '{run.name}': state dir {store.root}: {e}")
+        except (OSError, StateError) as e:
+            # state dir not writable, disk full, a link where a lock or folder belongs: this run
+            # fails, the others go on
+            msg = str(e) if isinstance(e, StateError) else f"state dir {store.root}: {e}"
+            rr.problems.append(f"run '{run.name}': {msg}")
             for name in self._dest_names(None):
-                rr.destinations.setdefault(name, DestReport(name, state="failed", error=str(e)))
+                rr.destinations.setdefault(name, DestReport(name, state="failed", error=msg))
 
     def _at(self, where: str) -> None:
         """What the run is doing now, for the report of an unexpected error."""
@@ -610,7 +622,10 @@ class SyncEngine:
         Safe without the lock: checkpoints are replaced atomically and carry the signature only
         once a whole pass committed, so "unchanged" read here is true whatever a concurrent
         sync is doing; anything else takes the lock and rechecks. The manifest is read bounded
-        and depth-checked, with a type check of the two fields used here (no schema)."""
+        and depth-checked, with a type check of the two fields used here (no schema). Only a
+        ``.sig`` holding the state dir key's MAC counts: a missing or forged one sends the run
+        down the slow path, which checks the checkpoint (and rewrites the ``.sig`` if the run
+        is unchanged)."""
         try:
             manifest = self._manifest(run, store, validate=False, fetch=False) \
                 if run.has_manifest else None
@@ -623,10 +638,7 @@ class SyncEngine:
                                      + self._linked_event_files(logdir, run, manifest, None),
                                      self.o.follow_artifact_links)
         for name in names:
-            if store.read_signature(self._target_keys[name], run.name) == signature:
-                continue
-            ck = store.peek(self._target_keys[name], run.name)  # a checkpoint without .sig
-            if not ck or ck.get("source_signature") != signature or ck.get("last_error"):
+            if not store.signature_matches(self._target_keys[name], run.name, signature):
                 return False
         for name in names:
             rr.destinations[name] = DestReport(name, target=self._target_keys[name],
@@ -642,7 +654,7 @@ class SyncEngine:
                                  follow_links=self.o.follow_artifact_links)
         from .storage.runs import manifest
 
-        return manifest(run, store.root, fetch, problems, validate)
+        return manifest(run, store, fetch, problems, validate)
 
     def _dest_names(self, manifest: dict | None) -> list[str]:
         if self.o.destinations:
@@ -681,12 +693,21 @@ class SyncEngine:
             dr = DestReport(name, target=tk)
             rr.destinations[name] = dr
             try:
-                ck = store.load(name, tk, run.name)
-            except StateError as e:
+                ck = store.load(name, tk, run.name, ref.run_id)
+            except InvalidCheckpointError as e:
+                ck = None  # rebuilt like a lost state dir: the destination says what it has
+                if self.o.dry_run:
+                    rr.note(f"{e} — a sync moves it aside and rebuilds it by asking the "
+                            "destination what it already has (dry run: left in place).")
+                else:
+                    self._set_aside(store, tk, run.name, e, rr)
+            except StateError as e:  # a link where a state folder belongs: never followed
                 dr.state, dr.error = "failed", str(e)
                 continue
             if ck is not None and ck.source_signature == signature and not ck.last_error:
                 dr.state = "unchanged"
+                if not self.o.dry_run:  # .sig missing, forged or older: fast path next time
+                    self._write_signature(store, tk, run.name, ck, rr)
                 continue
             if self.o.dry_run:
                 dr.state = "dry-run"
@@ -701,11 +722,20 @@ class SyncEngine:
             fresh = ck is None
             ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
             slot = _Slot(name, dest, ck, dr, run_dir=str(run.path),
-                         legacy_keys=ck.key_scheme < KEY_SCHEME and ck.total_points > 0)
+                         legacy_keys=ck.key_scheme < KEY_SCHEME and ck.total_points > 0,
+                         target_key=tk, run_path=run.name)
             ck.key_scheme = KEY_SCHEME
             ok, slot.handle = self._call(store, slot, dest.open_run, ref, ck.identity, what="open run")
             if not ok:
                 continue
+            if slot.handle.identity_ignored and not fresh:
+                # The checkpoint named a destination run that is not this run's: nothing in it
+                # can be trusted. Start over as after a lost state dir (dedupe everything).
+                self._set_aside(store, tk, run.name, InvalidCheckpointError(
+                    str(store.path(tk, run.name)), f"its {name} identity names a run that does "
+                    f"not belong to '{run.name}' (tracelet run id {ref.run_id})"), rr)
+                ck = slot.ck = Checkpoint(name, tk, run.name, run_id=ref.run_id)
+                fresh, slot.legacy_keys = True, False
             ck.identity = slot.handle.identity
             ck.last_error = None
             # Lost state dir but the run exists on the destination: everything we are about to
@@ -751,8 +781,27 @@ class SyncEngine:
             if self.stop.is_set() and not slot.failed:
                 slot.report.state = "interrupted"
             self._commit(store, slot)
-            if complete and not self.o.dry_run:
-                store.write_signature(slot.ck)  # only after the checkpoint carrying it
+            if complete and not self.o.dry_run:  # only after the checkpoint carrying it
+                self._write_signature(store, slot.target_key, run.name, slot.ck, rr)
+
+    @staticmethod
+    def _set_aside(store: CheckpointStore, tk: str, run_path: str, err: InvalidCheckpointError,
+                   rr: RunReport) -> None:
+        try:
+            where = f"moved aside to {store.set_aside(tk, run_path)}"
+        except OSError as e:
+            where = f"could not be moved aside ({e.strerror}); it is replaced"
+        rr.note(f"{err} — {where}; the run is rebuilt by asking the destination what it "
+                "already has (nothing is sent twice).")
+
+    @staticmethod
+    def _write_signature(store: CheckpointStore, tk: str, run_path: str, ck: Checkpoint,
+                         rr: RunReport) -> None:
+        try:
+            store.write_signature(tk, run_path, ck)
+        except (OSError, StateError) as e:  # costs only the fast path: the sync itself is done
+            rr.note(f"{store.path(tk, run_path).with_suffix('.sig')}: not written ({e}); this "
+                    "run is re-checked under its lock at every sync until it can be.")
 
     def _redact_tags(self, manifest: dict | None) -> dict | None:
         """The manifest as destinations see it: its tags under the redaction rule (params are
@@ -792,7 +841,7 @@ class SyncEngine:
     def _commit(self, store: CheckpointStore, slot: _Slot) -> None:
         if self.o.dry_run or slot.dest is None:
             return
-        store.commit(slot.ck)
+        store.commit(slot.target_key, slot.run_path, slot.ck)
 
     @staticmethod
     def _live(slots: Iterable[_Slot]) -> list[_Slot]:

@@ -14,7 +14,9 @@
     │   ├── PermanentDestinationError  the vendor refused a call (not transient): the engine
     │   │                              isolates the points, params or files that cause it
     │   └── MissingExtraError          the vendor SDK is not installed: install the extra
-    ├── StateError                     checkpoint unreadable or from an incompatible version
+    ├── StateError                     the state dir holds something Tracelet cannot use
+    │   ├── InvalidCheckpointError     a checkpoint is damaged or not this run's: set aside, rebuilt
+    │   └── UnsafeStatePathError       a link, FIFO, folder ... where a state file/folder belongs
     └── LockedError                    another sync holds the lock (exit 75)
 
 Messages say what was wrong, where (file, byte offset, run) and what to do.
@@ -100,6 +102,21 @@ class MissingExtraError(DestinationError):
 
 class StateError(TraceletError):
     """The state directory holds a checkpoint Tracelet cannot use."""
+
+
+class InvalidCheckpointError(StateError):
+    """A checkpoint that is damaged (not JSON, a wrong type, a value out of range, too big) or
+    that describes another run/destination. The engine moves it aside and rebuilds it by asking
+    the destination, as after a lost state dir."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: unusable checkpoint: {reason}")
+
+
+class UnsafeStatePathError(StateError):
+    """A symlink, FIFO, folder, hard link ... where Tracelet keeps a state file or folder. Never
+    followed or written through; the message names the path and says what to remove."""
 
 
 class LockedError(TraceletError):

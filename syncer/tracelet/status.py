@@ -12,9 +12,10 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checkpoint import CheckpointStore, quote_run
-from .engine import state_dir_for
-from .errors import SourceError, StateError, UsageError
+from .checkpoint import CheckpointStore
+from .engine import run_id_for, state_dir_for
+from .errors import InvalidCheckpointError, SourceError, StateError, UsageError
+from .manifest import load_manifest
 from .redact import scrub
 from .reader import discover_runs
 from .retry import _short
@@ -45,7 +46,7 @@ class StatusRow:
     last_sync: float | None = None
     status: str | None = None
     last_error: str | None = None
-    state: str = "never synced"  # up to date | behind | failed | never synced
+    state: str = "never synced"  # up to date | behind | failed | bad checkpoint | never synced
     problems: list[str] = field(default_factory=list)
     quarantined: dict[str, int] = field(default_factory=dict)  # refused for good, per kind
 
@@ -127,6 +128,25 @@ def _crashed_row(table: StatusTable, logdir: str, run: str, dest: str, e: Except
                                       f"{_short(e)} (run with -v for the traceback)"))
 
 
+def _run_id(run, store: CheckpointStore) -> str | None:
+    """The run id a sync would use (a checkpoint of another run id is not this run's); None
+    (not checked) for a run in object storage whose manifest has no current local copy."""
+    try:
+        if not run.has_manifest:
+            manifest = None
+        elif run.location is None:
+            manifest = load_manifest(run.path)  # as sync reads it
+        else:
+            from .storage.runs import manifest as object_manifest
+
+            manifest = object_manifest(run, store, fetch=False)
+    except SourceError:
+        if run.location is not None:
+            return None
+        manifest = None
+    return run_id_for(run.name, run, manifest)
+
+
 def _run_rows(root: Path, run, store: CheckpointStore, ck_dirs: list[str],
               destinations: list[str] | None) -> list[StatusRow]:
     """One row per destination of ``run``: checkpoints and ``stat`` s only."""
@@ -136,20 +156,25 @@ def _run_rows(root: Path, run, store: CheckpointStore, ck_dirs: list[str],
         for d in destinations:
             if not any(k.split("-")[0] == d for k in keys):
                 rows.append(StatusRow(str(root), run.name, d, "", state="never synced"))
+    run_id = _run_id(run, store)
     for key in keys:
         dest = key.split("-")[0]
-        path = store.root / "checkpoints" / key / f"{quote_run(run.name)}.json"
         row = StatusRow(str(root), run.name, dest, key)
-        if not path.exists():
+        try:
+            ck = store.load(dest, key, run.name, run_id)
+        except InvalidCheckpointError as e:
+            row.state = "bad checkpoint"
+            row.last_error = scrub(f"{e}. The next sync moves it aside and rebuilds it by asking "
+                                   f"{dest} what it has (nothing is sent twice).")
             rows.append(row)
             continue
-        try:
-            ck = store.load(dest, key, run.name)
         except StateError as e:
             row.state, row.last_error = "failed", scrub(str(e))
             rows.append(row)
             continue
-        assert ck is not None
+        if ck is None:
+            rows.append(row)
+            continue
         row.points_synced = ck.total_points
         # scrubbed again: a checkpoint written by an older Tracelet may hold a credential
         row.last_sync, row.status = ck.last_sync, ck.status

@@ -813,7 +813,10 @@ class AimDestination(Destination):
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         with _AIM_LOCK:
-            run_hash = (identity or {}).get("run_hash")
+            run_hash, ignored = (identity or {}).get("run_hash"), False
+            if run_hash and run_hash != aim_run_hash(run.project, run.run_id) \
+                    and run_hash != self._find_by_run_id(run):
+                run_hash, ignored = None, True  # not this run's (a crafted checkpoint)
             if run_hash and self._run_exists(run_hash):
                 existed = True
             else:
@@ -824,11 +827,13 @@ class AimDestination(Destination):
                     if found:
                         run_hash, existed = found, True
             aim_run = self._open(run, run_hash, existed)
-        keep = {k: v for k, v in (identity or {}).items() if k in ("status", "end_time")}
+        keep = {k: v for k, v in (identity or {}).items() if k in ("status", "end_time")
+                and not ignored}
         st = _AimRun(self, aim_run, run.source_dir)
         self._index_if(st, not existed)  # listed at once, even if this sync is killed later
         _crash_point("aim_run_open")  # 4: indexed
-        return RunHandle(identity={"run_hash": aim_run.hash, **keep}, existed=existed, client=st)
+        return RunHandle(identity={"run_hash": aim_run.hash, **keep}, existed=existed, client=st,
+                         identity_ignored=ignored)
 
     def _open(self, run: RunRef, run_hash: str, existed: bool) -> Any:
         from aim import Run

@@ -11,7 +11,10 @@ call               guarantee
                    returned last time (from the checkpoint) or ``None`` (first sync, or the
                    state dir was lost): with ``None`` it must first look the run up by
                    ``tracelet.run_id`` on the destination and set ``existed=True`` if found,
-                   so a lost state dir never creates a second run.
+                   so a lost state dir never creates a second run. An ``identity`` that
+                   does not name a run of *this* tracelet run (a damaged or crafted
+                   checkpoint) is never used: look the run up as with ``None`` and set
+                   ``identity_ignored=True`` (the engine then rebuilds the checkpoint).
 ``send``           Write one batch of points durably before returning. When ``dedupe`` is
                    true, some of these points may already be on the destination (a crash
                    between send and commit, or a lost state dir): the destination must not
@@ -95,6 +98,7 @@ class RunHandle:
 
     identity: dict[str, Any]
     existed: bool = False  # found on the destination rather than created by this open
+    identity_ignored: bool = False  # the identity given was not this run's: not used
     client: Any = None  # vendor objects; never persisted
     extra: dict[str, Any] = field(default_factory=dict)
 

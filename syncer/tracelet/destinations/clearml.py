@@ -621,6 +621,9 @@ class ClearmlDestination(Destination):
     def _open_offline(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         folder = self.folder
         assert folder is not None
+        ignored = False
+        if identity and identity.get("run_hash") != run_hash(run):
+            identity, ignored = None, True  # another run's sessions: never used
         if identity and identity.get("dir") and Path(identity["dir"]) != folder:
             raise DestinationError(
                 f"clearml: run '{run.run_path}' was synced to offline sessions in "
@@ -637,7 +640,8 @@ class ClearmlDestination(Destination):
         ident.update({"mode": "offline", "dir": str(folder), "run_hash": rhex,
                       "next_seq": max(int(ident.get("next_seq", 1)), last_seq + 1)})
         ident.setdefault("copies", {})
-        handle = RunHandle(identity=ident, existed=identity is not None or bool(sessions))
+        handle = RunHandle(identity=ident, existed=identity is not None or bool(sessions),
+                           identity_ignored=ignored)
         handle.extra.update(run=run, sessions=sessions, task=None, templates=None, landed=None)
         last = sessions.get(last_seq)
         if last and last["dir"] is not None and last["zip"] is None:
@@ -676,12 +680,15 @@ class ClearmlDestination(Destination):
     def _open_online(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         from clearml import Task
 
-        task = None
+        task, ignored = None, False
         if identity and identity.get("task_id"):
             try:
-                task = Task.get_task(task_id=identity["task_id"])
+                task = Task.get_task(task_id=str(identity["task_id"]))
             except ValueError:  # deleted on the server
                 task = None
+            if task is not None and \
+                    str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
+                task, ignored, identity = None, True, None  # another run's task: never used
         existed = task is not None
         if task is None:
             task = _find_online_task(*_names(run), run.run_id)
@@ -694,7 +701,7 @@ class ClearmlDestination(Destination):
             task.mark_started(force=True)
         ident = {"mode": "online", "task_id": task.id,
                  "copies": dict((identity or {}).get("copies") or {})}
-        handle = RunHandle(identity=ident, existed=existed)
+        handle = RunHandle(identity=ident, existed=existed, identity_ignored=ignored)
         handle.extra.update(run=run, task=task, templates=None, landed=None)
         return handle
 

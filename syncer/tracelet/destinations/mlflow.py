@@ -60,6 +60,7 @@ MAX_KEY_CHARS = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
 _MLFLOW_KEY_CHARS = re.compile(r"^[/\w.\- ]*$" if os.name == "nt" else r"^[/\w.\- :]*$")
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]" if os.name == "nt" else r"[^/\w.\- :]")
 _MAX_DOUBLE = 1.7976931348623157e308
+_RUN_ID_OK = re.compile(r"[0-9A-Za-z][\w-]{0,255}")  # MLflow's own run id rule
 _STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
@@ -166,10 +167,15 @@ class MlflowDestination(Destination):
         from mlflow.exceptions import MlflowException
 
         exp_id = self._experiment_id(run.project)
-        if identity and identity.get("run_id"):
+        rid, ignored = (identity or {}).get("run_id"), False
+        if rid and not (isinstance(rid, str) and _RUN_ID_OK.fullmatch(rid)):
+            rid, ignored = None, True  # not an MLflow run id: never handed to the store
+        if rid:
             try:
-                r = self.client.get_run(identity["run_id"])
-                if r.info.lifecycle_stage != "deleted":
+                r = self.client.get_run(rid)
+                if r.data.tags.get("tracelet.run_id") != run.run_id:
+                    ignored = True  # another run's (a crafted checkpoint): never written to
+                elif r.info.lifecycle_stage != "deleted":
                     return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id},
                                      existed=True)
             except MlflowException as e:
@@ -179,13 +185,14 @@ class MlflowDestination(Destination):
             [exp_id], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'", max_results=2)
         if found:
             return RunHandle(identity={"run_id": found[0].info.run_id, "experiment_id": exp_id},
-                             existed=True)
+                             existed=True, identity_ignored=ignored)
         tags = {**{mlflow_key(k): v[:8000] for k, v in run.tags.items()},
                 "tracelet.run_id": run.run_id, "tracelet.run_path": run.run_path,
                 "mlflow.source.name": str(run.source_dir)}
         started = _started_at_ms(run)
         r = self.client.create_run(exp_id, start_time=started, tags=tags, run_name=run.run_path)
-        return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id}, existed=False)
+        return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id}, existed=False,
+                         identity_ignored=ignored)
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:

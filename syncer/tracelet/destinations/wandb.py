@@ -672,8 +672,10 @@ class WandbDestination(Destination):
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         import wandb
 
+        wid, ignored = wandb_run_id(run.run_id), False
+        if identity and identity.get("run_id") != wid:
+            identity, ignored = None, True  # names another run's id: never used (nor its paths)
         ident = dict(identity or {})
-        wid = ident.get("run_id") or wandb_run_id(run.run_id)
         project = wandb_project(run.project)
         next_step = int(ident.get("next_step") or 0)
         existed = bool(identity)
@@ -711,7 +713,8 @@ class WandbDestination(Destination):
             # fragments that started before this one were checked for torn tails by now
             "checked_through": [int(opened_at) - 1, 0],
         }
-        return RunHandle(identity=new_identity, existed=existed, client=r, extra={
+        return RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
+                         client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
             "run_started_at": _run_started_at(run), "sync_file": r.settings.sync_file,
         })

@@ -8,15 +8,13 @@ comes from the pass's one listing; objects are read only when there is something
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .._fs import atomic_write_bytes
-from ..errors import SourceError
+from ..errors import SourceError, StateError
 from ..reader.logdir import ARTIFACTS_DIR, MANIFEST_NAME, SIDECAR_DIR
 
 PART_MAX_BYTES = 512 << 20  # a sidecar part holds about a minute of samples
@@ -45,10 +43,11 @@ def signature(run, event_files) -> str:
     return h.hexdigest()
 
 
-def manifest(run, cache_dir: Path | None, fetch: bool = True, problems: list[str] | None = None,
+def manifest(run, cache=None, fetch: bool = True, problems: list[str] | None = None,
              validate: bool = True) -> dict[str, Any] | None:
     """Twin of ``manifest.load_manifest`` (same size bound and checks), with a local copy kept
-    under ``cache_dir``.
+    in the state dir (``cache``: its :class:`~tracelet.checkpoint.CheckpointStore`, which never
+    follows a link or opens a FIFO there).
 
     The copy is named by the run and headed by the object's size and ETag: while the listing
     shows the same, the manifest is read from local disk (the no-op cron pass reads no object).
@@ -61,16 +60,11 @@ def manifest(run, cache_dir: Path | None, fetch: bool = True, problems: list[str
     if entry is None:
         return None
     key = f"{entry.size}:{entry.etag}\n".encode()
-    cached = _manifest_cache_path(cache_dir, run.name) if cache_dir is not None else None
     raw = None
-    if cached is not None:
-        try:
-            with open(cached, "rb") as f:
-                data = f.read(MAX_MANIFEST_BYTES + len(key) + 1)
-            if data.startswith(key):
-                raw = data[len(key):]
-        except OSError:
-            pass
+    if cache is not None:
+        data = cache.read_cached("manifests", run.name, MAX_MANIFEST_BYTES + len(key) + 1)
+        if data is not None and data.startswith(key):
+            raw = data[len(key):]
     if raw is None:
         if not fetch:
             raise NotCached(f"{path}: no local copy of this version yet")
@@ -79,18 +73,12 @@ def manifest(run, cache_dir: Path | None, fetch: bool = True, problems: list[str
                               f"{MAX_MANIFEST_BYTES:,} a manifest may be; ignored. The run's "
                               "events still sync, its params and status do not.")
         raw = loc.read_bytes(path, MAX_MANIFEST_BYTES)
-        if cached is not None:
+        if cache is not None:
             try:
-                atomic_write_bytes(cached, key + raw)
-            except OSError:
-                pass  # a read-only state dir costs one GET per pass, nothing else
+                cache.write_cached("manifests", run.name, key + raw)
+            except (OSError, StateError):
+                pass  # a read-only state dir (or a link there) costs one GET per pass
     return manifest_from_bytes(raw, path, problems, validate=validate)
-
-
-def _manifest_cache_path(cache_dir: Path, run_name: str) -> str:
-    from ..checkpoint import quote_run
-
-    return os.path.join(os.fspath(cache_dir), "manifests", quote_run(run_name) + ".json")
 
 
 def sidecar_parts(run) -> list:

@@ -218,15 +218,19 @@ class MemoryDestination(Destination):
     # -- the contract -------------------------------------------------------------------------
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         self._enter("open_run")
-        if identity and identity.get("uid") in self.store.runs:
-            return RunHandle(identity={"uid": identity["uid"]}, existed=True)
+        uid = (identity or {}).get("uid")
+        mine = self.store.runs.get(uid) if isinstance(uid, str) else None
+        if mine is not None and mine.run_id == run.run_id:
+            return RunHandle(identity={"uid": uid}, existed=True)
+        ignored = mine is not None or (uid is not None and not isinstance(uid, str))  # another run's
         found = self.store.find(run.project, run.run_id)
         if found:
-            return RunHandle(identity={"uid": found[0].run_uid}, existed=True)
+            return RunHandle(identity={"uid": found[0].run_uid}, existed=True,
+                             identity_ignored=ignored)
         uid = f"{run.run_id}-{time.time_ns():x}"
         self.store.apply({"op": "create", "uid": uid, "run_id": run.run_id,
                           "run_path": run.run_path, "project": run.project})
-        return RunHandle(identity={"uid": uid}, existed=False)
+        return RunHandle(identity={"uid": uid}, existed=False, identity_ignored=ignored)
 
     def _run(self, handle: RunHandle) -> StoredRun:
         run = self.store.runs.get(handle.identity["uid"])
