@@ -280,11 +280,13 @@ def test_stuck_incomplete_tail_is_a_warning_on_the_next_pass(tmp_path, read_path
 
 
 def test_checkpoint_without_the_tail_field_still_loads():
-    from tracelet.checkpoint import Checkpoint
+    from tracelet.checkpoint import Checkpoint, FileState
 
-    old = {"destination": "mlflow", "target_key": "mlflow-x", "run_path": "r", "version": 1,
-           "files": {"events.out.tfevents.1": {"offset": 10, "size_seen": 20, "head_len": 10,
-                                               "head_sha1": "ab", "tag_plugins": {}}}}
+    # a checkpoint as an earlier version wrote it: every field it had, but no incomplete_tail
+    old = Checkpoint("mlflow", "mlflow-x", "r", run_id="abc").to_json()
+    fs = FileState(offset=10, size_seen=20, head_len=10, head_sha1="ab" * 20)
+    old["files"] = {"events.out.tfevents.1": {k: v for k, v in fs.__dict__.items()
+                                              if k != "incomplete_tail"}}
     fs = Checkpoint.from_json(old).files["events.out.tfevents.1"]
     assert fs.offset == 10 and fs.incomplete_tail is None
 

@@ -564,29 +564,31 @@ def test_every_record_refused_alone_fails_the_destination_not_the_points(dest, t
 
 
 def test_destination_wide_errors_are_not_quarantined():
+    """The vendor boundary types each error from its type, errno or MLflow error code: what
+    names the destination as a whole fails it; what names the content is quarantined."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, PERMISSION_DENIED,
+                                              RESOURCE_DOES_NOT_EXIST)
 
-    from tracelet.errors import DestinationError, PermanentDestinationError
+    from tracelet.destinations.base import typed_error
+    from tracelet.destinations.mlflow.client import MlflowDestination
+    from tracelet.errors import DestinationError
     from tracelet.quarantine import destination_wide
 
-    def wrapped(e):
-        try:
-            raise PermanentDestinationError(f"send: {e}") from e
-        except PermanentDestinationError as out:
-            return out
+    def wide(e):
+        return destination_wide(typed_error(MlflowDestination.classify(None, e), e))
 
-    assert destination_wide(wrapped(PermissionError(13, "Permission denied")))
-    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
-
-    assert destination_wide(wrapped(MlflowException("no", error_code=PERMISSION_DENIED)))
-    assert destination_wide(wrapped(MlflowException("gone", error_code=RESOURCE_DOES_NOT_EXIST)))
-    assert destination_wide(wrapped(OSError(28, "No space left on device")))
-    assert destination_wide(wrapped(RuntimeError("The run abc must be in the 'active' state.")))
-    assert destination_wide(wrapped(TypeError("f() missing 1 required argument")))  # a bug
+    assert wide(PermissionError(13, "Permission denied"))
+    assert wide(MlflowException("no", error_code=PERMISSION_DENIED))
+    assert wide(MlflowException("gone", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert wide(OSError(28, "No space left on device"))
+    assert wide(TypeError("f() missing 1 required argument"))  # a bug
     assert destination_wide(DestinationError("mlflow: experiment 'p' is deleted"))
-    assert not destination_wide(wrapped(OSError(36, "File name too long")))
-    assert not destination_wide(wrapped(MemoryError()))
-    assert not destination_wide(wrapped(ValueError("Invalid value -1000 for parameter")))
+    assert not wide(OSError(36, "File name too long"))
+    assert not wide(MemoryError())
+    assert not wide(ValueError("Invalid value -1000 for parameter"))
+    assert not wide(MlflowException("Invalid value -1000 for parameter 'x'",
+                                    error_code=INVALID_PARAMETER_VALUE))
 
 
 @pytest.mark.parametrize("dest", ["mlflow-local"], indirect=True)

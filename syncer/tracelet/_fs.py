@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .faults import crash_point as _crash_point
 from .errors import LockedError, UnsafeStatePathError
 
 
@@ -76,6 +77,41 @@ def replace_in_dir(dir_fd: int, name: str, data: bytes, *, display: str,
         pass
 
 
+@contextmanager
+def atomic_file(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Any]:
+    """Write ``path`` as a stream, atomically: ``with atomic_file(p) as f: f.write(...)``.
+
+    The same recipe as :func:`replace_in_dir`, for content too big to hold in memory (an
+    export, a zip, a copied artifact): a temp file in the same folder (O_EXCL|O_NOFOLLOW) ->
+    fsync -> rename over ``path`` -> fsync the folder. On any error (or Ctrl-C) the temp file
+    is removed and ``path`` keeps its old content. ``fsync=False`` skips both fsyncs (a file
+    that is only a copy of something durable elsewhere).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(path.parent, _DIR_FLAGS)
+    try:
+        fd, tmp = _new_temp(dir_fd, path.name, str(path), 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+            _crash_point("before_rename")
+            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            _unlink_quietly(tmp, dir_fd)
+            raise
+        if fsync:
+            try:
+                os.fsync(dir_fd)
+            except OSError:
+                pass
+    finally:
+        os.close(dir_fd)
+
+
 def _new_temp(dir_fd: int, name: str, display: str, mode: int) -> tuple[int, str]:
     for _ in range(8):  # a name taken (by anything: file, link, FIFO) is never opened: next
         tmp = f".{name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
@@ -86,13 +122,6 @@ def _new_temp(dir_fd: int, name: str, display: str, mode: int) -> tuple[int, str
             continue
     raise UnsafeStatePathError(f"{display}: cannot create a temporary file next to it (8 names "
                                "taken); clear the folder's '.*.tmp-*' entries.")
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get("TRACELET_CRASH_AT"):  # fault-injection tests only; see engine.crash_point
-        from .engine import crash_point
-
-        crash_point(name)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

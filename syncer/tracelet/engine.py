@@ -31,14 +31,16 @@ from typing import Any, Iterable
 
 from .checkpoint import (KEY_SCHEME, Checkpoint, CheckpointStore, FileState, add_counts,
                          check_file_identity, remember_identity, track_incomplete_tail)
-from .destinations import create_destination, known_destinations, target_key
-from .destinations.base import Destination, Rejected, RunHandle, RunRef
+from .destinations import create_destination, is_known, known_destinations, target_key
+from .destinations.base import Destination, Rejected, RunHandle, RunRef, SystemRows
 from .destinations.keys import KeyLedger
 from .errors import (DestinationError, FileReplacedError, InvalidCheckpointError, LockedError,
                      NotRegularFileError, SourceError, StateError, TraceletError, UsageError)
 from .manifest import load_manifest
 from .runfiles import RunFiles, within
-from .params import flatten_params
+from .faults import crash_point
+from .manifest import manifest_time as _as_unix
+from .params import flatten_params, param_text
 from .reader import EventFileReader, RunSource, discover_runs
 from .reader.events import unreadable_message
 from .reader.logdir import MANIFEST_NAME, SIDECAR_DIR
@@ -195,10 +197,15 @@ def parse_destinations(text: str | None, allow_empty: bool = False) -> list[str]
     if text is None or not text.strip():
         return None
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in known_destinations()]
+    unknown = [n for n in names if not is_known(n)]
     if unknown:
-        raise UsageError(f"--to: unknown destination(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(known_destinations())}")
+        import difflib
+
+        names_known = known_destinations()
+        close = difflib.get_close_matches(unknown[0], names_known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(f"--to: unknown destination(s) {', '.join(unknown)}; {hint}"
+                         f"choose from {', '.join(names_known)}")
     return list(dict.fromkeys(names))
 
 
@@ -248,17 +255,6 @@ def object_state_dir(url: ObjectPath, explicit: str | None) -> Path:
     return Path(explicit) / f"{url.name or 'root'}-{hashlib.sha1(url.url.encode()).hexdigest()[:8]}"
 
 
-def param_text(v: Any) -> str:
-    """A param as the text destinations store (lists/dicts as JSON)."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (list, dict)):
-        import json
-
-        return json.dumps(v, default=str, sort_keys=True)
-    return str(v)
-
-
 # ---------------------------------------------------------------------------------------------
 # source signature: the stat-only check that makes an unchanged run free
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +294,18 @@ def source_signature(run: RunSource, event_files: list[Path], follow_links: bool
 # ---------------------------------------------------------------------------------------------
 # per-thread destination pool
 # ---------------------------------------------------------------------------------------------
+class _TargetKeys(dict):
+    """name -> target key, computed on first use (only for the destinations a pass names)."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = config
+
+    def __missing__(self, name: str) -> str:
+        key = self[name] = target_key(name, self.config)
+        return key
+
+
 class _DestinationPool:
     """Destinations are created lazily, once per worker thread (vendor clients are rarely
     thread-safe), and only when a run actually needs them: a no-op resync imports no SDK."""
@@ -391,7 +399,7 @@ class SyncEngine:
         self.out = _Output(options)
         self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
         self._locations: dict[str, Any] = {}  # object-store logdirs: one client each, kept
-        self._target_keys = {n: target_key(n, options.dest_config) for n in known_destinations()}
+        self._target_keys = _TargetKeys(options.dest_config)  # computed per name on first use
         self._redactor = Redactor(options.redact_secrets, options.secret_patterns)
         self._roots: list[str] = []  # real paths of the LOGDIRs of this pass (linked_logdirs)
         self._ctx = threading.local()  # per worker: what the run is doing, its open slots
@@ -662,7 +670,7 @@ class SyncEngine:
         wanted = (manifest or {}).get("backends") or []
         if isinstance(wanted, str):
             wanted = [wanted]
-        return [w for w in wanted if w in known_destinations()]
+        return [w for w in wanted if isinstance(w, str) and is_known(w)]
 
     def _sync_run_locked(self, logdir: Path, run: RunSource, store: CheckpointStore,
                          rr: RunReport) -> None:
@@ -681,8 +689,11 @@ class SyncEngine:
         self._at(f"reading linked_logdirs of {run.manifest_path}")
         event_files = list(run.event_files) + self._linked_event_files(logdir, run, manifest, rr)
         project = str((manifest or {}).get("project") or self.o.project or logdir.resolve().name)
+        m = manifest or {}
         ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
-                     project=project, source_dir=run.path, manifest=self._redact_tags(manifest))
+                     project=project, source_dir=run.path, manifest=self._redact_tags(manifest),
+                     started_at=_as_unix(m.get("started_at")), ended_at=_as_unix(m.get("ended_at")),
+                     status=m.get("status") if isinstance(m.get("status"), str) else None)
         rr.run_id, rr.project = ref.run_id, project
         signature = source_signature(run, event_files, self.o.follow_artifact_links)
 
@@ -825,8 +836,7 @@ class SyncEngine:
 
     # -- helpers ------------------------------------------------------------------------------
     def _retry(self, slot: _Slot, fn, *args, what: str, **kw):
-        return call_with_retry(fn, *args, what=f"{slot.name}: {what}",
-                               is_transient=slot.dest.is_transient, stop=self.stop, **kw)
+        return call_with_retry(fn, *args, what=f"{slot.name}: {what}", stop=self.stop, **kw)
 
     def _call(self, store: CheckpointStore, slot: _Slot, fn, *args, what: str, **kw) -> tuple[bool, Any]:
         """A destination call under the retry policy. On final failure the slot fails (only
@@ -1224,6 +1234,7 @@ class SyncEngine:
                     continue
             for note in notes:
                 rr.note(note)
+            rows = SystemRows.from_table(part.name, table)
             for slot in need:
                 if slot.dest is None:
                     slot.report.add("points_sent", {"system": table.num_rows})
@@ -1238,7 +1249,7 @@ class SyncEngine:
                     # One unit: a part's rows are matched by the part's content on resend.
                     outcomes = self._call_isolated(
                         store, slot, _dedupe_retries(slot.dest.send_system), [part],
-                        lambda _: (slot.handle, table, ref), dedupe=dedupe,
+                        lambda _: (slot.handle, rows, ref), dedupe=dedupe,
                         what=f"send system metrics {part.name}")
                     if outcomes is None:
                         continue
@@ -1452,41 +1463,6 @@ def _stuck_tail_note(path: Path, tail: dict, pending: int, mtime: float) -> str:
 
 
 _PIN_CHUNK = 256  # artifacts opened at once (file descriptors) per upload call
-_FAULT_COUNTS: dict[str, int] = {}
-
-
-def crash_point(name: str) -> None:
-    """Fault injection for the kill -9 tests: ``TRACELET_CRASH_AT=name:N`` SIGKILLs this process
-    the N-th time it passes ``name``. A real kill of a real process, at an exact protocol step."""
-    spec = os.environ.get("TRACELET_CRASH_AT")
-    if not spec:
-        return
-    want, _, nth = spec.partition(":")
-    if want != name:
-        return
-    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
-    if _FAULT_COUNTS[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _as_unix(value: Any) -> float | None:
-    """A manifest time (unix seconds or ISO 8601) as unix seconds; None when absent or unusable
-    (NaN, ±Inf, negative or beyond 1e12 s, unparsable): every destination then does without it
-    (a start time MLflow, Aim or W&B would refuse must never fail the run)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        t = float(value)
-    else:
-        try:
-            from datetime import datetime
-
-            t = datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-        except (ValueError, OverflowError, OSError):
-            return None
-    return t if 0 <= t < MAX_ABS_WALL_TIME else None
-
-
 def _merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
     """Across --follow passes keep one report per run, accumulating counts."""
     by_key = {(r.logdir, r.run): r for r in old}

@@ -92,11 +92,14 @@ class PermanentDestinationError(DestinationError):
 class MissingExtraError(DestinationError):
     """The vendor SDK for a destination is not installed."""
 
-    def __init__(self, destination: str, module: str):
+    def __init__(self, destination: str, module: str, extra: str | None = None):
         self.destination = destination
+        # Not `pip install tracelet[...]`: that name on PyPI is another project.
         super().__init__(
-            f"destination '{destination}' needs the '{module}' package, which is not installed. "
-            f"Install it with: pip install 'tracelet[{destination}]'"
+            f"destination '{destination}' needs the '{module}' package, which is not installed "
+            f"in this environment. Install it (pip install {module}), or Tracelet's extra "
+            f"tracelet[{extra or destination}] from your checkout or wheel: "
+            f"pip install './[{extra or destination}]'"
         )
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 from ._fs import atomic_write_bytes
 from .errors import SourceError
+from .reader.points import MAX_ABS_WALL_TIME
 
 MANIFEST_NAME = "tracelet.json"
 SCHEMA_VERSION = 1
@@ -350,3 +351,19 @@ def new_manifest(name: str, project: str, backends: list[str], **fields: Any) ->
     }
     manifest.update(fields)
     return manifest
+
+
+def manifest_time(value: Any) -> float | None:
+    """A manifest time (unix seconds or ISO 8601) as unix seconds; None when absent or unusable
+    (NaN, ±Inf, negative or beyond 1e12 s, unparsable): every destination then does without it
+    (a start time MLflow, Aim or W&B would refuse must never fail the run)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        t = float(value)
+    else:
+        try:
+            t = datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError, OSError):
+            return None
+    return t if 0 <= t < MAX_ABS_WALL_TIME else None

@@ -16,3 +16,14 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any
         else:
             flat[path] = value
     return flat
+
+
+def param_text(v: Any) -> str:
+    """A param as the text destinations store (lists/dicts as sorted JSON)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, dict)):
+        import json
+
+        return json.dumps(v, default=str, sort_keys=True)
+    return str(v)

@@ -18,9 +18,9 @@ refuses everything (:func:`destination_wide`, :class:`Isolation`):
 
 - the destination's ``open_run`` failing, or a ``DestinationError`` Tracelet raises on purpose:
   the destination fails, as before;
-- an error naming the destination as a whole (permission denied / 401 / 403, not found or
-  deleted, not active, read-only, disk full, quota), or a programming error (``TypeError``,
-  ``AttributeError``, ``KeyError`` ...: a bug must not drop data): the destination fails;
+- an error the vendor boundary classified as the destination's (``Destination.classify``:
+  permission / 401 / 403, not found or deleted, not active, read-only, disk full, or a
+  programming error such as ``TypeError``: a bug must not drop data): the destination fails;
 - otherwise, items that fail alone are quarantined, unless nothing of the unit landed and two
   or more items failed alone while no other write to that destination succeeded in this sync
   ("every single point fails alone"), or 16 failed alone before any landed (this also bounds
@@ -31,13 +31,11 @@ refuses everything (:func:`destination_wide`, :class:`Isolation`):
 """
 from __future__ import annotations
 
-import errno
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import PermanentDestinationError, SourceError, TraceletError
+from .errors import PermanentDestinationError, SourceError
 from .reader.points import AUDIO, HISTOGRAM, HPARAMS, IMAGE, SCALAR, TEXT, Batch
 
 # A unit (batch, param set, file list) where nothing landed: this many items failing alone make
@@ -50,42 +48,11 @@ _LISTS = {HISTOGRAM: "histograms", IMAGE: "images", TEXT: "texts", AUDIO: "audio
           HPARAMS: "hparams"}
 _POINT_KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO)
 
-_DESTINATION_WIDE = re.compile(
-    r"permission denied|permission_denied|forbidden|unauthori[sz]ed|unauthenticated|"
-    r"\b40[13]\b|access denied|invalid (api )?(key|token)|credential|"
-    r"resource_does_not_exist|does not exist|not found|\b404\b|\bdeleted\b|"
-    r"must be in the 'active' state|invalid_state|"
-    r"read-only|readonly|no space left|disk is full|database or disk is full|quota",
-    re.I)
-_DESTINATION_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
-                       errno.ENOENT}
-# A bug (ours or the SDK's) is no reason to drop data: it fails the destination loudly.
-_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError,
-                       NotImplementedError, KeyError, IndexError)
-
-
 def destination_wide(exc: BaseException) -> bool:
-    """True when a failure says the destination as a whole refuses (see the module doc)."""
-    if not isinstance(exc, PermanentDestinationError):
-        return True  # transient retries ran out, or Tracelet's own deliberate refusal
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _DESTINATION_ERRNOS:
-            return True
-        if isinstance(e, _PROGRAMMING_ERRORS):
-            return True
-        if isinstance(e, TraceletError) and not isinstance(e, PermanentDestinationError):
-            return True
-        if _DESTINATION_WIDE.search(str(e)) or _DESTINATION_WIDE.search(
-                str(getattr(e, "error_code", "") or "")):  # MlflowException's code
-            return True
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403, 404):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    """True when a failure is the destination's rather than the content's: anything but a
+    :class:`PermanentDestinationError`. The vendor boundary (``Destination.classify``) decided
+    that from the vendor's error type, errno, HTTP status or error code."""
+    return not isinstance(exc, PermanentDestinationError)
 
 
 # ---------------------------------------------------------------------------------------------

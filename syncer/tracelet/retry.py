@@ -20,36 +20,39 @@ def call_with_retry(
     fn: Callable[..., Any],
     *args: Any,
     what: str,
-    is_transient: Callable[[BaseException], bool],
     stop: threading.Event | None = None,
     sleep: Callable[[float], Any] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Call ``fn``; retry transient failures; wrap the final failure in DestinationError."""
+    """Call ``fn`` (a destination's contract method: it raises typed errors, see
+    ``destinations/base.py``); retry :class:`TransientDestinationError` with backoff. Raises:
+    ``DestinationError`` once retries ran out, ``PermanentDestinationError`` (content the
+    vendor refused) or ``DestinationError`` (the destination refuses) at once."""
     delay = RETRY_BASE_DELAY_S
     wait = sleep or (stop.wait if stop is not None else threading.Event().wait)
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return fn(*args, **kwargs)
         except TraceletError as e:
+            if isinstance(e, PermanentDestinationError):
+                raise PermanentDestinationError(
+                    f"{what}: {_short(e)} (not retried (not a transient error))") from e
             if not isinstance(e, TransientDestinationError):
                 raise
-            transient = True
             if attempt == RETRY_ATTEMPTS:
                 raise DestinationError(f"{what}: {_short(e)} (still failing after {attempt} "
                                        "tries; it is retried at the next sync)") from e
-            wait(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY_S)
-        except Exception as e:  # vendor SDKs raise anything; classify, don't guess by type only
-            transient = is_transient(e)
-            if not transient:
-                raise PermanentDestinationError(f"{what}: {type(e).__name__}: {_short(e)} "
-                                                "(not retried (not a transient error))") from e
+        except Exception as e:  # not through a Destination's boundary (a plain callable)
+            from .destinations.base import classify_error, typed_error
+
+            cls = classify_error(e)
+            if cls is not TransientDestinationError:
+                raise typed_error(cls, e) from e
             if attempt == RETRY_ATTEMPTS:
                 raise DestinationError(f"{what}: {type(e).__name__}: {_short(e)} (still failing "
                                        f"after {attempt} tries; it is retried at the next sync)") from e
-            wait(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+        wait(delay)
+        delay = min(delay * 2, RETRY_MAX_DELAY_S)
     raise AssertionError("unreachable")
 
 

@@ -52,11 +52,12 @@ class Harness:
         raise NotImplementedError
 
     def metric_key(self, tag: str) -> str:
-        from tracelet.destinations import REGISTRY
         import importlib
 
-        mod, cls, _ = REGISTRY[self.name]
-        return getattr(importlib.import_module(mod), cls).metric_key(None, tag)  # type: ignore[arg-type]
+        from tracelet.destinations import get_factory
+
+        module, _, cls = get_factory(self.name).client.partition(":")
+        return getattr(importlib.import_module(module), cls).metric_key(None, tag)  # type: ignore[arg-type]
 
     def teardown(self) -> None:
         pass

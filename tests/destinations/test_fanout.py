@@ -93,8 +93,6 @@ def test_each_batch_is_read_once_whatever_the_number_of_destinations(tmp_path, m
 
 
 def test_missing_sdk_fails_only_that_destination(tmp_path, monkeypatch, project):
-    import tracelet.destinations as dests
-
     harnesses, config = _setup_all(tmp_path, monkeypatch, "missing")
     real_find_spec = importlib.util.find_spec
 
@@ -103,7 +101,7 @@ def test_missing_sdk_fails_only_that_destination(tmp_path, monkeypatch, project)
             return None  # as if `pip install tracelet[wandb]` had not been run
         return real_find_spec(name, *a, **kw)
 
-    monkeypatch.setattr(dests.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     logdir = tmp_path / "logs"
     truth = build_conformance_logdir(logdir, project)
     report = run_sync([str(logdir)], SyncOptions(destinations=sorted(FANOUT), project=project,

@@ -290,8 +290,7 @@ def test_fragment_reads_wait_for_another_writer(tmp_path):
                                " time.sleep(1.5); f.write(b'rest'); f.close()", str(frag)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
-    import tracelet.destinations.wandb as wandb_dest
-
+    wandb_dest = sys.modules[wait_for_writers.__module__]  # the module that keeps the scan
     wandb_dest._OPEN_FILES = (0.0, None)  # a scan from an earlier test predates the holder
     with pytest.raises(DestinationError, match=f"still open in process {holder.pid}"):
         wait_for_writers([str(frag)], timeout_s=0.3)

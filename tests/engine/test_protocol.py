@@ -12,7 +12,8 @@ import pytest
 from sources import build_kill_logdir, write_simple_run
 from tracelet._fs import exclusive_lock
 from tracelet.checkpoint import CheckpointStore
-from tracelet.destinations import REGISTRY, target_key
+from tracelet.destinations import register, target_key, unregister
+from tracelet.destinations.memory.factory import MemoryFactory
 from tracelet.destinations.memory import MemoryDestination, MemoryStore, store_named
 from tracelet.engine import EXIT_LOCKED, SyncOptions, run_sync, state_dir_for
 
@@ -104,14 +105,19 @@ class MemoryB(MemoryDestination):
         super().__init__(config)
 
 
-@pytest.fixture
-def two_memories(monkeypatch):
-    monkeypatch.setitem(REGISTRY, "memory-b", (__name__, "MemoryB", "tracelet"))
-    import tracelet.engine as engine
+class MemoryBFactory(MemoryFactory):
+    name = "memory-b"
+    client = f"{__name__}:MemoryB"
 
-    monkeypatch.setattr(engine, "target_key",
-                        lambda name, config=None: "memory-b-x" if name == "memory-b"
-                        else target_key(name, config))
+    def target(self, config):
+        return "memory-b:" + (config.get("memory_b_store") or "mem:b")
+
+
+@pytest.fixture
+def two_memories():
+    register(MemoryBFactory())  # what a plugin's entry point does, at run time
+    yield
+    unregister("memory-b")
 
 
 def test_a_lagging_destination_catches_up_from_its_own_offset_reading_each_range_once(

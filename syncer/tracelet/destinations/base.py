@@ -23,45 +23,67 @@ call               guarantee
                    and returned as a :class:`Rejected`; the engine quarantines it (reported,
                    never retried). Any batch of whole records, in file order, may be sent:
                    the engine resends parts of a refused batch to isolate a bad record.
-``send_system``    Same contract for a table of system metrics (sidecar part).
+``send_system``    Same contract for the rows of one sidecar part (:class:`SystemRows`).
 ``log_params``     Set params; return the names the destination refused because a different
                    value is already there (write-once params): reported, never raised.
 ``log_artifacts``  Upload files under their relative names; re-uploading a name overwrites.
 ``finish``         Set the run's status/end time; idempotent.
 =================  ============================================================================
 
-Anything a destination lacks is declared in :class:`Capabilities`; the engine counts those
-points as "unsupported" in the report instead of calling the destination with them.
-Transient failures (connection refused, 5xx, 429) must surface as exceptions for which
-``is_transient`` is true: the engine retries them with bounded backoff. Any other exception
-from the vendor is permanent: the engine isolates the record, param or file that causes it
-(``tracelet.quarantine``); a ``DestinationError`` raised on purpose fails the destination.
+Anything a destination lacks is declared in :class:`Capabilities`; the engine takes those
+points out of the batch before ``send`` and counts them as "unsupported" in the report.
+
+Errors are typed at the vendor boundary. Every contract method of a subclass is wrapped (see
+:meth:`Destination.__init_subclass__`): an exception that is not already a
+:class:`~tracelet.errors.TraceletError` is turned into one by :meth:`Destination.classify`,
+from its type, errno, HTTP status or vendor error code (never its message text):
+
+==============================  ===============================================================
+``TransientDestinationError``   connection refused/reset, timeouts, HTTP 429/5xx, a busy
+                                database: retried with backoff (``tracelet.retry``)
+``PermanentDestinationError``   the vendor refused this content (a bad key, value, file): the
+                                engine isolates the record, param or file and quarantines it
+``DestinationError``            the destination as a whole refuses (permission, 401/403/404,
+                                deleted, read-only, disk full) or a programming error: this
+                                destination fails for the run, the others go on
+==============================  ===============================================================
+
+A destination may raise these itself where it knows better (a vendor reply that says "refused
+3 events" is content; a run deleted underneath is the destination).
+
+Third-party destinations: a package exposes a :class:`DestinationFactory` in the entry point
+group ``tracelet.destinations`` (README "Writing a destination"); ``tracelet.testing`` holds
+the conformance suite to run against it.
 """
 from __future__ import annotations
 
 import abc
-import re
+import errno
+import functools
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
+from ..errors import (DestinationError, MissingExtraError, PermanentDestinationError,
+                      TraceletError, TransientDestinationError)
 from ..reader.points import AUDIO, HISTOGRAM, HPARAMS, IMAGE, SCALAR, TEXT, Batch
 
-if TYPE_CHECKING:
-    import pyarrow as pa
+POINT_KINDS = frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO})  # what ``send`` may carry
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a destination can store natively, and how much one call may carry."""
+    """What a destination can store natively. Points of other kinds are taken out of a batch by
+    the engine and reported as unsupported; a destination splits its own calls to the vendor's
+    limits (MLflow: 1000 metrics per ``log_batch``)."""
 
     kinds: frozenset[str] = frozenset({SCALAR})  # point kinds sent by ``send``
     system_metrics: bool = True
     params: bool = True
     artifacts: bool = True
     status: bool = True
-    max_points_per_call: int = 1000  # the engine's batches may be larger; split inside send
-    max_bytes_per_call: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -76,19 +98,43 @@ class Rejected:
 
 @dataclass(frozen=True)
 class RunRef:
-    """A source run as a destination sees it (DESIGN §5 identity inputs)."""
+    """A source run as a destination sees it. The engine has read and validated the manifest;
+    destinations use these fields and never parse times or files themselves."""
 
     run_id: str
     run_path: str  # relative to the logdir: the run's name on every destination
     project: str
     source_dir: Path
-    manifest: Mapping[str, Any] | None = None
+    manifest: Mapping[str, Any] | None = None  # validated, tags redacted
+    started_at: float | None = None  # unix seconds (manifest ``started_at``), None if unknown
+    ended_at: float | None = None
+    status: str | None = None  # running | finished | failed | killed | None (no manifest)
 
     @property
     def tags(self) -> dict[str, str]:
         m = self.manifest or {}
         tags = m.get("tags") or {}
         return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+
+
+@dataclass(frozen=True)
+class SystemRows:
+    """The rows of one sidecar part (``sysmetrics/part-NNNNNN.parquet``), cleaned by the reader:
+    ``timestamps[i]`` (unix s), ``names[i]`` (``gpu/0/power_watts``), ``values[i]``."""
+
+    part: str  # the part's file name: immutable content, so a stable identity
+    timestamps: list[float]
+    names: list[str]
+    values: list[float]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.timestamps)
+
+    @classmethod
+    def from_table(cls, part: str, table) -> "SystemRows":
+        return cls(part, table.column("timestamp").to_pylist(), table.column("name").to_pylist(),
+                   table.column("value").to_pylist())
 
 
 @dataclass
@@ -103,6 +149,10 @@ class RunHandle:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_BOUNDARY = ("open_run", "send", "send_system", "log_params", "log_artifacts", "finish",
+             "close_run")
+
+
 class Destination(abc.ABC):
     """Base class of every destination. Subclasses live in ``tracelet.destinations.<name>``
     and import their vendor SDK lazily (inside methods), so ``import tracelet`` stays cheap."""
@@ -113,9 +163,16 @@ class Destination(abc.ABC):
     def __init__(self, config: Mapping[str, Any] | None = None):
         self.config = dict(config or {})
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        for method in _BOUNDARY:  # the vendor boundary: every contract call returns typed errors
+            fn = cls.__dict__.get(method)
+            if fn is not None and not getattr(fn, "_vendor_boundary", False):
+                setattr(cls, method, _boundary(fn, method))
+
     @property
     def target(self) -> str:
-        """Human-readable target (URI, repo path, mode) for reports and state keys."""
+        """Human-readable target (URI, repo path, mode) for reports, without credentials."""
         return self.name
 
     @abc.abstractmethod
@@ -124,8 +181,9 @@ class Destination(abc.ABC):
     @abc.abstractmethod
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected] | None: ...
 
-    def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
-        """Send sidecar rows (``timestamp``, ``name``, ``value``) as ``system/<name>``."""
+    def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
+                    dedupe: bool) -> None:
+        """Send one sidecar part's rows as ``system/<name>`` (or the vendor's own names)."""
         raise NotImplementedError
 
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
@@ -143,13 +201,14 @@ class Destination(abc.ABC):
     def close(self) -> None:
         """Release clients. Called once at the end of a sync."""
 
-    def is_transient(self, exc: BaseException) -> bool:
-        """True for errors worth retrying: connection refused/reset, timeouts, HTTP 5xx/429."""
-        return is_transient_error(exc)
+    def classify(self, exc: BaseException) -> type[DestinationError]:
+        """The typed error a vendor exception stands for (module docstring). Override to add
+        the vendor's own error codes; fall back to :func:`classify_error`."""
+        return classify_error(exc)
 
     def metric_key(self, tag: str) -> str:
-        """The destination's name for a TensorBoard tag (DESIGN §6: unchanged where accepted;
-        a tag that must be rewritten ends in ``-<8 hex of its SHA-1>``, see ``keys.py``)."""
+        """The destination's name for a TensorBoard tag (unchanged where accepted; a tag that
+        must be rewritten ends in ``-<8 hex of its SHA-1>``, see ``keys.py``)."""
         return tag
 
     def param_key(self, name: str) -> str:
@@ -157,33 +216,184 @@ class Destination(abc.ABC):
         return name
 
 
-_TRANSIENT_TEXT = re.compile(
-    r"connection (refused|reset|aborted)|timed? ?out|temporarily unavailable|"
-    r"too many requests|\b(429|500|502|503|504)\b|max retries exceeded|"
-    r"remote end closed|broken pipe|name or service not known",
-    re.I,
-)
+def _boundary(fn: Callable, method: str) -> Callable:
+    @functools.wraps(fn)
+    def call(self: Destination, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(self, *args, **kw)
+        except TraceletError:
+            raise
+        except Exception as e:  # the vendor's: typed here, once, from its type/code
+            raise typed_error(self.classify(e), e) from e
+
+    call._vendor_boundary = True  # type: ignore[attr-defined]
+    return call
 
 
-def is_transient_error(exc: BaseException) -> bool:
-    """Classify an exception from any HTTP-based SDK by type first, text second."""
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    for e in _chain(exc):
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if isinstance(status, int) and (status == 429 or status >= 500):
-            return True
-        if _TRANSIENT_TEXT.search(str(e)):
-            return True
-    return False
+def typed_error(cls: type[DestinationError], e: BaseException) -> DestinationError:
+    from ..redact import scrub  # vendor text becomes ours: never a credential in it
+
+    text = scrub(" ".join(str(e).split()))
+    if len(text) > 400:
+        text = text[:397] + "..."
+    return cls(f"{type(e).__name__}: {text}" if text else type(e).__name__)
 
 
-def _chain(exc: BaseException):
-    seen = set()
+# -- classification by type, errno, status code -----------------------------------------------
+# Class names (anywhere in the MRO) of transport failures in the HTTP/RPC stacks the vendors
+# use (requests, urllib3, http.client, httpx, aiohttp, grpc, websockets), matched by name so
+# that none of those libraries is imported here.
+_TRANSIENT_TYPES = frozenset({
+    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
+    "TimeoutException", "ConnectError", "ReadError", "WriteError", "RemoteProtocolError",
+    "ProtocolError", "RemoteDisconnected", "IncompleteRead", "NewConnectionError",
+    "MaxRetryError", "ChunkedEncodingError", "ClientConnectionError", "ServerDisconnectedError",
+    "ConnectionClosed", "ConnectionClosedError", "ServiceUnavailable", "BrokenPipeError",
+    "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
+})
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                               errno.ETIMEDOUT, errno.EPIPE, errno.EHOSTUNREACH,
+                               errno.ENETUNREACH, errno.EAGAIN, errno.EBUSY})
+_DESTINATION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS,
+                                 errno.EDQUOT, errno.ENOENT})
+_SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_DESTINATION = frozenset({3, 8, 10, 11, 13, 14, 26})  # PERM READONLY IOERR CORRUPT FULL CANTOPEN NOTADB
+# A bug (ours or the SDK's) is no reason to drop data: it fails the destination loudly.
+_PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError,
+                       NotImplementedError, KeyError, IndexError, RecursionError)
+
+
+def chain(exc: BaseException | None):
+    """``exc`` and its causes/contexts, each once."""
+    seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def http_status(e: BaseException) -> int | None:
+    """The HTTP status an exception carries (``e.response.status_code``, ``e.status_code``,
+    MLflow's ``get_http_status_code()``), if any."""
+    for value in (getattr(getattr(e, "response", None), "status_code", None),
+                  getattr(e, "status_code", None), getattr(e, "status", None)):
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    getter = getattr(e, "get_http_status_code", None)
+    if callable(getter):
+        try:
+            value = getter()
+        except Exception:
+            return None
+        return value if isinstance(value, int) else None
+    return None
+
+
+def classify_error(exc: BaseException) -> type[DestinationError]:
+    """Transient, content or destination, from types, errnos, sqlite codes and HTTP status
+    anywhere in the exception's chain (the first decisive one wins); content by default."""
+    for e in chain(exc):
+        if isinstance(e, TraceletError):
+            if isinstance(e, DestinationError):
+                return type(e) if isinstance(e, (TransientDestinationError,
+                                                  PermanentDestinationError)) else DestinationError
+            return DestinationError
+        if isinstance(e, _PROGRAMMING_ERRORS):
+            return DestinationError
+        if isinstance(e, MemoryError):
+            return PermanentDestinationError  # this content is too big for the vendor
+        names = {c.__name__ for c in type(e).__mro__}
+        if names & _TRANSIENT_TYPES:
+            return TransientDestinationError
+        if isinstance(e, OSError) and e.errno is not None:
+            if e.errno in _TRANSIENT_ERRNOS:
+                return TransientDestinationError
+            if e.errno in _DESTINATION_ERRNOS:
+                return DestinationError
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            if code & 0xFF in _SQLITE_TRANSIENT:
+                return TransientDestinationError
+            if code & 0xFF in _SQLITE_DESTINATION:
+                return DestinationError
+        status = http_status(e)
+        if status is not None:
+            if status == 429 or status >= 500:
+                return TransientDestinationError
+            if status in (401, 403, 404, 405, 410):
+                return DestinationError
+            if 400 <= status < 500:
+                return PermanentDestinationError
+    return PermanentDestinationError
+
+
+# -- the factory side: what the registry and the command line know without the SDK ---------------
+@dataclass(frozen=True)
+class Option:
+    """A destination option on ``tracelet sync``/``status`` (cli.py builds them from these).
+
+    ``flag`` is the click declaration (``--mlflow-uri`` or ``--clearml-offline/--no-...``);
+    ``key`` the config key the destination reads; ``env`` the vendor's own variable that is the
+    default when the option is not given (shown in ``--help``)."""
+
+    key: str
+    flag: str
+    help: str
+    env: str | None = None
+    choices: tuple[str, ...] = ()
+    is_flag: bool = False
+
+
+class DestinationFactory:
+    """Everything about a destination that is known without importing its SDK.
+
+    A subclass (one per ``destinations/<name>/factory.py``) sets ``name``, ``extra`` (the pip
+    extra), ``vendor_module`` (must be importable, else :class:`MissingExtraError`), ``client``
+    (``"module:Class"`` of the :class:`Destination`), ``options`` and ``summary``, and defines
+    :meth:`target`. :meth:`target_key` names the checkpoint folder of a target: it must stay
+    the same across versions (a new key starts a new checkpoint, and the run is reconciled with
+    the destination)."""
+
+    name: str = ""
+    extra: str = ""
+    vendor_module: str | None = None
+    client: str = ""
+    options: tuple[Option, ...] = ()
+    summary: str = ""
+
+    def target(self, config: Mapping[str, Any]) -> str:
+        """The target this config points at (URI, folder, mode), computed without the SDK."""
+        return self.name
+
+    def target_key(self, config: Mapping[str, Any]) -> str:
+        # Credentials are not part of the target (a rotated password is the same server), and
+        # not even their hash goes into the state dir's folder names.
+        from ..redact import strip_url_credentials
+
+        digest = hashlib.sha1(strip_url_credentials(self.target(config)).encode()).hexdigest()
+        return f"{self.name}-{digest[:10]}"
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return self.vendor_module is None or importlib.util.find_spec(self.vendor_module) is not None
+
+    def create(self, config: Mapping[str, Any]) -> Destination:
+        """The destination client; raises :class:`MissingExtraError` without its SDK."""
+        import importlib
+
+        if not self.available():
+            raise MissingExtraError(self.name, self.vendor_module or self.name, self.extra)
+        module_name, _, class_name = self.client.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)(dict(config))
+
+
+def env_or(config: Mapping[str, Any], key: str, env: str, default: str | None = None) -> str | None:
+    """``config[key]`` if given, else the environment variable, else ``default``."""
+    value = config.get(key)
+    if value is None or value == "":
+        value = os.environ.get(env) or default
+    return value
 
 
 ALL_KINDS = frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, HPARAMS, AUDIO})

@@ -1,4 +1,12 @@
 """In-memory (or journaled) reference destination for engine tests: see :mod:`.client`."""
-from .client import MemoryDestination, MemoryStore, StoredRun, reset_stores, store_named
+from __future__ import annotations
 
-__all__ = ["MemoryDestination", "MemoryStore", "StoredRun", "reset_stores", "store_named"]
+from .factory import FACTORY
+
+
+def __getattr__(name: str):  # lazy, as the vendor packages: the registry imports FACTORY only
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.client"), name)
+    globals()[name] = value
+    return value

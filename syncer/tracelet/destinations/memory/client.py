@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ...params import param_text
 from ...errors import DestinationError, TransientDestinationError
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, KINDS, SCALAR, TEXT, Batch
-from ..base import Capabilities, Destination, RunHandle, RunRef
+from ..base import SystemRows, Capabilities, Destination, RunHandle, RunRef
 from .factory import option
 
 _POINT_KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO)  # hparams travel as params
@@ -280,11 +281,12 @@ class MemoryDestination(Destination):
         self.store.apply({"op": "points", "uid": uid, "path": batch.path, "points": points,
                           "ords": ords, "end": batch.end_offset, "end_ords": end_ords})
 
-    def send_system(self, handle: RunHandle, table, run: RunRef, *, dedupe: bool) -> None:
+    def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
+                    dedupe: bool) -> None:
         self._enter("send_system")
         stored = self._run(handle)
-        rows = list(zip(table.column("name").to_pylist(), table.column("timestamp").to_pylist(),
-                        [_value_key(v) for v in table.column("value").to_pylist()]))
+        rows = list(zip(rows.names, rows.timestamps,
+                        [_value_key(v) for v in rows.values]))
         if dedupe:
             have = _multiset(stored.system)
             kept = []
@@ -299,8 +301,6 @@ class MemoryDestination(Destination):
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
         self._enter("log_params")
         self._run(handle)
-        from ...engine import param_text
-
         self.store.apply({"op": "params", "uid": handle.identity["uid"],
                           "params": {k: param_text(v) for k, v in params.items()}})
         return []

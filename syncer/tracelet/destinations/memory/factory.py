@@ -5,9 +5,11 @@ import hashlib
 import os
 from typing import Any, Mapping
 
+from ..base import DestinationFactory, Option
+
 NAME = "memory"
-OPTIONS = ("memory_store", "memory_down", "memory_fail_sends", "memory_slow_s", "memory_kinds",
-           "memory_reject")
+KNOBS = ("memory_store", "memory_down", "memory_fail_sends", "memory_slow_s", "memory_kinds",
+         "memory_reject")
 
 
 def option(config: Mapping[str, Any], key: str) -> Any:
@@ -18,8 +20,27 @@ def option(config: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+class MemoryFactory(DestinationFactory):
+    name = NAME
+    extra = ""
+    vendor_module = None
+    client = "tracelet.destinations.memory.client:MemoryDestination"
+    summary = "reference destination for tests (in-process, or a journal folder)"
+    options = (
+        Option("memory_store", "--memory-store", env="TRACELET_MEMORY_STORE",
+               help="memory destination: journal folder (default: this process only)."),
+    )
+
+    def target(self, config: Mapping[str, Any]) -> str:
+        store = option(config, "memory_store") or "mem:default"
+        return store if store.startswith("mem:") else os.path.abspath(store)
+
+    def target_key(self, config: Mapping[str, Any]) -> str:
+        return f"{self.name}-{hashlib.sha1(self.target(config).encode()).hexdigest()[:10]}"
+
+
+FACTORY = MemoryFactory()
+
+
 def target_key(config: Mapping[str, Any]) -> str:
-    store = option(config, "memory_store") or "mem:default"
-    if not store.startswith("mem:"):
-        store = os.path.abspath(store)
-    return f"{NAME}-{hashlib.sha1(store.encode()).hexdigest()[:10]}"
+    return FACTORY.target_key(config)

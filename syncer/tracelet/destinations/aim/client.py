@@ -115,17 +115,17 @@ from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
-from .._fs import _crash_point
-from ..errors import DestinationError, TraceletError
-from ..params import flatten_params
-from ..reader.points import (AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch,
+from ..._fs import _crash_point
+from ...errors import DestinationError, TraceletError, TransientDestinationError
+from ...params import flatten_params
+from ...reader.points import (AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch,
                              HistogramPoint, ImagePoint)
-from ..media import image_problem
-from ..redact import scrubbed_logger
-from .aim_repo import ensure_local_repo, repo_name
-from .base import (Capabilities, Destination, Rejected, RunHandle, RunRef, _chain,
-                   is_transient_error)
-from .keys import suffixed
+from ...media import image_problem
+from ...redact import scrubbed_logger
+from .repo import ensure_local_repo, repo_name
+from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
+                   classify_error)
+from ..keys import suffixed
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 
@@ -722,7 +722,6 @@ class AimDestination(Destination):
     name = "aim"
     capabilities = Capabilities(
         kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}),
-        max_points_per_call=100_000,  # one write batch per send; Aim has no per-call limit
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None):
@@ -764,20 +763,18 @@ class AimDestination(Destination):
     def metric_key(self, tag: str) -> str:
         return aim_key(tag)
 
-    def is_transient(self, exc: BaseException) -> bool:
-        if is_transient_error(exc):
-            return True
-        for e in _chain(exc):
+    def classify(self, exc: BaseException) -> type[DestinationError]:
+        for e in chain(exc):
             kind = type(e).__module__ + "." + type(e).__name__
             if kind in ("filelock._error.Timeout", "filelock.Timeout"):
-                return True  # another process holds the run; it may finish
+                return TransientDestinationError  # another process holds the run; it may finish
             if "ConnectionClosed" in kind or "websockets" in kind:
-                return True
+                return TransientDestinationError
             if "Failed to connect to Aim Server" in str(e):  # aim.ext.transport's RuntimeError
-                return True
+                return TransientDestinationError
             if "Rocks" in kind and re.search(r"lock|temporarily unavailable|busy", str(e), re.I):
-                return True
-        return False
+                return TransientDestinationError
+        return classify_error(exc)
 
     # -- identity ----------------------------------------------------------------------------
     def _run_exists(self, run_hash: str) -> bool:
@@ -873,9 +870,7 @@ class AimDestination(Destination):
 
     def _create_props(self, run_hash: str, run: RunRef) -> None:
         """Aim's run record (sqlite) with the creation time = the manifest's ``started_at``."""
-        from ..engine import _as_unix
-
-        started = _as_unix((run.manifest or {}).get("started_at"))
+        started = run.started_at
         if not started:
             return
         try:  # fromtimestamp refuses years past 9999 (a usable but far-future start time)
@@ -947,11 +942,12 @@ class AimDestination(Destination):
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
         return rejected
 
-    def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
+    def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
+                    dedupe: bool) -> None:
         st: _AimRun = handle.client
-        ts = table.column("timestamp").to_pylist()
-        names = table.column("name").to_pylist()
-        values = table.column("value").to_pylist()
+        ts = rows.timestamps
+        names = rows.names
+        values = rows.values
         digest = "sysmetrics:" + hashlib.sha1(repr((ts, names, values)).encode()).hexdigest()[:16]
         if st.landed_meta.get(digest):
             return  # this part landed (Aim's own record)

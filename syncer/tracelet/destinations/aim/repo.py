@@ -35,9 +35,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .._fs import _crash_point, _fsync_dir, atomic_write_bytes, exclusive_lock
-from ..errors import DestinationError
-from ..redact import scrubbed_logger
+from ..._fs import _crash_point, _fsync_dir, atomic_write_bytes, exclusive_lock
+from ...errors import DestinationError
+from ...redact import scrubbed_logger
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 

@@ -156,13 +156,14 @@ from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 
-from .._fs import atomic_write_bytes
-from ..errors import DestinationError
-from ..media import image_problem
-from ..reader.points import AUDIO, HISTOGRAM, IMAGE, MAX_ABS_WALL_TIME, SCALAR, TEXT, Batch
-from ..redact import scrubbed_logger
-from .base import Capabilities, Destination, Rejected, RunHandle, RunRef
-from .keys import suffixed
+from ..._fs import atomic_write_bytes
+from ...errors import DestinationError
+from ...media import image_problem
+from ...reader.points import AUDIO, HISTOGRAM, IMAGE, MAX_ABS_WALL_TIME, SCALAR, TEXT, Batch
+from ...params import param_text
+from ...redact import scrubbed_logger
+from ..base import SystemRows, Capabilities, Destination, Rejected, RunHandle, RunRef
+from ..keys import suffixed
 
 log = scrubbed_logger("tracelet.clearml")  # log lines never show a credential
 
@@ -578,12 +579,11 @@ class ClearmlDestination(Destination):
     name = "clearml"
     capabilities = Capabilities(
         kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}),
-        max_points_per_call=EVENTS_PER_LINE,
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
-        from . import clearml_offline  # the same rule as destinations.target_key
+        from .factory import clearml_offline  # the same rule as destinations.target_key
 
         self.offline = clearml_offline(self.config)
         _quiet_clearml()
@@ -726,16 +726,13 @@ class ClearmlDestination(Destination):
         copies.commit()
         return rejected
 
-    def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
-        from ..engine import _as_unix
-
-        start = _as_unix((run.manifest or {}).get("started_at")) or 0.0
+    def send_system(self, handle: RunHandle, part: SystemRows, run: RunRef, *,
+                    dedupe: bool) -> None:
+        start = run.started_at or 0.0
         copies = _Copies(handle.identity["copies"])
         rows = []
         names: dict[str, tuple[str, str, float]] = {}
-        for ts, name, value in zip(table.column("timestamp").to_pylist(),
-                                   table.column("name").to_pylist(),
-                                   table.column("value").to_pylist()):
+        for ts, name, value in zip(part.timestamps, part.names, part.values):
             if value is None or ts is None:
                 continue
             spec = names.get(name)
@@ -892,8 +889,6 @@ class ClearmlDestination(Destination):
         return known
 
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
-        from ..engine import param_text
-
         values = {str(k): param_text(v) for k, v in params.items()}
         if self.offline:
             have = self._known(handle)["params"]
@@ -1201,6 +1196,3 @@ def _main(argv: list[str] | None = None) -> int:
     print(json.dumps(plan, indent=1))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -24,10 +24,14 @@ artifacts/          run artifacts under the same relative paths
 status              run status (RUNNING/FINISHED/FAILED/KILLED) and end time
 ==================  =========================================================================
 
-Tag names (:func:`mlflow_key`): a tag MLflow accepts is the key; any other is cleaned
-(characters MLflow rejects become ``_``, the path is normalised, a leading ``..`` is escaped)
-and ends in ``-<8 hex of the tag's SHA-1>`` so that no two tags share a key; the same for
-params and run tags. Artifact paths use the same key.
+Tag names: see :mod:`.mapping` (a tag MLflow accepts is the key; any other is cleaned and
+ends in ``-<8 hex of the tag's SHA-1>``).
+
+Errors (:meth:`MlflowDestination.classify`): MLflow's error code decides (permission, not found,
+deleted → the destination; rate limits, unavailable → transient; an invalid value → the content,
+quarantined), then the cause (a refused connection is transient), then HTTP status. A call on a
+run MLflow refuses because the run is no longer active is checked against the run: deleted
+underneath means the destination, not the points.
 
 Idempotency: metrics sent with ``dedupe=True`` are checked against ``get_metric_history`` (per
 key, once per sync) and only missing points are logged; artifacts are written under
@@ -39,76 +43,31 @@ import json
 import math
 import os
 import posixpath
-import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-import pyarrow as pa
+from ...errors import DestinationError, PermanentDestinationError, TransientDestinationError
+from ...params import param_text
+from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ...redact import scrub
+from ..base import (Capabilities, Destination, RunHandle, RunRef, SystemRows, chain,
+                    classify_error)
+from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
+                      RUN_ID_OK, STATUS, canon, mlflow_accepts, mlflow_key, wall_ms)
 
-from ..errors import DestinationError
-from ..redact import scrub
-from ..reader.points import AUDIO, HISTOGRAM, IMAGE, MAX_ABS_WALL_TIME, SCALAR, TEXT, Batch
-from .base import Capabilities, Destination, RunHandle, RunRef
-from .keys import suffixed
-
-MAX_METRICS_PER_CALL = 1000  # MLflow's MAX_METRICS_PER_BATCH
-MAX_PARAMS_PER_CALL = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
-MAX_PARAM_VALUE_CHARS = 6000  # MLflow's MAX_PARAM_VAL_LENGTH
-MAX_KEY_CHARS = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
-# MLflow's character rule (``re.match`` with ``$``, as MLflow writes it; Windows drops ``:``)
-_MLFLOW_KEY_CHARS = re.compile(r"^[/\w.\- ]*$" if os.name == "nt" else r"^[/\w.\- :]*$")
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]" if os.name == "nt" else r"[^/\w.\- :]")
-_MAX_DOUBLE = 1.7976931348623157e308
-_RUN_ID_OK = re.compile(r"[0-9A-Za-z][\w-]{0,255}")  # MLflow's own run id rule
-_STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-
-
-def mlflow_accepts(key: str) -> bool:
-    """MLflow's own rule for metric, param and tag names (``mlflow.utils.validation``:
-    ``validate_param_and_metric_name``, ``path_not_unique``, ``MAX_ENTITY_KEY_LENGTH``)."""
-    if not _MLFLOW_KEY_CHARS.match(key) or len(key) > MAX_KEY_CHARS:
-        return False
-    norm = posixpath.normpath(key)
-    return not (norm != key or norm == "." or norm.startswith("..") or norm.startswith("/"))
-
-
-def mlflow_key(tag: str) -> str:
-    """Map a TensorBoard tag (or param name) to a key MLflow accepts: the tag itself when MLflow
-    takes it; else its characters outside ``letters digits _ - . / : space`` become ``_``, the
-    path is normalised (no empty, ``.`` or ``..`` parts; a first part starting with ``..``
-    gets a leading ``_``), the result is cut to fit and ends in ``-<8 hex of the tag's SHA-1>``
-    (:mod:`.keys`), so distinct tags never share a key."""
-    if mlflow_accepts(tag):
-        return tag
-    parts = [p for p in _BAD_KEY_CHARS.sub("_", tag).split("/") if p not in ("", ".", "..")]
-    if parts and parts[0].startswith(".."):
-        parts[0] = "_" + parts[0]  # MLflow refuses names that resolve to a parent folder
-    return suffixed("/".join(parts) or "_", tag, MAX_KEY_CHARS)
-
-
-def wall_ms(wall: float) -> int:
-    """Wall time in ms; a NaN/Inf, negative or absurd (> 1e12 s) time (a broken clock: MLflow
-    refuses a negative timestamp, SQL stores overflow on a huge one) becomes 0. The engine
-    already sends event points with such times as 0; this covers sidecar samples too."""
-    return int(wall * 1000) if 0 < wall < MAX_ABS_WALL_TIME else 0
-
-
-def _canon(value: float) -> float | str:
-    """A value as MLflow stores it, for comparing what landed with what we would send."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return _MAX_DOUBLE if value > 0 else -_MAX_DOUBLE
-    return value
-
+# MLflow error codes (mlflow.protos.databricks_pb2) by what the engine does about them.
+_DESTINATION_CODES = frozenset({
+    "PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "RESOURCE_DOES_NOT_EXIST",
+    "ENDPOINT_NOT_FOUND", "INVALID_STATE", "FEATURE_DISABLED", "NOT_IMPLEMENTED"})
+_TRANSIENT_CODES = frozenset({
+    "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED", "ABORTED", "SERVICE_UNDER_MAINTENANCE", "WORKSPACE_TEMPORARILY_UNAVAILABLE"})
 
 class MlflowDestination(Destination):
     name = "mlflow"
-    capabilities = Capabilities(
-        kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}),
-        max_points_per_call=MAX_METRICS_PER_CALL,
-    )
+    capabilities = Capabilities(kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}))
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
@@ -132,6 +91,52 @@ class MlflowDestination(Destination):
     @property
     def target(self) -> str:
         return scrub(str(self.uri))  # reports and messages: never the URI's credentials
+
+    def classify(self, exc: BaseException) -> type[DestinationError]:
+        from mlflow.exceptions import MlflowException, RestException
+
+        for e in chain(exc):
+            if not isinstance(e, MlflowException):
+                continue
+            code = str(e.error_code or "")
+            if code in _DESTINATION_CODES:
+                return DestinationError
+            if code in _TRANSIENT_CODES:
+                return TransientDestinationError
+            if code == "INTERNAL_ERROR":
+                # MLflow's catch-all: what it wraps decides (a refused connection, a locked
+                # sqlite); an internal error reported by a server (HTTP 500) is transient
+                cause = e.__cause__ or e.__context__
+                inner = classify_error(cause) if cause is not None else None
+                if inner not in (None, PermanentDestinationError):
+                    return inner
+                return TransientDestinationError if isinstance(e, RestException) \
+                    else PermanentDestinationError
+            return PermanentDestinationError  # INVALID_PARAMETER_VALUE, BAD_REQUEST ...: content
+        return classify_error(exc)
+
+    @contextmanager
+    def _on_run(self, run_id: str) -> Iterator[None]:
+        """MLflow refuses writes to a deleted run with the code it uses for a bad value: ask the
+        run, so a run deleted underneath fails the destination instead of quarantining points."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as e:
+            if e.error_code == "INVALID_PARAMETER_VALUE" and self._run_deleted(run_id):
+                raise DestinationError(
+                    f"mlflow: run {run_id} was deleted on {self.target} after an earlier sync; "
+                    "restore it (mlflow runs restore --run-id ...) to continue it") from e
+            raise
+
+    def _run_deleted(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "deleted"
+        except MlflowException as e:
+            return e.error_code == "RESOURCE_DOES_NOT_EXIST"
 
     def metric_key(self, tag: str) -> str:
         return mlflow_key(tag)
@@ -168,7 +173,7 @@ class MlflowDestination(Destination):
 
         exp_id = self._experiment_id(run.project)
         rid, ignored = (identity or {}).get("run_id"), False
-        if rid and not (isinstance(rid, str) and _RUN_ID_OK.fullmatch(rid)):
+        if rid and not (isinstance(rid, str) and RUN_ID_OK.fullmatch(rid)):
             rid, ignored = None, True  # not an MLflow run id: never handed to the store
         if rid:
             try:
@@ -197,7 +202,8 @@ class MlflowDestination(Destination):
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
         try:
-            self._send(handle, batch, dedupe)
+            with self._on_run(handle.identity["run_id"]):
+                self._send(handle, batch, dedupe)
         except BaseException:
             # Part of it may have landed (the file store writes metric by metric): what the
             # cache says landed is no longer known; the next dedupe asks MLflow again.
@@ -233,11 +239,11 @@ class MlflowDestination(Destination):
         landed: dict[str, set] = handle.extra.setdefault("landed", {})
         run_id = handle.identity["run_id"]
         for key in {m.key for m in metrics} - landed.keys():
-            landed[key] = {(m.step, m.timestamp, _canon(m.value))
+            landed[key] = {(m.step, m.timestamp, canon(m.value))
                            for m in self.client.get_metric_history(run_id, key)}
         out = []
         for m in metrics:
-            sig = (m.step, m.timestamp, _canon(m.value))
+            sig = (m.step, m.timestamp, canon(m.value))
             seen = landed[m.key]
             if sig not in seen:
                 seen.add(sig)
@@ -270,22 +276,24 @@ class MlflowDestination(Destination):
                 p.write_bytes(a.encoded)
             self.client.log_artifacts(run_id, str(root), artifact_path="tensorboard")
 
-    def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
+    def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
+                    dedupe: bool) -> None:
         from mlflow.entities import Metric
 
         start = (_started_at_ms(run) or 0) / 1000.0
-        ts = table.column("timestamp").to_pylist()
-        names = table.column("name").to_pylist()
-        values = table.column("value").to_pylist()
+        ts = rows.timestamps
+        names = rows.names
+        values = rows.values
         metrics = [
             Metric(mlflow_key(f"system/{n}"), v, wall_ms(t),
                    max(0, int(t - start)) if start and wall_ms(t) else 0)
             for t, n, v in zip(ts, names, values) if v is not None
         ]
         try:
-            if dedupe:
-                metrics = self._missing(handle, metrics)
-            self._log_metrics(handle.identity["run_id"], metrics)
+            with self._on_run(handle.identity["run_id"]):
+                if dedupe:
+                    metrics = self._missing(handle, metrics)
+                self._log_metrics(handle.identity["run_id"], metrics)
         except BaseException:
             handle.extra.pop("landed", None)  # see send
             raise
@@ -293,8 +301,6 @@ class MlflowDestination(Destination):
     # -- params, artifacts, status -------------------------------------------------------------
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
         from mlflow.entities import Param
-
-        from ..engine import param_text
 
         run_id = handle.identity["run_id"]
         existing = self.client.get_run(run_id).data.params
@@ -307,28 +313,30 @@ class MlflowDestination(Destination):
                     conflicts.append(k)
                 continue
             todo.append(Param(key, text))
-        for i in range(0, len(todo), MAX_PARAMS_PER_CALL):
-            self.client.log_batch(run_id, params=todo[i : i + MAX_PARAMS_PER_CALL], synchronous=True)
+        with self._on_run(run_id):
+            for i in range(0, len(todo), MAX_PARAMS_PER_CALL):
+                self.client.log_batch(run_id, params=todo[i: i + MAX_PARAMS_PER_CALL],
+                                      synchronous=True)
         return conflicts
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         run_id = handle.identity["run_id"]
-        for path, rel in files:
-            folder = posixpath.dirname(rel) or None
-            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+        with self._on_run(run_id):
+            for path, rel in files:
+                folder = posixpath.dirname(rel) or None
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
     def finish(self, handle: RunHandle, status: str, ended_at: float | None) -> None:
         run_id = handle.identity["run_id"]
-        mstatus = _STATUS.get(status, "RUNNING")
-        if mstatus == "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            end_ms = int(ended_at * 1000) if ended_at else None
-            self.client.set_terminated(run_id, status=mstatus, end_time=end_ms)
+        mstatus = STATUS.get(status, "RUNNING")
+        with self._on_run(run_id):
+            if mstatus == "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                end_ms = int(ended_at * 1000) if ended_at else None
+                self.client.set_terminated(run_id, status=mstatus, end_time=end_ms)
 
 
 def _started_at_ms(run: RunRef) -> int | None:
-    from ..engine import _as_unix
-
-    started = _as_unix((run.manifest or {}).get("started_at"))
+    started = run.started_at
     return int(started * 1000) if started else None

@@ -134,13 +134,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pyarrow as pa
 
-from .._fs import _crash_point
-from ..errors import DestinationError, UsageError
-from ..reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
-from ..media import image_problem
-from ..redact import scrubbed_logger
-from .base import Capabilities, Destination, Rejected, RunHandle, RunRef
-from .keys import suffixed
+from ..._fs import _crash_point
+from ...errors import DestinationError, UsageError
+from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ...media import image_problem
+from ...redact import scrubbed_logger
+from ..base import SystemRows, Capabilities, Destination, Rejected, RunHandle, RunRef
+from ..keys import suffixed
 
 log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
@@ -197,7 +197,7 @@ def wandb_project(project: str) -> str:
 
 def wandb_mode(config: Mapping[str, Any]) -> str:
     """``offline`` or ``online``, decided as ``target_key`` decides it (keep the two in step)."""
-    from . import _wandb_has_credentials
+    from .factory import wandb_has_credentials as _wandb_has_credentials
 
     mode = config.get("wandb_mode") or os.environ.get("WANDB_MODE") or ""
     if mode in ("offline", "dryrun"):
@@ -629,11 +629,6 @@ class WandbDestination(Destination):
     def param_key(self, name: str) -> str:
         return _param_key(name)
 
-    def is_transient(self, exc: BaseException) -> bool:
-        if isinstance(exc, (TimeoutError, ConnectionError)):
-            return True
-        return super().is_transient(exc)
-
     # -- identity ----------------------------------------------------------------------------
     def _settings(self):
         import wandb
@@ -858,10 +853,11 @@ class WandbDestination(Destination):
             cur[1].extend(f"{code}{o}" for o in ords)
         return [(row, f"{fk}:" + ",".join(src)) for row, src in rows]
 
-    def send_system(self, handle: RunHandle, table: pa.Table, run: RunRef, *, dedupe: bool) -> None:
-        ts = table.column("timestamp").to_pylist()
-        names = table.column("name").to_pylist()
-        values = table.column("value").to_pylist()
+    def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
+                    dedupe: bool) -> None:
+        ts = rows.timestamps
+        names = rows.names
+        values = rows.values
         if not ts:
             return
         # A part has no name here; its content identifies it (parts are immutable).
@@ -1117,9 +1113,7 @@ def _retire_attempt(handle: RunHandle, key: tuple) -> None:
 
 
 def _run_started_at(run: RunRef) -> float | None:
-    from ..engine import _as_unix
-
-    return _as_unix((run.manifest or {}).get("started_at"))
+    return run.started_at
 
 
 def _short_hash(text: str) -> str:
