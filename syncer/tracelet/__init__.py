@@ -16,7 +16,7 @@ _LAZY = {
     "get_active_experiment": ("tracelet.recorder", "get_active_experiment"),
     "stop_logging": ("tracelet.recorder", "stop_logging"),
     "Experiment": ("tracelet.recorder", "Experiment"),
-    "sync": ("tracelet.engine", "sync"),
+    "sync": ("tracelet.api", "sync"),
 }
 
 __all__ = ["__version__", *_LAZY]

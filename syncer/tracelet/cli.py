@@ -74,38 +74,63 @@ def main() -> None:
     """
 
 
-def _destination_options(f):
-    """Options that pick and configure destinations (shared by sync and status)."""
-    opts = [
-        click.option("--to", "to", default=None, metavar="DESTS",
-                     help="Comma-separated destinations: mlflow,wandb,clearml,aim. Default: the "
-                          "backends in each run's manifest."),
-        click.option("--state-dir", default=None, envvar="TRACELET_STATE_DIR",
+class DestinationCommand(click.Command):
+    """``sync`` and ``status``: the options that pick and configure destinations come from the
+    destination registry (built-ins and plugins' entry points), read only when this command is
+    parsed or its help is shown, so ``tracelet export`` never scans for plugins."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not getattr(self, "_destination_params", None):
+            self._destination_params = _destination_params()
+            self.params[1:1] = self._destination_params  # after LOGDIRS
+        return super().get_params(ctx)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from .destinations import all_factories
+        from .destinations.registry import PLUGIN_PROBLEMS
+
+        with formatter.section("Destinations"):
+            formatter.write_dl([(f.name, f.summary or "") for f in all_factories()])
+            for line in PLUGIN_PROBLEMS:
+                formatter.write_text(line)
+        super().format_epilog(ctx, formatter)
+
+
+def _destination_params() -> list[click.Parameter]:
+    from .destinations import all_factories, known_destinations
+
+    params: list[click.Parameter] = [
+        click.Option(["--to", "to"], default=None, metavar="DESTS",
+                     help="Comma-separated destinations: " + ",".join(known_destinations())
+                          + ". Default: the backends in each run's manifest."),
+        click.Option(["--state-dir", "state_dir"], default=None, envvar="TRACELET_STATE_DIR",
                      help="Where checkpoints live (default LOGDIR/.tracelet; env "
                           "TRACELET_STATE_DIR). Use for read-only logdirs."),
-        click.option("--project", default=None,
+        click.Option(["--project", "project"], default=None,
                      help="Project when a run has no manifest (default: the logdir's name)."),
-        click.option("--mlflow-uri", default=None,
-                     help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else MLflow's local store)."),
-        click.option("--wandb-mode", type=click.Choice(["online", "offline"]), default=None,
-                     help="W&B mode (default WANDB_MODE, else online with credentials, offline without)."),
-        click.option("--aim-repo", default=None,
-                     help="Aim repo path or aim://host:port (default ./.aim)."),
-        click.option("--clearml-offline/--no-clearml-offline", default=None,
-                     help="ClearML offline mode (default CLEARML_OFFLINE_MODE)."),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    seen = {"to", "state_dir", "project"}
+    for factory in all_factories():
+        for opt in factory.options:
+            if opt.key in seen:
+                continue
+            seen.add(opt.key)
+            kind = click.Choice(list(opt.choices)) if opt.choices else None
+            params.append(click.Option([opt.flag, opt.key], default=None, type=kind,
+                                       help=opt.help))
+    return params
 
 
 def _dest_config(kw: dict) -> dict:
-    return {k: kw.pop(k) for k in ("mlflow_uri", "wandb_mode", "aim_repo", "clearml_offline")}
+    """The destination options given (registry keys), taken out of a command's keywords."""
+    from .destinations import all_factories
+
+    keys = {o.key for f in all_factories() for o in f.options}
+    return {k: kw.pop(k) for k in list(kw) if k in keys}
 
 
-@main.command()
+@main.command(cls=DestinationCommand)
 @click.argument("logdirs", nargs=-1, required=True)
-@_destination_options
 @click.option("--follow", is_flag=True, help="Keep syncing new data until SIGTERM/SIGINT.")
 @click.option("--interval", default=30.0, show_default=True, type=float,
               help="Seconds between passes with --follow.")
@@ -123,8 +148,8 @@ def _dest_config(kw: dict) -> dict:
               help="Read artifacts, sidecar parts and the manifest through symlinks that lead "
                    "outside the run folder (default: skipped and reported).")
 @_output_options
-def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_run, as_json,
-         no_redact, follow_artifact_links, verbose, quiet, **kw):
+def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
+         follow_artifact_links, verbose, quiet, to=None, state_dir=None, project=None, **kw):
     """Replay LOGDIR(s) into destinations, incrementally and exactly once.
 
     \b
@@ -135,6 +160,7 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
     """
     from ._stdout import stdout_reserved
     from .engine import SyncOptions, parse_destinations, parse_shard, run_sync
+    from .output import Output
 
     # Vendor SDK chatter (MLflow's "View run" lines, W&B/ClearML and their subprocesses) goes to
     # stderr in every mode; stdout carries only the JSON report.
@@ -156,6 +182,7 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
                 verbose=verbose,
                 quiet=quiet,
             )
+            options.observer = Output(options)
             report = run_sync(list(logdirs), options)
         except TraceletError as e:
             _fail(e)
@@ -164,12 +191,11 @@ def sync(logdirs, to, state_dir, project, follow, interval, shard, workers, dry_
     sys.exit(report.exit_code)
 
 
-@main.command()
+@main.command(cls=DestinationCommand)
 @click.argument("logdirs", nargs=-1, required=True)
-@_destination_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_output_options
-def status(logdirs, to, state_dir, project, as_json, verbose, quiet, **kw):
+def status(logdirs, as_json, verbose, quiet, to=None, state_dir=None, project=None, **kw):
     """Show, per run and destination, what is synced, behind, or failed.
 
     \b

@@ -58,7 +58,7 @@ from ._fs import atomic_write_bytes
 from .errors import SourceError
 from .reader.points import MAX_ABS_WALL_TIME
 
-MANIFEST_NAME = "tracelet.json"
+from .rundir import MANIFEST_NAME
 SCHEMA_VERSION = 1
 STATUSES = ("running", "finished", "failed", "killed")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024

@@ -30,8 +30,7 @@ from typing import Iterator
 
 from .errors import OutsideRunError, SourceError
 
-ARTIFACTS_DIR = "artifacts"
-SIDECAR_DIR = "sysmetrics"
+from .rundir import ARTIFACTS_DIR, SIDECAR_DIR
 _FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
           | getattr(os, "O_CLOEXEC", 0))
 _LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP)}  # O_NOFOLLOW on a link

@@ -17,7 +17,7 @@ import pyarrow as pa
 from ._fs import atomic_write_bytes
 from .errors import SourceError
 
-SIDECAR_DIR = "sysmetrics"
+from .rundir import SIDECAR_DIR
 PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
 SCHEMA = pa.schema([("timestamp", pa.float64()), ("name", pa.string()), ("value", pa.float64())])
 

@@ -25,10 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-MANIFEST_NAME = "tracelet.json"
-SIDECAR_DIR = "sysmetrics"
-ARTIFACTS_DIR = "artifacts"
-STATE_DIR_NAME = ".tracelet"
+from ..rundir import ARTIFACTS_DIR, MANIFEST_NAME, SIDECAR_DIR, STATE_DIR_NAME  # noqa: F401
 _HPARAMS_CHILD = re.compile(r"^\d{9,}(\.\d+)?$")  # str(time.time()) as PyTorch names it
 
 

@@ -13,7 +13,7 @@ from .capture import capture_env, capture_git, capture_system
 from ..redact import Redactor
 from .config import RecorderConfig
 
-ARTIFACTS_DIR = "artifacts"
+from ..rundir import ARTIFACTS_DIR
 GIT_DIFF_ARTIFACT = "git_diff.patch"
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 

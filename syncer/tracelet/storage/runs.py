@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError, StateError
-from ..reader.logdir import ARTIFACTS_DIR, MANIFEST_NAME, SIDECAR_DIR
+from ..rundir import ARTIFACTS_DIR, MANIFEST_NAME, SIDECAR_DIR
 
 PART_MAX_BYTES = 512 << 20  # a sidecar part holds about a minute of samples
 

@@ -1,0 +1,97 @@
+"""Options of a sync: what to sync where, and the seams a caller injects (retry policy,
+clock, progress observer)."""
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..destinations import is_known, known_destinations
+from ..errors import UsageError
+
+# Large enough to amortise one checkpoint commit (an fsync) per batch; TRACELET_BATCH_POINTS
+# lowers it for fault-injection tests that need many commits in a small logdir.
+DEFAULT_BATCH_POINTS = int(os.environ.get("TRACELET_BATCH_POINTS", "20000"))
+
+
+class Progress:
+    """What the engine tells its caller while it works (the CLI draws a bar or prints log
+    lines from it: ``tracelet.output``). Every method may be called from worker threads; the
+    default does nothing."""
+
+    def begin(self, runs: int) -> None:
+        """A pass starts with ``runs`` runs to look at."""
+
+    def points(self, n: int) -> None:
+        """``n`` more source points were delivered (counted once, whatever the destinations)."""
+
+    def run_done(self, report: Any) -> None:
+        """One run's :class:`~tracelet.engine.report.RunReport` is complete."""
+
+    def problem(self, line: str) -> None:
+        """A warning outside any run (an unreadable folder, a FIFO)."""
+
+    def error(self, line: str) -> None:
+        """An error outside any run (a logdir that could not be listed): exit 1."""
+
+    def end(self) -> None:
+        """The pass is over."""
+
+
+@dataclass
+class SyncOptions:
+    destinations: list[str] | None = None  # None: each run's manifest `backends`
+    state_dir: str | None = None
+    project: str | None = None
+    dest_config: dict[str, Any] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
+    workers: int = 1
+    dry_run: bool = False
+    follow: bool = False
+    interval_s: float = 30.0
+    json_output: bool = False
+    batch_points: int = DEFAULT_BATCH_POINTS
+    progress: bool | None = None  # None: a progress line on a TTY, log lines otherwise
+    run_filter: Any = None  # callable(RunSource) -> bool, for sync_run_dir
+    stop: threading.Event | None = None  # set to drain: finish the batch in hand, commit, return
+    # the one redaction rule (tracelet.redact) on params (manifest and TensorBoard hparams from
+    # any writer) and manifest tags: True (default names) | False (as written) | list (these names)
+    redact_secrets: bool | list[str] = True
+    secret_patterns: list[str] = field(default_factory=list)
+    verbose: bool = False  # an unexpected error in a run keeps its traceback (printed, in JSON)
+    quiet: bool = False  # print only errors
+    follow_artifact_links: bool = False  # read a run's files through links that leave the run
+    # Seams (tests, embedding programs): the progress observer, the retry policy's sleep and
+    # the clock the engine uses for report times.
+    observer: Progress | None = None
+    sleep: Callable[[float], Any] | None = None  # None: wait on ``stop`` (a signal ends it)
+    clock: Callable[[], float] = time.monotonic
+
+
+def parse_destinations(text: str | None, allow_empty: bool = False) -> list[str] | None:
+    if text is None or not text.strip():
+        return None
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if not is_known(n)]
+    if unknown:
+        names_known = known_destinations()
+        close = difflib.get_close_matches(unknown[0], names_known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(f"--to: unknown destination(s) {', '.join(unknown)}; {hint}"
+                         f"choose from {', '.join(names_known)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {text!r}: need 0 <= K < N")
+    return k, n

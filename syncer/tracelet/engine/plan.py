@@ -1,0 +1,287 @@
+"""Planning a pass: which runs, under which names and ids, and whether a run changed at all.
+
+Discovery (local walk or object-store listing), shards, run ids, the stat-only source signature
+and the no-op fast path, ``linked_logdirs`` rules, state-dir rules. Nothing here sends or
+commits: it decides what the protocol (:mod:`.protocol`) gets to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import CheckpointStore
+from ..destinations import is_known
+from ..errors import SourceError, UsageError
+from ..manifest import load_manifest
+from ..reader import RunSource, discover_runs
+from ..redact import scrubbed_logger
+from ..retry import _short
+from ..rundir import MANIFEST_NAME, SIDECAR_DIR
+from ..runfiles import RunFiles, within
+from ..storage import ObjectPath, is_object_url, open_location
+from .options import SyncOptions
+from .pool import TargetKeys
+from .report import DestReport, RunReport
+
+log = scrubbed_logger("tracelet.sync")
+
+
+def in_shard(run_path: str, shard: tuple[int, int] | None) -> bool:
+    if shard is None:
+        return True
+    h = int(hashlib.sha1(run_path.encode()).hexdigest()[:8], 16)
+    return h % shard[1] == shard[0]
+
+
+def run_id_for(run_path: str, run: RunSource, manifest: dict | None) -> str:
+    if manifest and manifest.get("run_id"):
+        return str(manifest["run_id"])
+    first = run.event_files[0].name if run.event_files else ""
+    return hashlib.sha1(f"{run_path}\n{first}".encode()).hexdigest()[:32]
+
+
+def state_dir_for(logdir: Path | ObjectPath, explicit: str | None) -> Path:
+    if isinstance(logdir, ObjectPath):
+        return object_state_dir(logdir, explicit)
+    if not explicit:
+        return logdir / ".tracelet"
+    # One explicit state dir may serve many logdirs: keep each logdir's checkpoints apart.
+    resolved = logdir.resolve()
+    return Path(explicit) / f"{resolved.name or 'root'}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+
+
+def object_state_dir(url: ObjectPath, explicit: str | None) -> Path:
+    """State of a logdir in object storage stays local (and so does its lock): under
+    ``--state-dir``, which such a logdir requires, one folder per URL."""
+    if not explicit:
+        raise UsageError(f"{url}: a logdir in object storage needs --state-dir (or "
+                         "TRACELET_STATE_DIR): checkpoints and locks stay on local disk. Give "
+                         "the same one on every sync of this logdir.")
+    return Path(explicit) / f"{url.name or 'root'}-{hashlib.sha1(url.url.encode()).hexdigest()[:8]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# source signature: the stat-only check that makes an unchanged run free
+# ---------------------------------------------------------------------------------------------
+def source_signature(run: RunSource, event_files: list[Path], follow_links: bool = False) -> str:
+    """Stat-only fingerprint of everything a sync would send. Plain TensorBoard runs (no
+    manifest) cost one stat per event file: they have no sidecar or artifacts to look at.
+    Artifacts are those :meth:`RunFiles.artifacts` lists (no link out of the run).
+    Runs in object storage: size + ETag of each object, from the pass's listing."""
+    if run.location is not None:
+        from ..storage.runs import signature
+
+        return signature(run, event_files)
+    h = hashlib.sha1()
+    for p in event_files:
+        try:
+            st = os.stat(p)
+            h.update(f"e {p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"e {p}:missing\n".encode())
+    if not run.has_manifest:
+        return h.hexdigest()
+    base = os.fspath(run.path)
+    try:
+        st = os.stat(os.path.join(base, MANIFEST_NAME))
+        h.update(f"m {st.st_size}:{st.st_mtime_ns}\n".encode())
+    except OSError:
+        pass
+    try:
+        h.update(("s " + ",".join(sorted(os.listdir(os.path.join(base, SIDECAR_DIR)))) + "\n").encode())
+    except OSError:
+        pass
+    for rel, (size, mtime) in sorted(RunFiles(run.path, follow_links).artifacts().items()):
+        h.update(f"a {rel}:{size}:{mtime}\n".encode())
+    return h.hexdigest()
+
+
+class Planner:
+    """The planning half of a sync engine: one per :class:`~.runner.SyncEngine`."""
+
+    def __init__(self, options: SyncOptions, target_keys: TargetKeys):
+        self.o = options
+        self._target_keys = target_keys
+        self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
+        self._locations: dict[str, Any] = {}  # object-store logdirs: one client each, kept
+        self._roots: list[str] = []  # real paths of the LOGDIRs of this pass (linked_logdirs)
+
+    def store_for(self, logdir: Path) -> CheckpointStore:
+        store = self._stores.get(logdir)
+        if store is None:
+            store = self._stores[logdir] = CheckpointStore(state_dir_for(logdir, self.o.state_dir))
+        return store
+
+    def plan(self, logdirs: list[str], errors: list[str] | None = None
+             ) -> tuple[list[tuple[Path, RunSource]], list[str]]:
+        """The runs to sync and the warnings met. Each logdir, and each run in it, is planned
+        inside its own error boundary: an unexpected error skips that logdir (``errors``: exit 1)
+        or that run's part of the plan, never the others."""
+        work: list[tuple[Path, RunSource]] = []
+        problems: list[str] = []
+        errors = errors if errors is not None else problems
+        found: list[tuple[Path, list[RunSource]]] = []
+        # linked_logdirs are accepted inside the logdir being synced or a LOGDIR given
+        self._roots = [os.path.realpath(ld) for ld in logdirs]
+        for ld in logdirs:
+            if is_object_url(ld):
+                work.extend(self._plan_objects(ld, problems, errors))
+                continue
+            root = Path(ld)
+            if not root.exists():
+                raise UsageError(f"{ld}: no such folder. Give the logdir that holds your runs.")
+            if not root.is_dir():
+                raise UsageError(f"{ld}: is a file, not a folder. Give the logdir that holds it "
+                                 f"(e.g. {root.parent}).")
+            try:
+                disc = discover_runs(root)
+            except Exception as e:  # the logdir's boundary: the other logdirs still sync
+                errors.append(f"{ld}: unexpected error while finding its runs: "
+                              f"{type(e).__name__}: {_short(e)}; none of its runs synced. "
+                              "Run with -v for the traceback.")
+                log.debug("discovering %s", ld, exc_info=True)
+                continue
+            problems.extend(disc.problems)
+            found.append((root, disc.runs))
+        linked: set[str] = set()  # real paths of folders synced as part of another run
+        for root, runs in found:
+            for run in runs:
+                if not run.has_manifest:
+                    continue
+                try:
+                    manifest = load_manifest(run.path, validate=False,
+                                             follow_links=self.o.follow_artifact_links)
+                    linked.update(self.accepted_links(root, run, manifest, None))
+                except SourceError:
+                    continue  # reported when the run itself syncs
+                except Exception as e:  # this run's boundary: reported again when it syncs
+                    problems.append(f"run '{run.name}': unexpected error while reading its "
+                                    f"linked_logdirs: {type(e).__name__}: {_short(e)}")
+        for root, runs in found:
+            for run in runs:
+                try:
+                    # a plain TensorBoard folder linked by a recorded run is synced as part of
+                    # it; a run with its own manifest is always its own run
+                    if linked and not run.has_manifest and any(
+                            within(os.path.realpath(run.path), d) for d in linked):
+                        continue
+                    if not in_shard(run.name, self.o.shard):
+                        continue
+                    if self.o.run_filter is not None and not self.o.run_filter(run):
+                        continue
+                except Exception as e:
+                    problems.append(f"run '{run.name}': unexpected error while planning: "
+                                    f"{type(e).__name__}: {_short(e)}; not synced this time.")
+                    continue
+                work.append((root, run))
+        return work, problems
+
+    def _plan_objects(self, url: str, problems: list[str], errors: list[str]
+                      ) -> list[tuple[ObjectPath, RunSource]]:
+        """Runs of a logdir in object storage: one listing per pass. Manifests' linked_logdirs
+        (local paths of the training machine) are not followed there. A listing that fails
+        (network, server) skips this logdir (``errors``: exit 1), never the others."""
+        loc = self._locations.get(url)
+        if loc is None:
+            loc = self._locations[url] = open_location(url)
+        self.store_for(loc.root)  # --state-dir is required: say so before listing
+        try:
+            disc = discover_runs(loc)
+        except SourceError as e:
+            errors.append(f"{url}: {e}; none of its runs synced this time.")
+            return []
+        problems.extend(disc.problems)
+        return [(loc.root, run) for run in disc.runs if in_shard(run.name, self.o.shard)
+                and (self.o.run_filter is None or self.o.run_filter(run))]
+
+    def storage_stats(self) -> dict[str, dict[str, int]]:
+        """Requests made to each object-store logdir so far (listing pages, GETs, bytes)."""
+        return {url: loc.stats_snapshot() for url, loc in self._locations.items()}
+
+    def accepted_links(self, logdir: Path, run: RunSource, manifest: dict | None,
+                        rr: RunReport | None) -> list[str]:
+        """Real paths of the run's ``linked_logdirs`` that may be read: inside the logdir being
+        synced, or inside a LOGDIR given on the command line, and not holding the run itself.
+        Each other entry is skipped with a warning (in ``rr``) naming the manifest and path."""
+        entries = (manifest or {}).get("linked_logdirs") or []
+        if not entries:
+            return []
+        roots = [os.path.realpath(logdir), *self._roots]
+        own = os.path.realpath(run.path)
+        out = []
+        for d in entries:
+            real = os.path.realpath(os.path.join(run.path, d))  # relative: to the run folder
+            if within(own, real):
+                why = "it holds the run itself (its event files would be sent twice)"
+            elif any(within(real, r) for r in roots):
+                out.append(real)
+                continue
+            else:
+                why = (f"it is outside the logdir {logdir}. To sync it as part of this run, give "
+                       f"it (or a folder above it) as a LOGDIR too: tracelet sync {logdir} {d}")
+            if rr is not None:
+                rr.note(f"{run.manifest_path}: linked_logdirs entry '{d}' ({real}) skipped: {why}")
+        return out
+
+    def unchanged(self, logdir: Path, run: RunSource, store: CheckpointStore,
+                                rr: RunReport) -> bool:
+        """The cron fast path: stat + checkpoint reads only, no lock, no destination.
+
+        Safe without the lock: checkpoints are replaced atomically and carry the signature only
+        once a whole pass committed, so "unchanged" read here is true whatever a concurrent
+        sync is doing; anything else takes the lock and rechecks. The manifest is read bounded
+        and depth-checked, with a type check of the two fields used here (no schema). Only a
+        ``.sig`` holding the state dir key's MAC counts: a missing or forged one sends the run
+        down the slow path, which checks the checkpoint (and rewrites the ``.sig`` if the run
+        is unchanged)."""
+        try:
+            manifest = self.manifest(run, store, validate=False, fetch=False) \
+                if run.has_manifest else None
+        except SourceError:
+            return False
+        names = self.dest_names(manifest)
+        if not names:
+            return False
+        signature = source_signature(run, list(run.event_files)
+                                     + self.linked_event_files(logdir, run, manifest, None),
+                                     self.o.follow_artifact_links)
+        for name in names:
+            if not store.signature_matches(self._target_keys[name], run.name, signature):
+                return False
+        for name in names:
+            rr.destinations[name] = DestReport(name, target=self._target_keys[name],
+                                               state="unchanged")
+        return True
+
+    def manifest(self, run: RunSource, store: CheckpointStore, problems: list[str] | None = None,
+                  validate: bool = True, fetch: bool = True) -> dict | None:
+        """The run's manifest; in object storage through its local copy in the state dir (so
+        an unchanged run reads no object: ``fetch=False`` gives up instead of reading)."""
+        if run.location is None:
+            return load_manifest(run.path, problems, validate=validate,
+                                 follow_links=self.o.follow_artifact_links)
+        from ..storage.runs import manifest
+
+        return manifest(run, store, fetch, problems, validate)
+
+    def dest_names(self, manifest: dict | None) -> list[str]:
+        if self.o.destinations:
+            return self.o.destinations
+        wanted = (manifest or {}).get("backends") or []
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        return [w for w in wanted if isinstance(w, str) and is_known(w)]
+
+    def linked_event_files(self, logdir: Path, run: RunSource, manifest: dict | None,
+                            rr: RunReport | None) -> list[Path]:
+        """Event files of the run's accepted ``linked_logdirs`` (:meth:`_accepted_links`)."""
+        out: list[Path] = []
+        if run.location is not None:  # local paths of the training machine: not followed
+            return out
+        for d in self.accepted_links(logdir, run, manifest, rr):
+            disc = discover_runs(d) if os.path.isdir(d) else None
+            for r in disc.runs if disc else []:
+                out.extend(r.event_files)
+        return out
