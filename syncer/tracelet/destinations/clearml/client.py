@@ -333,12 +333,15 @@ class ClearmlDestination(Destination):
         """What this run's offline sessions already hold, keyed as the server keys events."""
         landed = handle.extra.get("landed")
         if landed is None:
-            landed = handle.extra["landed"] = {}
+            landed = {}
             for seq in sorted(handle.extra["sessions"]):
                 for ev in _read_session_events(handle.extra["sessions"][seq]):
                     key = (ev.get("type"), ev.get("iter"), ev.get("metric") or "",
                            ev.get("variant") or "")
                     landed[key] = ev.get("value") if ev.get("type") == _SCALAR_TYPE else True
+            # kept only once complete: a read that failed half way (then retried, or resent in
+            # halves) must not leave a partial record that lets landed events through again
+            handle.extra["landed"] = landed
         return landed
 
     def _write_media(self, task: Any, media: list[tuple]) -> None:
@@ -413,7 +416,7 @@ class ClearmlDestination(Destination):
     def _known(self, handle: RunHandle) -> dict[str, Any]:
         known = handle.extra.get("known")
         if known is None:
-            known = handle.extra["known"] = {"params": {}, "artifacts": {}, "status": None}
+            known = {"params": {}, "artifacts": {}, "status": None}
             for seq in sorted(handle.extra.get("sessions") or {}):
                 doc = _read_session_doc(handle.extra["sessions"][seq])
                 for name, p in ((doc.get("hyperparams") or {}).get(PARAM_SECTION) or {}).items():
@@ -421,6 +424,7 @@ class ClearmlDestination(Destination):
                 for a in ((doc.get("execution") or {}).get("artifacts") or []):
                     known["artifacts"][a.get("key")] = a.get("hash")
                 known["status"] = doc.get("status") or known["status"]
+            handle.extra["known"] = known  # only once complete, as _landed
         return known
 
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:

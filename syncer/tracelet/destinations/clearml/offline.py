@@ -24,10 +24,12 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..._fs import atomic_file, atomic_write_bytes
+from ...errors import DestinationError
 from .mapping import _SESSION_RE, SESSION_PREFIX
 
 
@@ -179,9 +181,19 @@ def _read_session_events(entry: Mapping[str, Path | None]) -> list[dict[str, Any
     if d is not None and (d / "metrics.jsonl").exists():
         lines = (d / "metrics.jsonl").read_bytes().splitlines()
     elif z is not None:
-        with zipfile.ZipFile(z) as zf:
-            if "metrics.jsonl" in zf.namelist():
-                lines = zf.read("metrics.jsonl").splitlines()
+        try:
+            with zipfile.ZipFile(z) as zf:
+                if "metrics.jsonl" in zf.namelist():
+                    lines = zf.read("metrics.jsonl").splitlines()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
+            # The offline folder itself is damaged, not the points being sent: every resend
+            # of this run would fail alike, so the destination fails (never a quarantine).
+            raise DestinationError(
+                f"clearml: offline session {z} is not a readable zip ({e}), and its folder is "
+                "gone: it cannot be compared with what is being sent again. Restore the zip (or "
+                "its folder) from a copy, or move it out of the offline folder: the points sent "
+                "again are then written into a new session (an event imported twice replaces "
+                "itself).") from e
     out: list[dict[str, Any]] = []
     for line in lines:
         try:
