@@ -454,10 +454,12 @@ class ClearmlDestination(Destination):
             for path, rel, digest in todo:
                 if not task.upload_artifact(rel, path, wait_on_upload=True):
                     # ClearML returns False (and logs why) for a file it cannot find or
-                    # pack: this file is refused, the others go on
+                    # pack: this file is refused, the others go on (a server too old for
+                    # artifacts refuses every file: the engine then fails the destination)
                     raise PermanentDestinationError(
-                        f"clearml: upload_artifact('{rel}') returned False (the file is gone "
-                        "or unreadable; ClearML's log says which)")
+                        f"clearml: upload_artifact('{rel}') returned False (a file ClearML "
+                        "cannot find or pack, or a server without artifacts; its log says "
+                        "which)")
                 if self.offline:
                     self._known(handle)["artifacts"][rel] = digest
 
