@@ -370,3 +370,166 @@ def test_names_shorter_than_clearml_accepts_are_padded(cml, tmp_path):
     rb = cml.read_back("ab_/x__", "r__")
     assert rb.runs_found == 1
     assert sorted(s for s, _ in rb.scalars[cml.metric_key("loss")]) == list(range(15))
+
+
+# -- errors at the vendor boundary ---------------------------------------------------------------
+def _reply(status: int, body: dict | None = None, text: str | None = None):
+    """A real ``requests.Response`` as the server's raw reply to ``events.add_batch``."""
+    import requests
+
+    r = requests.Response()
+    r.status_code = status
+    r._content = (text if text is not None else json.dumps(body or {})).encode()
+    r.headers["Content-Type"] = "application/json"
+    return r
+
+
+def _send_error(code: int, subcode: int):
+    """ClearML's own ``SendError`` carrying the server's ``CallResult`` (code + subcode)."""
+    from clearml.backend_api.session.callresult import CallResult
+    from clearml.backend_api.session.response import ResponseMeta
+    from clearml.backend_interface.session import SendError
+
+    meta = ResponseMeta(is_valid=True, id="x", trx="x", endpoint={"name": "events.add_batch"},
+                        result_code=code, result_subcode=subcode, result_msg="refused")
+    return SendError(CallResult(meta=meta), f"Action failed {meta}")
+
+
+def _raised(exc, cause):
+    try:
+        try:
+            raise cause
+        except BaseException as c:
+            raise exc from c
+    except BaseException as e:
+        return e
+
+
+def test_classify_by_server_code_subcode_and_errno(cml):
+    import errno
+
+    import requests
+    from tracelet.destinations.clearml.client import ClearmlDestination
+    from tracelet.errors import (DestinationError, PermanentDestinationError,
+                                 TransientDestinationError)
+
+    dest = ClearmlDestination(cml.config)
+    T, P, D = TransientDestinationError, PermanentDestinationError, DestinationError
+    cases = [
+        # ClearML's SendError: the reply's code and subcode decide, never its text
+        (_send_error(400, 101), D), (_send_error(400, 130), D), (_send_error(400, 112), D),
+        (_send_error(400, 121), T), (_send_error(400, 12), P), (_send_error(400, 131), P),
+        (_send_error(401, 0), D), (_send_error(403, 0), D), (_send_error(429, 0), T),
+        (_send_error(500, 0), T),
+        # the raw add_batch reply: its status, and the subcode of its JSON meta
+        (requests.HTTPError(response=_reply(400, {"meta": {"result_subcode": 101}})), D),
+        (requests.HTTPError(response=_reply(400, {"meta": {"result_subcode": 12}})), P),
+        (requests.HTTPError(response=_reply(400, text="<html>bad request</html>")), P),
+        (requests.HTTPError(response=_reply(502, text="<html>Bad Gateway</html>")), T),
+        (requests.HTTPError(response=_reply(403, {})), D),
+        # offline writes: the errno decides; a wrapped cause is found through the chain
+        (OSError(errno.ENOSPC, "No space left on device"), D),
+        (OSError(errno.EACCES, "Permission denied"), D),
+        (OSError(errno.ENAMETOOLONG, "File name too long"), P),
+        (_raised(RuntimeError("clearml: storing 1 debug sample(s) failed"),
+                 OSError(errno.EROFS, "Read-only file system")), D),
+        (_raised(RuntimeError("clearml: storing 1 debug sample(s) failed"),
+                 OSError(errno.ENAMETOOLONG, "File name too long")), P),
+        (_raised(RuntimeError("x"), requests.ConnectionError("refused")), T),
+        # text that used to look transient to a regex is not read at all
+        (RuntimeError("HTTP 500 timed out: connection refused"), P),
+        (TypeError("a bug"), D),
+    ]
+    for exc, want in cases:
+        assert dest.classify(exc) is want, (exc, dest.classify(exc), want)
+    dest.close()
+
+
+class _StandInSession:
+    """Stands in for the HTTP session ONLY: returns the server's raw replies given."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+
+    def send_request_batch(self, service, action, json):
+        assert (service, action) == ("events", "add_batch")
+        return [self.replies.pop(0)]
+
+
+def test_online_add_batch_refusals_are_typed_at_the_call_site(cml):
+    """A 200 reply counting refused events is the content (quarantined by the engine), whatever
+    its count: "refused 500 event(s)" once read as a transient HTTP 500 by a message regex."""
+    from types import SimpleNamespace
+
+    import requests
+    from tracelet.destinations.clearml.client import ClearmlDestination
+    from tracelet.errors import (DestinationError, PermanentDestinationError,
+                                 TransientDestinationError)
+
+    dest = ClearmlDestination(cml.config)
+    events = [{"type": "training_stats_scalar", "iter": 1, "value": 1.0}]
+    refused = _reply(200, {"meta": {"result_code": 200},
+                           "data": {"added": 0, "errors": 500,
+                                    "errors_info": {"Invalid value": 500}}})
+    task = SimpleNamespace(session=_StandInSession([refused]))
+    with pytest.raises(PermanentDestinationError, match="refused 500 event"):
+        dest._write_online(task, events, [])
+    ok = _reply(200, {"meta": {"result_code": 200}, "data": {"added": 1, "errors": 0}})
+    dest._write_online(SimpleNamespace(session=_StandInSession([ok])), events, [])
+    for reply, want in ((_reply(400, {"meta": {"result_code": 400, "result_subcode": 101}}),
+                         DestinationError),
+                        (_reply(503, text="Service Unavailable"), TransientDestinationError)):
+        with pytest.raises(requests.HTTPError) as info:
+            dest._write_online(SimpleNamespace(session=_StandInSession([reply])), events, [])
+        assert dest.classify(info.value) is want
+    dest.close()
+
+
+def test_unreadable_session_zip_fails_the_destination_not_the_points(cml, tmp_path):
+    """After a lost state dir every batch is compared with the run's sessions; a session left
+    only as a damaged zip cannot be compared: the destination fails (named, retried next sync),
+    nothing is quarantined, and moving the zip away lets the run sync again."""
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(30)))
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    (session,) = cml.sessions("p", "r")
+    shutil.rmtree(session.folder)  # only the zip is kept (as when the folders were cleaned up)
+    zpath = session.zip_path
+    good = zpath.read_bytes()
+    shutil.rmtree(logdir / ".tracelet")
+    for damaged in (good[: len(good) // 2], good[:30] + bytes(len(good) - 30), b"not a zip"):
+        zpath.write_bytes(damaged)
+        report = sync_once(logdir, cml, "p")
+        d = report.runs[0].destinations["clearml"]
+        assert report.exit_code != 0 and d.state == "failed", report.to_dict()
+        assert "not a readable zip" in (d.error or "") and zpath.name in d.error, d.error
+        assert not d.quarantined, d
+    zpath.rename(tmp_path / zpath.name)
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    assert_exactly_once(cml, truth, project_fn("p"))
+
+
+def test_a_session_read_failing_half_way_lets_no_landed_point_through(cml, tmp_path):
+    """After a lost state dir, what the sessions hold is read once per run; a read that fails
+    part way (here session 2's metrics.jsonl cannot be read) must not leave a partial record
+    that the engine's resend of the halves then trusts: nothing is written again."""
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(30)))
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(30, 40)), seed=1, append=True)
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    s1, s2 = cml.sessions("p", "r")
+    shutil.rmtree(logdir / ".tracelet")
+    (s2.folder / "metrics.jsonl").rename(tmp_path / "metrics.jsonl")
+    (s2.folder / "metrics.jsonl").mkdir()  # read_bytes fails: EISDIR
+    report = sync_once(logdir, cml, "p")
+    d = report.runs[0].destinations["clearml"]
+    assert report.exit_code != 0 and d.state == "failed" and not d.quarantined, report.to_dict()
+    assert [s.name for s in cml.sessions("p", "r")] == [s1.name, s2.name]  # nothing re-sent
+    (s2.folder / "metrics.jsonl").rmdir()
+    (tmp_path / "metrics.jsonl").rename(s2.folder / "metrics.jsonl")
+    assert sync_once(logdir, cml, "p").exit_code == 0
+    assert [s.name for s in cml.sessions("p", "r")] == [s1.name, s2.name]
+    assert_exactly_once(cml, truth, project_fn("p"))

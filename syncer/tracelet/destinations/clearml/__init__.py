@@ -1,5 +1,6 @@
 """The clearml destination: ``client.py`` (the Destination), ``mapping.py`` (pure, SDK-free
-functions), ``factory.py`` (options and target; what the registry imports).
+functions), ``offline.py`` (offline sessions on disk), ``importer.py`` (uploading them),
+``factory.py`` (options and target; what the registry imports).
 
 Importing this package imports only the factory; other names (``tracelet.destinations.clearml.X``)
 resolve lazily from the modules below, so the registry never pulls in the client or its SDK.

@@ -1,0 +1,215 @@
+"""ClearML offline sessions on disk: writing them with ClearML's own objects, reading them back.
+
+Layout (ClearML's own, the folder ``Task.init`` uses offline):
+``<cache>/offline/<session-id>/{task.json,metrics.jsonl,data/}`` + ``<session-id>.zip``;
+``<cache>`` is ``CLEARML_CACHE_DIR``, else ``sdk.storage.cache.default_base_dir`` of
+clearml.conf, else ``$TMPDIR/clearml_cache`` (:func:`offline_dir`). Session ids are
+``offline-<20 hex of the run><12 hex sequence number>`` (``mapping.session_id``): the sessions
+of a run sort by name in the order they must be imported.
+
+A session is written with ClearML's own objects: ``clearml.Task`` (offline, without
+``Task.init``'s process hooks, :func:`_task_class`) writes ``task.json`` (made atomic here),
+ClearML's ``Metrics`` writer stores plots and debug samples, and scalars — the bulk — are
+appended to the same ``metrics.jsonl`` as copies of the event dict ClearML builds
+(``AddRequest(MetricsScalarEvent).to_dict()``, :class:`_Templates`) with only
+``iter``/``value``/``timestamp`` set: the lines ClearML writes, without its per-point schema
+validation and reporter queue. A session is finished — zipped, atomically, as ``Task.close``
+does offline (:func:`_zip_session`) — when the sync closes the run. A session folder without its
+zip was left by a killed sync (or is being written): the next sync of that run cuts an
+unfinished last line (:func:`_cut_unfinished_line`; ClearML's importer would skip it, or crash
+on a first line) and continues the same session.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..._fs import atomic_file, atomic_write_bytes
+from ...errors import DestinationError
+from .mapping import _SESSION_RE, SESSION_PREFIX
+
+
+def offline_dir() -> Path:
+    """ClearML's offline folder (``<cache>/offline``), resolved the way ClearML resolves it."""
+    from clearml.config import get_offline_dir
+
+    return Path(get_offline_dir()).expanduser().resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# ClearML objects (imported lazily)
+# ---------------------------------------------------------------------------------------------
+_SESSION_TASK = None
+
+
+def _task_class():
+    """clearml.Task with durable task.json writes and a chosen offline id (class built once)."""
+    global _SESSION_TASK
+    if _SESSION_TASK is not None:
+        return _SESSION_TASK
+    from clearml import Task
+
+    class SessionTask(Task):  # type: ignore[misc, valid-type]
+        """An offline ClearML task created without ``Task.init`` (no stdout/framework hooks,
+        no singleton), whose id we choose, and whose ``task.json`` is replaced atomically: a
+        kill -9 mid-write must never leave a session ClearML cannot import."""
+
+        def __init__(self, chosen_id: str | None = None, **kw: Any):
+            self._tracelet_id = chosen_id
+            protection = Task._Task__create_protection  # type: ignore[attr-defined]
+            super().__init__(private=protection, **kw)
+
+        def _auto_generate(self, project_name=None, task_name=None, task_type=None):  # noqa: ANN001
+            if self._offline_mode and self._tracelet_id:
+                return self._tracelet_id
+            return super()._auto_generate(project_name=project_name, task_name=task_name,
+                                          task_type=task_type)
+
+        def _save_data_to_offline_dir(self, **kwargs: Any) -> None:
+            for k, v in kwargs.items():
+                setattr(self.data, k, v)
+            folder = self.get_offline_mode_folder()
+            if not folder:
+                return
+            export = self.data.to_dict()
+            export["project_name"] = self.get_project_name()
+            export["offline_folder"] = Path(folder).as_posix()
+            export["offline_output_models"] = self._offline_output_models
+            atomic_write_bytes(Path(folder) / self._offline_filename,
+                               json.dumps(export, ensure_ascii=True, sort_keys=True).encode())
+
+    _SESSION_TASK = SessionTask
+    return SessionTask
+
+
+class _Templates:
+    """Scalar event dicts exactly as ClearML's own writer produces them, one per (title, series);
+    each point is a shallow copy with ``iter``/``value``/``timestamp`` set."""
+
+    def __init__(self, task_id: str):
+        from clearml.backend_api.services import events as api_events
+
+        self._events = api_events
+        self.task_id = task_id
+        self.cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(self, title: str, series: str) -> dict[str, Any]:
+        t = self.cache.get((title, series))
+        if t is None:
+            ev = self._events
+            t = ev.AddRequest(event=ev.MetricsScalarEvent(
+                task=self.task_id, metric=title, variant=series, value=0.0, iter=0,
+                timestamp=1)).to_dict()
+            self.cache[(title, series)] = t
+        return t
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions on disk
+# ---------------------------------------------------------------------------------------------
+def _list_sessions(folder: Path, run_hex: str) -> dict[int, dict[str, Path | None]]:
+    """seq -> {"dir": folder or None, "zip": zip or None} for one run's sessions."""
+    out: dict[int, dict[str, Path | None]] = {}
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return out
+    prefix = SESSION_PREFIX + run_hex
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        stem, is_zip = (name[:-4], True) if name.endswith(".zip") else (name, False)
+        m = _SESSION_RE.match(stem)
+        if not m:
+            continue
+        entry = out.setdefault(int(m.group(2), 16), {"dir": None, "zip": None})
+        entry["zip" if is_zip else "dir"] = folder / name
+    return out
+
+
+def _cut_unfinished_line(path: Path) -> None:
+    """Drop a last line without its newline (a write cut by kill -9): ClearML's importer
+    would fail on it and re-send the line before it."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        pos, chunk = size, 1 << 16
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            data = f.read(pos - start)
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                break
+            pos = start
+        else:
+            f.truncate(0)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_session_doc(entry: Mapping[str, Path | None]) -> dict[str, Any]:
+    """A session's task.json (folder first, else its zip); {} when unreadable."""
+    d, z = entry.get("dir"), entry.get("zip")
+    try:
+        if d is not None and (d / "task.json").exists():
+            return json.loads((d / "task.json").read_bytes())
+        if z is not None:
+            with zipfile.ZipFile(z) as zf:
+                return json.loads(zf.read("task.json"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    return {}
+
+
+def _read_session_events(entry: Mapping[str, Path | None]) -> list[dict[str, Any]]:
+    """Events of one session, from its folder (or its zip when the folder is gone)."""
+    lines: list[bytes] = []
+    d, z = entry.get("dir"), entry.get("zip")
+    if d is not None and (d / "metrics.jsonl").exists():
+        lines = (d / "metrics.jsonl").read_bytes().splitlines()
+    elif z is not None:
+        try:
+            with zipfile.ZipFile(z) as zf:
+                if "metrics.jsonl" in zf.namelist():
+                    lines = zf.read("metrics.jsonl").splitlines()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
+            # The offline folder itself is damaged, not the points being sent: every resend
+            # of this run would fail alike, so the destination fails (never a quarantine).
+            raise DestinationError(
+                f"clearml: offline session {z} is not a readable zip ({e}), and its folder is "
+                "gone: it cannot be compared with what is being sent again. Restore the zip (or "
+                "its folder) from a copy, or move it out of the offline folder: the points sent "
+                "again are then written into a new session (an event imported twice replaces "
+                "itself).") from e
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            out.extend(json.loads(line))
+        except ValueError:
+            continue  # an unfinished line of a killed sync; cut before it is ever zipped
+    return out
+
+
+def _zip_session(folder: Path) -> Path:
+    """``<folder>.zip`` the way ``Task.close`` makes it offline, published atomically (a kill
+    leaves only a ``.<name>.zip.tmp-*`` file, removed when the run is opened again)."""
+    target = folder.with_name(folder.name + ".zip")
+    with atomic_file(target) as f:
+        with zipfile.ZipFile(f, "w", allowZip64=True, compression=zipfile.ZIP_DEFLATED) as zf:
+            for p in sorted(folder.rglob("*")):
+                if p.is_file():
+                    zf.write(p, arcname=p.relative_to(folder).as_posix())
+    return target
