@@ -69,7 +69,7 @@ EXIT_CODES = {"finished": 0, "failed": 1, "killed": 137}
 KIND_CODE = {SCALAR: "s", HISTOGRAM: "h", IMAGE: "i", TEXT: "t", AUDIO: "a"}
 SYSTEM_CODE = "y"
 
-_RUN_ID_OK = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_RUN_ID_OK = re.compile(r"[A-Za-z0-9]{1,64}")  # whole id (fullmatch: `$` allows a final \n)
 _PROJECT_REJECTED = re.compile(r"[/\\#?%:]")
 
 Row = tuple[dict, str]  # (the row as run.log takes it, its source text)
@@ -106,7 +106,7 @@ def json_value(v: Any) -> Any:
 
 def wandb_run_id(run_id: str) -> str:
     """The deterministic W&B run id for a tracelet run id (letters/digits, at most 64)."""
-    if _RUN_ID_OK.match(run_id):
+    if _RUN_ID_OK.fullmatch(run_id):
         return run_id
     return "tl" + hashlib.sha1(run_id.encode()).hexdigest()[:30]
 
