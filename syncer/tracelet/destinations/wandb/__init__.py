@@ -1,5 +1,6 @@
 """The wandb destination: ``client.py`` (the Destination), ``mapping.py`` (pure, SDK-free
-functions), ``factory.py`` (options and target; what the registry imports).
+functions), ``landed.py`` (which source points W&B has), ``txlog.py`` (W&B's ``.wandb``
+files), ``factory.py`` (options and target; what the registry imports).
 
 Importing this package imports only the factory; other names (``tracelet.destinations.wandb.X``)
 resolve lazily from the modules below, so the registry never pulls in the client or its SDK.
@@ -10,7 +11,7 @@ import importlib
 
 from .factory import FACTORY
 
-_MODULES = ("mapping", "client", "txlog", "offline", "importer", "storage", "repo")
+_MODULES = ("mapping", "landed", "client", "txlog", "offline", "importer", "storage", "repo")
 
 
 def __getattr__(name: str):

@@ -1,6 +1,12 @@
-"""Weights & Biases destination (``--to wandb``).
+"""Weights & Biases destination (``--to wandb``): the :class:`WandbDestination` and its SDK glue.
 
-Target (DESIGN §7), decided exactly as :func:`tracelet.destinations.target_key` decides it:
+The package: ``mapping.py`` (names, ids, rows, source texts, histogram buckets, exit codes;
+no SDK), ``landed.py`` (which source points W&B has), ``txlog.py`` (W&B's ``.wandb`` files:
+reading, waiting for their writer, repairing what a killed sync left), ``factory.py`` (mode,
+options, target; what the registry imports), this module (the Destination).
+
+Target, decided by :func:`.factory.wandb_mode` (the factory's target and its checkpoints
+follow the same rule):
 
 - ``--wandb-mode offline`` / ``WANDB_MODE=offline`` (or ``dryrun``), or no mode and no
   credentials (``WANDB_API_KEY``, ``wandb login``): **offline**. Each sync writes ordinary W&B
@@ -12,19 +18,19 @@ Target (DESIGN §7), decided exactly as :func:`tracelet.destinations.target_key`
   ``WANDB_BASE_URL`` as W&B reads them. ``WANDB_MODE=disabled`` is refused (it would drop
   everything).
 
-Identity (DESIGN §5): project = the run's project (``WANDB_PROJECT`` is not consulted: tracelet's
-project wins); W&B run id = the tracelet run id when it is 1-64 letters/digits, else
-``tl`` + 30 hex digits of its SHA-1 (:func:`wandb_run_id`); display name = run path; config
-``tracelet = {run_id, run_path}``; manifest tags become W&B tags ``key:value``. Every sync
-opens the same id with ``resume="allow"``: one W&B run, one offline fragment
-(``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``.
+Identity: project = the run's project (``WANDB_PROJECT`` is not consulted: tracelet's project
+wins; :func:`.mapping.wandb_project`); W&B run id = the tracelet run id when it is 1-64
+letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_run_id`);
+display name = run path; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
+tags ``key:value``. Every sync opens the same id with ``resume="allow"``: one W&B run, one
+offline fragment (``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``.
 
 Mapping:
 
 ==================  =========================================================================
 TensorBoard kind    W&B form
 ==================  =========================================================================
-scalar              history key = tag (see :func:`wandb_key`); every row carries the
+scalar              history key = tag (see :func:`.mapping.wandb_key`); every row carries the
                     TensorBoard step as ``global_step`` (``define_metric("*",
                     step_metric="global_step")``), ``_timestamp`` = the event's wall time.
                     Consecutive points of one step share a row; a key seen twice in one step
@@ -59,7 +65,7 @@ status              exit record at ``close_run``: finished → exit 0 ("finished
 Tag names are kept unchanged (W&B accepts any text). Only names that collide with keys W&B or
 this destination reserve (``_step``, ``_runtime``, ``_timestamp``, ``_wandb``, ``_tracelet``,
 ``global_step``, ``system_step``, anything under ``system/``) and the empty tag are renamed
-``tb/<tag>-<8 hex of its SHA-1>`` (:mod:`.keys`), params ``tracelet``/``_wandb*``
+``tb/<tag>-<8 hex of its SHA-1>`` (:mod:`..keys`), params ``tracelet``/``_wandb*``
 ``params/<name>-<hash>``.
 
 Steps and exactly-once
@@ -73,14 +79,14 @@ row whose ``_step`` is not above the last one, and ``wandb sync`` of wandb 0.31 
 row instead (so a re-sent row would be stored twice). Re-sending rows and trusting the uploader
 to drop them is therefore NOT safe; instead nothing is ever written twice:
 
-- Each row carries a hidden key ``_tracelet`` naming the exact source points in it:
-  ``<file hash>:<kind><first ordinal>+<count>,...`` where the ordinal is the point's index among
-  the points of its kind in its event file (or the row index in its sidecar part). Ordinals
-  are deterministic: ``identity["ords"][file] = [offset, scalars, histograms, images, texts,
-  audio]`` (checkpoints from before audio hold five entries: audio starts at 0)
-  is committed together with the engine's offset, so a batch re-read from the committed offset
-  numbers its points exactly as before, however its end moved (the file grew, the batch size
-  changed, the points were split differently into rows).
+- Each row carries a hidden key ``_tracelet`` naming the exact source points in it (the format
+  is in :mod:`.mapping`): the ordinal is the point's index among the points of its kind in its
+  event file (or the row index in its sidecar part). Ordinals are deterministic:
+  ``identity["ords"][file] = [offset, scalars, histograms, images, texts, audio]``
+  (checkpoints from before audio hold five entries: audio starts at 0) is committed together
+  with the engine's offset, so a batch re-read from the committed offset numbers its points
+  exactly as before, however its end moved (the file grew, the batch size changed, the points
+  were split differently into rows).
 - ``send(..., dedupe=True)`` (a range that may have landed: kill -9 between send and commit, a
   failed send, a lost state dir) reads what landed (offline: every earlier fragment of this run
   id, read with the transaction-log framing; online: the API's history) and writes only the
@@ -95,6 +101,19 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
   ``wandb sync`` stops at them: a record the service never finished writing is cut off the end
   of its file, and a fragment killed inside ``wandb.init`` (no Run record, so no data; it would
   fail ``wandb sync`` of the whole folder) is renamed ``*.wandb.tracelet-empty``.
+
+Errors (:func:`classify_wandb`): W&B's own exception types decide first, outermost first —
+``AuthenticationError`` (credentials refused), ``RunNotFoundError`` (the run is gone), a lost
+or unreachable W&B service (its mailbox closed, a request abandoned, an error response, no
+connection) and any other ``wandb.Error`` (``UsageError`` such as a call on a finished run,
+``UnsupportedError``, an error the service reported for ``wandb.init``) are the destination's.
+A ``CommError`` (talking to W&B's servers) wraps what decides: an HTTP status (the one in
+wandb-core's ``ApiErrorResponse`` or a ``requests`` response: 429/5xx transient, any other the
+destination's — an API call holds no single point, so it is never the content's), a transport
+error or timeout (transient); a ``CommError`` with nothing decisive inside is transient. Then
+the common rules (``base.classify_error``): a ``TimeoutError`` (the service busy, or a row not
+on disk within ``WRITE_TIMEOUT_S``) and connection errors are transient; a value W&B's media
+types refuse (``ValueError``) is the content's.
 
 Limits: offline, a lost state dir is reconciled against the offline folders still under
 ``WANDB_DIR``; if they were deleted after uploading, tracelet cannot see what the server has and
@@ -112,51 +131,42 @@ concurrently.
 """
 from __future__ import annotations
 
-import bisect
-import glob
-import hashlib
 import html
+import importlib
 import io
 import json
-import math
 import os
-import re
 import shutil
-import struct
 import sys
 import tempfile
 import threading
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import pyarrow as pa
-
-from ..._fs import _crash_point
-from ...errors import DestinationError, UsageError
-from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
+from ...errors import (DestinationError, PermanentDestinationError, TraceletError,
+                       TransientDestinationError)
+from ...faults import crash_point
+from ..._fs import atomic_file
 from ...media import image_problem
+from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
-from ..base import SystemRows, Capabilities, Destination, Rejected, RunHandle, RunRef
-from ..keys import suffixed
+from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
+                    classify_error, http_status)
+from .factory import wandb_mode, wandb_root
+from .landed import Landed
+from .mapping import (STEP_METRIC, SYSTEM_CODE, SYSTEM_STEP_METRIC, SOURCE_KEY, exit_code,
+                      histogram_buckets, json_value, media_rows, param_key, scalar_rows,
+                      source_file, source_hash, system_part_hash, system_rows, upload_hint,
+                      wandb_key, wandb_project, wandb_run_id)
+from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
+                    is_files_with, is_history_step, next_free_step, record_field, source_texts)
 
 log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
-STEP_METRIC = "global_step"  # the key W&B's own TensorBoard integration uses
-SYSTEM_STEP_METRIC = "system_step"
-SOURCE_KEY = "_tracelet"  # hidden ("_") history key naming the source points of a row
-MAX_HISTOGRAM_BINS = 512  # wandb.Histogram refuses more
 FLUSH_INTERVAL_S = 0.05  # the service writes its buffer to the .wandb file this often
 WRITE_TIMEOUT_S = 120.0  # a row not on disk after this: the service is stuck (transient)
 MAX_CONFIG_COPY_BYTES = 256_000  # params re-applied to every fragment up to this size
-RESERVED_KEYS = frozenset({"_step", "_runtime", "_timestamp", "_wandb", SOURCE_KEY, STEP_METRIC,
-                           SYSTEM_STEP_METRIC})
-_RUN_ID_OK = re.compile(r"^[A-Za-z0-9]{1,64}$")
-_EXIT_CODES = {"finished": 0, "failed": 1, "killed": 137}
-_KIND_CODE = {SCALAR: "s", HISTOGRAM: "h", IMAGE: "i", TEXT: "t", AUDIO: "a"}
-_SYSTEM_CODE = "y"
 
 # One service, one lock, one announcement per process (see the module docstring).
 _LOCK = threading.RLock()
@@ -164,441 +174,6 @@ _SETUP_DONE = False
 _ANNOUNCED: set[str] = set()
 
 
-def wandb_key(tag: str) -> str:
-    """A TensorBoard tag as a W&B history key: unchanged unless it is empty or collides with a
-    key W&B or this destination reserves; then ``tb/<tag>-<hash>`` (:mod:`.keys`: the suffix
-    keeps it apart from a tag that is literally ``tb/<tag>``)."""
-    if not tag:
-        return suffixed("tb/untagged", tag)
-    if tag in RESERVED_KEYS or tag.startswith(("system/", "_wandb")):
-        return suffixed("tb/" + tag, tag)
-    return tag
-
-
-def wandb_run_id(run_id: str) -> str:
-    """The deterministic W&B run id for a tracelet run id (letters/digits, at most 64)."""
-    if _RUN_ID_OK.match(run_id):
-        return run_id
-    return "tl" + hashlib.sha1(run_id.encode()).hexdigest()[:30]
-
-
-_PROJECT_REJECTED = re.compile(r"[/\\#?%:]")
-MAX_PROJECT_CHARS = 128
-
-
-def wandb_project(project: str) -> str:
-    """W&B rejects ``/ \\ # ? % :`` in project names and names over 128 characters: those
-    characters become ``_`` and a longer name is cut and ends in ``~<hash>``."""
-    name = _PROJECT_REJECTED.sub("_", project).strip() or "tracelet"
-    if len(name) > MAX_PROJECT_CHARS:
-        name = name[: MAX_PROJECT_CHARS - 9] + "~" + hashlib.sha1(project.encode()).hexdigest()[:8]
-    return name
-
-
-def wandb_mode(config: Mapping[str, Any]) -> str:
-    """``offline`` or ``online``, decided as ``target_key`` decides it (keep the two in step)."""
-    from .factory import wandb_has_credentials as _wandb_has_credentials
-
-    mode = config.get("wandb_mode") or os.environ.get("WANDB_MODE") or ""
-    if mode in ("offline", "dryrun"):
-        return "offline"
-    if mode in ("online", "run"):
-        return "online"
-    if not mode:
-        return "online" if _wandb_has_credentials() else "offline"
-    if mode == "disabled":
-        raise UsageError("wandb: WANDB_MODE=disabled would drop every point; use "
-                         "--wandb-mode offline (upload later with `wandb sync`) or online")
-    raise UsageError(f"wandb: unknown mode {mode!r}; use offline or online")
-
-
-def wandb_root() -> str:
-    """The folder W&B writes ``wandb/`` into (``WANDB_DIR``, else the current folder)."""
-    return os.path.abspath(os.environ.get("WANDB_DIR") or ".")
-
-
-def upload_hint(root: str) -> str:
-    return (f"tracelet: W&B offline: runs are written to {root}/wandb/offline-run-*; upload "
-            f"them from a machine with W&B access with: wandb sync {root}/wandb/offline-run-*")
-
-
-# ---------------------------------------------------------------------------------------------
-# the .wandb transaction log: leveldb-log framing of W&B `Record` protobufs
-# ---------------------------------------------------------------------------------------------
-_BLOCK = 32768
-_CHUNK_HEADER = 7  # u32 crc32 (IEEE, over type byte + data) | u16 length | u8 type
-_FILE_HEADER = b":W&B"  # then u16 magic 0xBEE1, u8 version: 7 bytes
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-_READ_BYTES = 1 << 22  # read big files in pieces
-_F_HISTORY, _F_CONFIG, _F_FILES, _F_RUN, _F_EXIT = 2, 5, 6, 17, 18
-
-
-class LogScanner:
-    """Incremental reader of one growing ``.wandb`` file: ``poll()`` yields the complete records
-    appended since the last call; an incomplete tail is "not yet" and is read again next time."""
-
-    def __init__(self, path: str, start: int = _CHUNK_HEADER):
-        self.path = path
-        self.chunk_pos = start  # next chunk header to read
-        self.pos = start  # end of the last complete record
-        self.record_start = start  # where the record being assembled began
-        self.parts: list[bytes] = []
-        self.assembling = False
-        self.bad_chunks = 0
-
-    def poll(self, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
-        """Yield ``(offset, record bytes)`` up to the end of what is complete (or ``limit``)."""
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        with f:
-            end = os.fstat(f.fileno()).st_size
-            if limit is not None:
-                end = min(end, limit)
-            while self.chunk_pos < end:
-                base = self.chunk_pos
-                f.seek(base)
-                data = f.read(min(_READ_BYTES, end - base))
-                n, i = len(data), 0
-                while True:
-                    left = _BLOCK - (base + i) % _BLOCK
-                    if left < _CHUNK_HEADER:  # the writer pads a block's last bytes with zeros
-                        if i + left > n:
-                            break
-                        i += left
-                        self.chunk_pos = base + i
-                        if not self.assembling:
-                            self.pos = self.record_start = self.chunk_pos
-                        continue
-                    if i + _CHUNK_HEADER > n:
-                        break
-                    crc, length, kind = struct.unpack_from("<IHB", data, i)
-                    if i + _CHUNK_HEADER + length > n:
-                        break
-                    chunk_at = base + i
-                    chunk = data[i + _CHUNK_HEADER:i + _CHUNK_HEADER + length]
-                    i += _CHUNK_HEADER + length
-                    self.chunk_pos = base + i
-                    if zlib.crc32(chunk, zlib.crc32(bytes((kind,)))) & 0xFFFFFFFF != crc:
-                        self.bad_chunks += 1  # W&B's own reader skips corrupt data too
-                        self.parts, self.assembling = [], False
-                    elif kind == _FULL:
-                        self.parts, self.assembling = [], False
-                        self.pos = self.chunk_pos
-                        yield chunk_at, chunk
-                    elif kind == _FIRST:
-                        self.parts, self.assembling = [chunk], True
-                        self.record_start = chunk_at
-                    elif kind in (_MIDDLE, _LAST) and self.assembling:
-                        self.parts.append(chunk)
-                        if kind == _LAST:
-                            record, self.parts, self.assembling = b"".join(self.parts), [], False
-                            self.pos = self.chunk_pos
-                            yield self.record_start, record
-                    else:  # a continuation whose start we did not see (a scan begun mid-record)
-                        self.parts, self.assembling = [], False
-                    if not self.assembling:
-                        self.pos = self.record_start = self.chunk_pos
-                if self.chunk_pos == base:
-                    return  # only an incomplete chunk is left: not yet
-
-    @property
-    def torn_at(self) -> int | None:
-        """After a full ``poll``: where an unfinished record starts, if the file ends inside one."""
-        return self.record_start if self.assembling else None
-
-
-_NOT_RECORD_TYPE = frozenset({1, 16, 19, 200})  # num, control, uuid, _info
-
-
-def record_field(raw: bytes) -> int:
-    """The number of the ``Record`` oneof field a serialized record holds (``history`` = 2, ...),
-    found by walking its top-level fields without parsing them: most records are skipped so.
-    (Field order is not fixed: records from the client carry ``_info`` first.)"""
-    i, n = 0, len(raw)
-    while i < n:
-        tag, i = _varint(raw, i)
-        if tag < 0:
-            return -1
-        field_no, wire = tag >> 3, tag & 7
-        if field_no not in _NOT_RECORD_TYPE:
-            return field_no
-        if wire == 0:
-            _, i = _varint(raw, i)
-        elif wire == 2:
-            length, i = _varint(raw, i)
-            i += length
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            return -1
-    return -1
-
-
-def _varint(raw: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while i < len(raw):
-        b = raw[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-    return -1, i
-
-
-def history_items(history) -> dict[str, Any]:
-    """A ``HistoryRecord`` as ``{top-level key: JSON value}`` (media values are dicts)."""
-    out: dict[str, Any] = {}
-    for item in history.item:
-        path = list(item.nested_key) or [item.key]
-        value = _item_value(item)
-        if len(path) == 1:
-            out[path[0]] = value
-        else:
-            node = out.setdefault(path[0], {})
-            if isinstance(node, dict):
-                for p in path[1:-1]:
-                    node = node.setdefault(p, {})
-                node[path[-1]] = value
-    return out
-
-
-def _item_value(item) -> Any:
-    if item.value_json:
-        try:
-            return json.loads(item.value_json)
-        except ValueError:
-            return item.value_json
-    which = item.WhichOneof("value") if hasattr(item, "WhichOneof") else None
-    if which in (None, "none"):
-        return None
-    if which == "json":
-        return json.loads(item.json)
-    return getattr(item, which)
-
-
-def history_step(history, items: Mapping[str, Any]) -> int:
-    step = items.get("_step")
-    return int(step) if isinstance(step, (int, float)) else int(history.step.num)
-
-
-# ---------------------------------------------------------------------------------------------
-# which source points landed
-# ---------------------------------------------------------------------------------------------
-class Landed:
-    """Source points present on the destination: ``(file hash, kind) -> [start, end)`` ranges."""
-
-    def __init__(self) -> None:
-        self.ranges: dict[tuple[str, str], list[list[int]]] = {}
-
-    def add_source(self, text: str) -> None:
-        fk, _, segs = text.partition(":")
-        for seg in segs.split(","):
-            if not seg:
-                continue
-            start, _, count = seg[1:].partition("+")
-            try:
-                a, n = int(start), int(count or 1)
-            except ValueError:
-                continue
-            self.ranges.setdefault((fk, seg[0]), []).append([a, a + n])
-
-    def finish(self) -> "Landed":
-        for key, rs in self.ranges.items():
-            rs.sort()
-            merged: list[list[int]] = []
-            for a, b in rs:
-                if merged and a <= merged[-1][1]:
-                    merged[-1][1] = max(merged[-1][1], b)
-                else:
-                    merged.append([a, b])
-            self.ranges[key] = merged
-        return self
-
-    def covered(self, fk: str, kind: str, start: int, n: int) -> set[int]:
-        """Indexes ``i`` in ``[0, n)`` whose ordinal ``start + i`` landed."""
-        rs = self.ranges.get((fk, kind))
-        out: set[int] = set()
-        if not rs or n <= 0:
-            return out
-        k = max(0, bisect.bisect_right(rs, [start, float("inf")]) - 1)
-        while k < len(rs) and rs[k][0] < start + n:
-            a, b = max(rs[k][0], start), min(rs[k][1], start + n)
-            out.update(range(a - start, b - start))
-            k += 1
-        return out
-
-
-@dataclass
-class Fragment:
-    """One offline run folder (``offline-run-<time>-<id>``): one sync of one run."""
-
-    path: str  # the .wandb file
-    start_time: tuple[int, int]  # the Run record's start time: `wandb sync` uploads in this order
-    project: str
-
-
-WRITER_WAIT_S = 60.0  # how long a killed sync's orphaned W&B service may take to exit
-_RECENT_S = 120.0  # only fragments written this recently can still have a writer
-
-
-def wait_for_writers(paths: list[str], timeout_s: float = WRITER_WAIT_S) -> None:
-    """Wait until no other process holds one of these fragments open.
-
-    A ``kill -9`` of a sync leaves its W&B service (``wandb-core``, a separate process) alive
-    for a second or two, still writing rows it had been handed. Reading a fragment then (to
-    cut a torn tail or to see what landed) races those writes: rows read as landed could be cut
-    away, or rows cut could be written back. Recently modified fragments are checked against
-    every process's open files (``/proc``; elsewhere: until the file is quiet for 5 s)."""
-    now = time.time()
-    recent = []
-    for p in paths:
-        try:
-            if now - os.stat(p).st_mtime < _RECENT_S:
-                recent.append(os.path.realpath(p))
-        except OSError:
-            pass
-    if not recent:
-        return
-    deadline = time.monotonic() + timeout_s
-    fresh = False  # the first look may use a scan of the last second (many runs, one scan)
-    while True:
-        holders = _open_by_others(recent, max_age_s=0.0 if fresh else 1.0)
-        fresh = True
-        if holders is None:  # no /proc: wait for the files to be quiet instead
-            quiet = all(time.time() - os.stat(p).st_mtime >= 5.0 for p in recent if os.path.exists(p))
-            holders = {} if quiet else {p: "?" for p in recent}
-        if not holders:
-            return
-        if time.monotonic() > deadline:
-            path, pid = next(iter(holders.items()))
-            raise DestinationError(
-                f"wandb: {path} is still open in process {pid} (the W&B service of an earlier, "
-                f"killed sync?) after {timeout_s:.0f} s; sync again once it has exited.")
-        time.sleep(0.1)
-
-
-_OPEN_FILES: tuple[float, dict[str, str] | None] = (0.0, None)
-_OPEN_FILES_LOCK = threading.Lock()
-
-
-def _open_by_others(paths: list[str], max_age_s: float = 0.0) -> dict[str, str] | None:
-    """{path: pid} for the paths another process has open, from /proc; None without /proc.
-    One scan of every process's open files serves all runs for ``max_age_s`` (a ``--follow``
-    pass over many runs with recent fragments scans /proc about once a second, not per run)."""
-    global _OPEN_FILES
-    with _OPEN_FILES_LOCK:
-        at, table = _OPEN_FILES
-        if table is None or time.monotonic() - at > max_age_s:
-            table = _scan_open_files()
-            _OPEN_FILES = (time.monotonic(), table)
-    if table is None:
-        return None
-    return {p: table[p] for p in paths if p in table}
-
-
-def _scan_open_files() -> dict[str, str] | None:
-    try:
-        pids = [d for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return None
-    me = str(os.getpid())
-    table: dict[str, str] = {}
-    for pid in pids:
-        if pid == me:
-            continue
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:  # gone, or not ours to look at
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if target.endswith(".wandb"):
-                table[target] = pid
-    return table
-
-
-def read_run_record(path: str):
-    """The ``RunRecord`` at the head of a ``.wandb`` file, or None if it has none (yet)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != _FILE_HEADER:
-                return None
-    except OSError:
-        return None
-    scanner = LogScanner(path)
-    for limit in (16384, None):  # it is the second record: the first read nearly always has it
-        for _, raw in scanner.poll(limit):
-            if record_field(raw) == _F_RUN:
-                rec = pb.Record()
-                rec.ParseFromString(raw)
-                return rec.run
-    return None
-
-
-def last_history_step(path: str) -> int:
-    """The highest ``_step`` in a ``.wandb`` file, reading backwards block by block (-1: none)."""
-    size = os.path.getsize(path)
-    block = max(0, (size - 1) // _BLOCK)
-    while block >= 0:
-        best = _max_step(LogScanner(path, max(_CHUNK_HEADER, block * _BLOCK)).poll())
-        if best >= 0:
-            return best
-        block -= 1
-    return -1
-
-
-def _max_step(records: Iterator[tuple[int, bytes]]) -> int:
-    """The ``_step`` of the last history record (steps only grow within a file)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    last = None
-    for _, raw in records:
-        if record_field(raw) == _F_HISTORY:
-            last = raw
-    if last is None:
-        return -1
-    rec = pb.Record()
-    rec.ParseFromString(last)
-    return history_step(rec.history, history_items(rec.history))
-
-
-def check_fragment(path: str) -> tuple[int, int | None]:
-    """Read a whole fragment: its highest ``_step`` (-1: none) and, when the file ends inside a
-    record (the writer was killed), the offset where that unfinished record begins."""
-    scanner = LogScanner(path)
-    best = _max_step(scanner.poll())
-    size = os.path.getsize(path)
-    rest = size - scanner.chunk_pos
-    if scanner.assembling:
-        return best, scanner.record_start
-    if rest <= 0 or (rest < _CHUNK_HEADER and size % _BLOCK == 0):
-        return best, None  # a clean end (or the zero padding of a full block)
-    return best, scanner.chunk_pos  # a chunk header or body cut short
-
-
-def cut_torn_tail(path: str, offset: int) -> None:
-    """Cut a record the writer never finished off the end of ``path``: ``wandb sync`` stops with
-    an error at it, and then skips the run's later fragments."""
-    with open(path, "r+b") as f:
-        f.truncate(offset)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------------------------------------
-# the destination
-# ---------------------------------------------------------------------------------------------
 class WandbDestination(Destination):
     name = "wandb"
     capabilities = Capabilities(kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}))
@@ -627,7 +202,10 @@ class WandbDestination(Destination):
         return wandb_key(tag)
 
     def param_key(self, name: str) -> str:
-        return _param_key(name)
+        return param_key(name)
+
+    def classify(self, exc: BaseException) -> type[DestinationError]:
+        return classify_wandb(exc)
 
     # -- identity ----------------------------------------------------------------------------
     def _settings(self):
@@ -644,25 +222,8 @@ class WandbDestination(Destination):
         return wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
 
     def fragments(self, wid: str, project: str, exclude: str | None = None) -> list[Fragment]:
-        """This run's earlier offline fragments under WANDB_DIR, in `wandb sync` upload order.
-        A fragment with no Run record (a sync killed inside ``wandb.init``) holds no data and
-        would make ``wandb sync`` of the whole folder fail: it is renamed out of the way."""
-        pattern = os.path.join(glob.escape(os.path.join(self.root, "wandb")), "offline-run-*",
-                               f"run-{wid}.wandb")
-        paths = [p for p in glob.glob(pattern) if not (exclude and os.path.abspath(p) == exclude)]
-        wait_for_writers(paths)
-        out = []
-        for path in paths:
-            run = read_run_record(path)
-            if run is None:
-                # Its writer is gone (wait_for_writers): a sync killed inside wandb.init
-                _quarantine(path, "it holds no run record")
-                continue
-            if run.project != project:
-                continue
-            out.append(Fragment(path, (run.start_time.seconds, run.start_time.nanos), run.project))
-        out.sort(key=lambda f: f.start_time)
-        return out
+        """This run's earlier offline fragments under WANDB_DIR (:func:`.txlog.find_fragments`)."""
+        return find_fragments(self.root, wid, project, exclude)
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         import wandb
@@ -676,8 +237,10 @@ class WandbDestination(Destination):
         existed = bool(identity)
         if self.mode == "offline":
             _announce(self.root)
-            first_free, previous = self._continue_after(wid, project, ident)
-            next_step = max(next_step, first_free)
+            previous = self.fragments(wid, project)
+            # only fragments no earlier open has checked are read whole (normally the last sync's)
+            checked = tuple(ident.get("checked_through") or (0, 0))
+            next_step = max(next_step, next_free_step(previous, checked))
             existed = existed or bool(previous)
         config = {"tracelet": {"run_id": run.run_id, "run_path": run.run_path}}
         config.update(ident.get("config") or {})
@@ -711,37 +274,13 @@ class WandbDestination(Destination):
         return RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
                          client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
-            "run_started_at": _run_started_at(run), "sync_file": r.settings.sync_file,
+            "run_started_at": run.started_at, "sync_file": r.settings.sync_file,
         })
 
-    def _continue_after(self, wid: str, project: str,
-                        ident: Mapping[str, Any]) -> tuple[int, list[Fragment]]:
-        """The first ``_step`` above everything earlier fragments hold, and those fragments; cut
-        torn tails on the way. Only fragments no earlier open has checked are read whole
-        (normally the last sync's)."""
-        previous = self.fragments(wid, project)
-        checked = tuple(ident.get("checked_through") or (0, 0))
-        best = -1
-        for frag in previous:
-            if frag.start_time < checked:
-                continue
-            top, torn = check_fragment(frag.path)
-            best = max(best, top)
-            if torn is not None:
-                cut_torn_tail(frag.path, torn)
-                log.warning("wandb: %s ended inside a record its writer never finished (a "
-                            "killed sync); cut at byte %d", frag.path, torn)
-        if best < 0:
-            for frag in reversed(previous):  # steps only grow: the newest rows hold the max
-                best = last_history_step(frag.path)
-                if best >= 0:
-                    break
-        return best + 1, previous
-
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
-        rel = self._rel_path(handle, batch.path)
-        fk = _short_hash(rel)
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+        rel = source_file(handle.extra["source_dir"], batch.path)
+        fk = source_hash(rel)
         ords = handle.identity["ords"].get(rel)
         base = [0, 0, 0, 0, 0]
         if ords:
@@ -754,15 +293,19 @@ class WandbDestination(Destination):
         attempt_key = ("events", rel, batch.start_offset, batch.end_offset)
         _retire_attempt(handle, attempt_key)
         landed = self._landed(handle) if dedupe else None
-        rows = self._scalar_rows(batch, fk, base[0], landed)
+        rows = scalar_rows(batch, fk, base[0], landed)
         # wandb.Image decodes with Pillow: an image it cannot take is left out here (its ordinal
         # is still used) and quarantined by the engine, instead of failing the batch forever
         rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
                     if (why := image_problem(im.encoded, decode=True))]
         with tempfile.TemporaryDirectory(prefix="tracelet-wandb-") as tmp:
             if batch.histograms or batch.images or batch.texts or batch.audio:
-                rows.extend(self._media_rows(batch, fk, base, landed, Path(tmp),
-                                             {r.index for r in rejected}))
+                folder = Path(tmp)
+                make = {HISTOGRAM: lambda p, o: _histogram(p), TEXT: lambda p, o: _html(p),
+                        AUDIO: lambda p, o: _audio(p, folder, str(o)),
+                        IMAGE: lambda p, o: _image(p, folder, str(o))}
+                rows.extend(media_rows(batch, fk, base, landed, make,
+                                       {r.index for r in rejected}))
             self._log_rows(handle, rows, attempt_key)
         handle.identity["ords"][rel] = [batch.end_offset, base[0] + len(batch.scalars),
                                         base[1] + len(batch.histograms),
@@ -770,124 +313,17 @@ class WandbDestination(Destination):
                                         base[4] + len(batch.audio)]
         return rejected
 
-    def _rel_path(self, handle: RunHandle, path: str) -> str:
-        src = handle.extra["source_dir"]
-        p = os.path.abspath(path)
-        try:
-            rel = os.path.relpath(p, src)
-        except ValueError:
-            rel = ".."
-        return "linked:" + p if rel.startswith("..") else rel.replace(os.sep, "/")
-
-    def _scalar_rows(self, batch: Batch, fk: str, base: int, landed: Landed | None) -> list:
-        """Rows of consecutive same-step scalars: ``(row dict, source text)``."""
-        cols = batch.scalars
-        n = len(cols)
-        if not n:
-            return []
-        skip = landed.covered(fk, "s", base, n) if landed is not None else ()
-        tags, steps, walls, values = cols.tags, cols.steps, cols.wall_times, cols.values
-        keys: dict[str, str] = {}
-        rows = []
-        row: dict[str, Any] | None = None
-        row_step = None
-        segs: list[list[int]] = []
-        for i in range(n):
-            if skip and i in skip:
-                continue
-            tag = tags[i]
-            key = keys.get(tag)
-            if key is None:
-                key = keys[tag] = wandb_key(tag)
-            step = steps[i]
-            if row is None or step != row_step or key in row:
-                if row is not None:
-                    rows.append(_finish_row(row, fk, "s", segs))
-                row = {key: values[i], STEP_METRIC: step, "_timestamp": walls[i]}
-                row_step = step
-                segs = [[base + i, 1]]
-            else:
-                row[key] = values[i]
-                if segs[-1][0] + segs[-1][1] == base + i:
-                    segs[-1][1] += 1
-                else:
-                    segs.append([base + i, 1])
-        if row is not None:
-            rows.append(_finish_row(row, fk, "s", segs))
-        return rows
-
-    def _media_rows(self, batch: Batch, fk: str, base: list[int], landed: Landed | None,
-                    tmp: Path, refused: set[int] = frozenset()) -> list:
-        """Histograms, images, texts and audio grouped into one row per step where keys allow."""
-        items: list[tuple[int, float, str, Any, str, list[int]]] = []  # step, wall, key, value, kind, ords
-        # one point per entry; audio too (a list of wandb.Audio needs the soundfile package)
-        for kind, points, b, make in (
-                (HISTOGRAM, batch.histograms, base[1], lambda p, o: _histogram(p)),
-                (TEXT, batch.texts, base[3], lambda p, o: _html(p)),
-                (AUDIO, batch.audio, base[4], lambda p, o: _audio(p, tmp, str(o)))):
-            code = _KIND_CODE[kind]
-            skip = landed.covered(fk, code, b, len(points)) if landed is not None else ()
-            for j, p in enumerate(points):
-                if j not in skip:
-                    items.append((p.step, p.wall_time, wandb_key(p.tag), make(p, b + j), code,
-                                  [b + j]))
-        skip = landed.covered(fk, "i", base[2], len(batch.images)) if landed is not None else ()
-        groups: dict[tuple[str, int], list[int]] = {}
-        for j, im in enumerate(batch.images):
-            if j not in skip and j not in refused:
-                groups.setdefault((im.tag, im.step), []).append(j)
-        for (tag, step), idx in groups.items():
-            images = [_image(batch.images[j], tmp, f"{base[2] + j}") for j in idx]
-            value = images[0] if len(images) == 1 else images
-            items.append((step, batch.images[idx[0]].wall_time, wandb_key(tag), value, "i",
-                          [base[2] + j for j in idx]))
-        rows: list = []
-        open_rows: dict[int, tuple[dict, list]] = {}
-        for step, wall, key, value, code, ords in items:
-            cur = open_rows.get(step)
-            if cur is None or key in cur[0]:
-                cur = ({STEP_METRIC: step, "_timestamp": wall}, [])
-                open_rows[step] = cur
-                rows.append(cur)
-            cur[0][key] = value
-            cur[1].extend(f"{code}{o}" for o in ords)
-        return [(row, f"{fk}:" + ",".join(src)) for row, src in rows]
-
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
                     dedupe: bool) -> None:
-        ts = rows.timestamps
-        names = rows.names
-        values = rows.values
-        if not ts:
+        if not rows.num_rows:
             return
         # A part has no name here; its content identifies it (parts are immutable).
-        fk = _short_hash(f"part|{len(ts)}|{ts[0]!r}|{ts[-1]!r}|{names[0]}|{names[-1]}")
-        _retire_attempt(handle, ("system", fk, 0, len(ts)))
-        skip = self._landed(handle).covered(fk, _SYSTEM_CODE, 0, len(ts)) if dedupe else ()
-        start = handle.extra.get("run_started_at")
-        rows = []
-        row: dict[str, Any] | None = None
-        row_ts = None
-        segs: list[list[int]] = []
-        for i, (t, name, v) in enumerate(zip(ts, names, values)):
-            if v is None or i in skip:
-                continue
-            key = "system/" + str(name)
-            if row is None or t != row_ts or key in row:
-                if row is not None:
-                    rows.append(_finish_row(row, fk, _SYSTEM_CODE, segs))
-                sys_step = round(t - start, 3) if start else t
-                row = {SYSTEM_STEP_METRIC: sys_step, "_timestamp": t}
-                row_ts = t
-                segs = [[i, 1]]
-            elif segs[-1][0] + segs[-1][1] == i:
-                segs[-1][1] += 1
-            else:
-                segs.append([i, 1])
-            row[key] = v
-        if row is not None:
-            rows.append(_finish_row(row, fk, _SYSTEM_CODE, segs))
-        self._log_rows(handle, rows, ("system", fk, 0, len(ts)))
+        fk = system_part_hash(rows.timestamps, rows.names)
+        attempt_key = ("system", fk, 0, rows.num_rows)
+        _retire_attempt(handle, attempt_key)
+        skip = self._landed(handle).covered(fk, SYSTEM_CODE, 0, rows.num_rows) if dedupe else ()
+        self._log_rows(handle, system_rows(rows, fk, handle.extra.get("run_started_at"), skip),
+                       attempt_key)
 
     def _log_rows(self, handle: RunHandle, rows: list, attempt_key: tuple) -> None:
         """Log rows with consecutive explicit ``_step`` values; return once they are on disk."""
@@ -909,9 +345,9 @@ class WandbDestination(Destination):
             attempt["srcs"].append(src)
             handle.extra["live_step"] = first + k + 1
         if rows:
-            _crash_point("wandb_rows_handed")  # kill -9 tests: rows in the service, not on disk
-            self._wait_written(handle, _is_history_step(first + last),
-                               f"history row _step={first + last}", last_of=_F_HISTORY)
+            crash_point("wandb_rows_handed")  # kill -9 tests: rows in the service, not on disk
+            self._wait_written(handle, is_history_step(first + last),
+                               f"history row _step={first + last}", last_of=F_HISTORY)
         handle.extra["attempt"] = None
         handle.identity["next_step"] = max(handle.identity["next_step"], first + len(rows))
         handle.extra["live_step"] = max(handle.extra["live_step"], handle.identity["next_step"])
@@ -929,35 +365,13 @@ class WandbDestination(Destination):
         landed = Landed()
         ident = handle.identity
         if self.mode == "offline":
-            from wandb.proto import wandb_internal_pb2 as pb
-
             current = os.path.abspath(handle.extra["sync_file"])
             for frag in self.fragments(ident["run_id"], ident["project"], exclude=current):
-                for _, raw in LogScanner(frag.path).poll():
-                    if record_field(raw) != _F_HISTORY:
-                        continue
-                    rec = pb.Record()
-                    rec.ParseFromString(raw)
-                    for item in rec.history.item:
-                        if (item.key or (item.nested_key[0] if item.nested_key else "")) == SOURCE_KEY:
-                            text = _item_value(item)
-                            if isinstance(text, str):
-                                landed.add_source(text)
-        else:
-            import wandb
-
-            api = wandb.Api(timeout=60)
-            entity = ident.get("entity") or api.default_entity
-            try:
-                api_run = api.run(f"{entity}/{ident['project']}/{ident['run_id']}")
-            except Exception as e:  # not on the server yet: nothing landed
-                if "not found" not in str(e).lower() and "404" not in str(e):
-                    raise
-                api_run = None
-            for row in api_run.scan_history(keys=[SOURCE_KEY], page_size=1000) if api_run else ():
-                text = row.get(SOURCE_KEY)
-                if isinstance(text, str):
+                for text in source_texts(frag.path):
                     landed.add_source(text)
+        else:
+            for text in _api_source_texts(ident):
+                landed.add_source(text)
         for text in handle.extra.pop("logged", None) or ():
             landed.add_source(text)
         handle.extra["landed"] = landed.finish()
@@ -997,12 +411,12 @@ class WandbDestination(Destination):
 
     # -- params, artifacts, status -------------------------------------------------------------
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
-        values = {_param_key(k): _json_value(v) for k, v in params.items()}
+        values = {param_key(k): json_value(v) for k, v in params.items()}
         if not values:
             return []
         handle.client.config.update(values, allow_val_change=True)
         keys = set(values)
-        self._wait_written(handle, _is_config_with(keys), "config update")
+        self._wait_written(handle, is_config_with(keys), "config update")
         copy = dict(handle.identity.get("config") or {})
         copy.update(values)
         if len(json.dumps(copy, default=str)) <= MAX_CONFIG_COPY_BYTES:
@@ -1016,14 +430,14 @@ class WandbDestination(Destination):
         for path, rel in files:
             name = "artifacts/" + rel.replace(os.sep, "/")
             dest = files_dir / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tracelet-tmp")
-            shutil.copyfile(path, tmp)  # a copy, not a link: the upload is what we saw now
-            os.replace(tmp, dest)
+            # a copy, not a link: the upload is what we saw now. Not fsynced: the source is the
+            # durable copy, and a lost one is copied again (the engine commits after this call)
+            with atomic_file(dest, fsync=False) as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out)
             r.save(str(dest), base_path=str(files_dir), policy="now", glob=False)
             names.append(name)
         if names:
-            self._wait_written(handle, _is_files_with(names[-1]), f"file record {names[-1]}")
+            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
 
     def finish(self, handle: RunHandle, status: str, ended_at: float | None) -> None:
         # Applied by close_run (W&B writes the state with the exit record). Kept in the identity
@@ -1034,9 +448,8 @@ class WandbDestination(Destination):
         r = handle.client
         if r is None:
             return
-        status = handle.identity.get("status")
-        code = _EXIT_CODES.get(status or "", 0)
-        if status not in _EXIT_CODES:
+        code, preempting = exit_code(handle.identity.get("status"))
+        if preempting:
             try:
                 r.mark_preempting()  # still running: W&B shows "preempted" until the next sync
             except Exception as e:
@@ -1044,7 +457,7 @@ class WandbDestination(Destination):
         self._finish(r, code)
         handle.client = None
         try:  # finish() returns before the service flushes the exit record: wait for it
-            self._wait_written(handle, lambda raw: record_field(raw) == _F_EXIT, "exit record")
+            self._wait_written(handle, is_exit, "exit record")
         except TimeoutError as e:  # the next sync's fragment ends with the same state anyway
             log.warning("%s", e)
 
@@ -1063,6 +476,122 @@ class WandbDestination(Destination):
                 self._finish(r, 1)
             except Exception as e:
                 log.warning("wandb: closing a run left open failed: %s", e)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+# wandb's exception classes by what they mean; looked up by name when first needed (a class a
+# wandb version lacks is left out rather than failing the classification).
+_SDK_ERRORS = {
+    "auth": ("wandb.errors.AuthenticationError",),
+    "comm": ("wandb.errors.CommError",),
+    "api": ("wandb.sdk.lib.service.service_connection.WandbApiFailedError",),
+    "gone": ("wandb.apis.public.runs.RunNotFoundError",),
+    # this process lost (or never got) its connection to the W&B service: no retry in this
+    # process can reach it again, the next sync starts a new one
+    "service": ("wandb.sdk.mailbox.mailbox.MailboxClosedError",
+                "wandb.sdk.mailbox.mailbox_handle.HandleAbandonedError",
+                "wandb.sdk.mailbox.mailbox_handle.ServerResponseError",
+                "wandb.sdk.lib.service.service_token.WandbServiceConnectionError"),
+    "sdk": ("wandb.errors.Error",),
+}
+_SDK_TYPES: dict[str, tuple[type, ...]] = {}
+
+
+def _sdk_types(group: str) -> tuple[type, ...]:
+    found = _SDK_TYPES.get(group)
+    if found is None:
+        out = []
+        for qual in _SDK_ERRORS[group]:
+            module, _, name = qual.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module), name, None)
+            except Exception:  # moved or gone in this wandb version: not one of its errors
+                cls = None
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                out.append(cls)
+        found = _SDK_TYPES[group] = tuple(out)
+    return found
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``'s chain (:func:`base.chain`), then the chains of what a ``CommError`` wraps in
+    its ``exc`` attribute, each exception once."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        for e in chain(todo.pop(0)):
+            if id(e) in seen:
+                break
+            seen.add(id(e))
+            yield e
+            inner = getattr(e, "exc", None)
+            if isinstance(inner, BaseException):
+                todo.append(inner)
+
+
+def _status(e: BaseException) -> int | None:
+    """The HTTP status ``e`` carries: wandb-core's ``ApiErrorResponse.http_status`` (0: none),
+    else what :func:`base.http_status` finds."""
+    value = getattr(getattr(e, "response", None), "http_status", None)
+    if isinstance(value, int) and 100 <= value < 600:
+        return value
+    return http_status(e)
+
+
+def _api_status(status: int) -> type[DestinationError]:
+    # a W&B API call (reading what landed) holds no single point: a refusal is never content
+    return TransientDestinationError if status == 429 or status >= 500 else DestinationError
+
+
+def classify_wandb(exc: BaseException) -> type[DestinationError]:
+    """The typed error a W&B exception stands for (module docstring, "Errors")."""
+    comm = False
+    for e in _causes(exc):
+        if isinstance(e, TraceletError):
+            break  # ours: the common rules
+        if isinstance(e, _sdk_types("auth") + _sdk_types("gone") + _sdk_types("service")):
+            return DestinationError
+        if isinstance(e, _sdk_types("api")):
+            status = _status(e)
+            if status is not None:
+                return _api_status(status)
+            continue  # without a status, what it wraps decides (a timeout, a closed mailbox)
+        if isinstance(e, _sdk_types("comm")):
+            comm = True  # a wrapper: what it wraps decides
+            continue
+        if isinstance(e, _sdk_types("sdk")):
+            return DestinationError
+        if comm and (status := _status(e)) is not None:
+            return _api_status(status)
+    cls = classify_error(exc)
+    if comm and cls is PermanentDestinationError:
+        return TransientDestinationError  # a communication error with nothing decisive in it
+    return cls
+
+
+def _not_on_server(exc: BaseException) -> bool:
+    """The API says the run (or its project) does not exist: nothing has landed yet."""
+    return any(isinstance(e, _sdk_types("gone")) or _status(e) == 404 for e in _causes(exc))
+
+
+def _api_source_texts(ident: Mapping[str, Any]) -> Iterator[str]:
+    """Online: the ``_tracelet`` texts of the run's history on the server."""
+    import wandb
+
+    api = wandb.Api(timeout=60)
+    entity = ident.get("entity") or api.default_entity
+    try:
+        api_run = api.run(f"{entity}/{ident['project']}/{ident['run_id']}")
+    except Exception as e:
+        if not _not_on_server(e):
+            raise
+        return
+    for row in api_run.scan_history(keys=[SOURCE_KEY], page_size=1000):
+        text = row.get(SOURCE_KEY)
+        if isinstance(text, str):
+            yield text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1092,16 +621,6 @@ def _announce(root: str) -> None:
     print(upload_hint(root), file=sys.stderr, flush=True)
 
 
-def _quarantine(path: str, why: str) -> None:
-    target = path + ".tracelet-empty"
-    try:
-        os.replace(path, target)
-        log.warning("wandb: %s renamed to %s: %s (a sync killed while starting the run)",
-                    path, os.path.basename(target), why)
-    except OSError as e:
-        log.warning("wandb: cannot move %s aside (%s): `wandb sync` of its folder may fail", path, e)
-
-
 def _retire_attempt(handle: RunHandle, key: tuple) -> None:
     """Before a send other than a retry of the last one: if the last one failed part-way (the
     engine then resends parts of it to isolate a refused record), the rows it logged are in
@@ -1112,101 +631,10 @@ def _retire_attempt(handle: RunHandle, key: tuple) -> None:
         handle.extra["attempt"] = None
 
 
-def _run_started_at(run: RunRef) -> float | None:
-    return run.started_at
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _finish_row(row: dict, fk: str, code: str, segs: list[list[int]]) -> tuple[dict, str]:
-    return row, f"{fk}:" + ",".join(f"{code}{a}+{n}" if n > 1 else f"{code}{a}" for a, n in segs)
-
-
-def _param_key(key: str) -> str:
-    """A param name as a W&B config key: ``tracelet`` (this destination's own) and ``_wandb*``
-    (W&B's) become ``params/<name>-<hash>``."""
-    if key == "tracelet" or key.startswith("_wandb"):
-        return suffixed("params/" + key, key)
-    return key
-
-
-def _json_value(v: Any) -> Any:
-    try:
-        json.dumps(v, allow_nan=True)
-        return v
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _is_history_step(step: int) -> Callable[[bytes], bool]:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    def match(raw: bytes) -> bool:
-        if record_field(raw) != _F_HISTORY:
-            return False
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        return rec.history.step.num >= step  # the service sets it on every row it writes
-
-    return match
-
-
-def _is_config_with(keys: set[str]) -> Callable[[bytes], bool]:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    def match(raw: bytes) -> bool:
-        if record_field(raw) != _F_CONFIG:
-            return False
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        got = {u.key or (u.nested_key[0] if u.nested_key else "") for u in rec.config.update}
-        return keys <= got
-
-    return match
-
-
-def _is_files_with(name: str) -> Callable[[bytes], bool]:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    def match(raw: bytes) -> bool:
-        if record_field(raw) != _F_FILES:
-            return False
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        return any(f.path == name for f in rec.files.files)
-
-    return match
-
-
 def _histogram(h) -> Any:
-    import numpy as np
     import wandb
 
-    counts = np.asarray(h.counts, dtype=np.float64)
-    if len(counts):
-        edges = np.asarray(list(h.lefts) + [h.rights[-1]], dtype=np.float64)
-    else:  # an empty histogram still lands as one (empty) bucket
-        lo = h.min if h.min is not None and math.isfinite(h.min) else 0.0
-        counts, edges = np.zeros(1), np.asarray([lo, lo])
-    edges = _finite(edges)
-    if len(counts) > MAX_HISTOGRAM_BINS:  # merge whole adjacent buckets: counts stay exact
-        groups = np.array_split(np.arange(len(counts)), MAX_HISTOGRAM_BINS)
-        counts = np.asarray([counts[g].sum() for g in groups])
-        edges = np.asarray([edges[g[0]] for g in groups] + [edges[-1]])
-    return wandb.Histogram(np_histogram=(counts, edges))
-
-
-def _finite(edges):
-    """Replace non-finite bucket edges (±Inf, ±DBL_MAX sentinels) by their finite neighbours."""
-    import numpy as np
-
-    ok = np.isfinite(edges) & (np.abs(edges) < 1e300)
-    if ok.all() or not ok.any():
-        return np.where(ok, edges, 0.0)
-    idx = np.arange(len(edges))
-    return np.interp(idx, idx[ok], edges[ok])
+    return wandb.Histogram(np_histogram=histogram_buckets(h))
 
 
 def _image(im, tmp: Path, name: str) -> Any:
