@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from harness import canon
 from sources import build_kill_logdir, write_simple_run
 from tracelet._fs import exclusive_lock
 from tracelet.checkpoint import CheckpointStore
@@ -34,12 +35,12 @@ def stored(store: MemoryStore) -> dict[tuple[str, str], Counter]:
     out: dict[tuple[str, str], Counter] = {}
     for run in store.runs.values():
         for tag, pts in run.scalars().items():
-            out.setdefault((run.run_path, tag), Counter()).update(pts)
+            out.setdefault((run.run_path, tag), Counter()).update((s, canon(v)) for s, v in pts)
     return out
 
 
 def truth_of(truth) -> dict[tuple[str, str], Counter]:
-    return {k: Counter((s, v) for s, v, _ in pts) for k, pts in truth.scalars.items()}
+    return {k: Counter((s, canon(v)) for s, v, _ in pts) for k, pts in truth.scalars.items()}
 
 
 def checkpoint(logdir, run: str, name="memory", config=None):
@@ -224,3 +225,24 @@ def test_journaled_store_survives_a_new_process_view(tmp_path):
     assert stored(MemoryStore(folder)) == truth_of(truth)
     lines = [json.loads(x) for p in folder.glob("*.jsonl") for x in p.read_text().splitlines()]
     assert {e["op"] for e in lines} >= {"create", "points"}
+
+
+def test_kinds_a_destination_lacks_are_filtered_out_and_counted_unsupported(tmp_path):
+    """The engine sends a destination only the kinds its Capabilities declare (the memory
+    destination refuses any other kind), and reports the rest as unsupported, per kind."""
+    from sources import build_conformance_logdir
+
+    logdir = tmp_path / "logs"
+    truth = build_conformance_logdir(logdir, "p")
+    report = sync(logdir, dest_config={"memory_kinds": "scalar"})
+    assert report.exit_code == 0, report.to_dict()
+    for r in report.runs:
+        d = r.destinations["memory"]
+        expected = {k: n for k, n in (("histogram", truth.histograms.get(r.run, 0)),
+                                      ("image", truth.images.get(r.run, 0)),
+                                      ("text", truth.texts.get(r.run, 0)),
+                                      ("audio", truth.audio.get(r.run, 0))) if n}
+        assert {k: v for k, v in d.unsupported.items() if k in expected} == expected, (r.run, d)
+    store = store_named("mem:default")
+    assert all(p[0] == "scalar" for run in store.runs.values() for p in run.points)
+    assert stored(store) == truth_of(truth)

@@ -257,8 +257,9 @@ class MemoryDestination(Destination):
         by_value = _multiset(run.points) if dedupe and base is None else None
         for k, (kind, items) in enumerate(_points_of(batch)):
             end_ords[k] += len(items)
-            if kind not in self.capabilities.kinds:
-                continue  # counted as unsupported by the engine
+            if items and kind not in self.capabilities.kinds:  # the engine filters these out
+                raise DestinationError(f"memory: sent {len(items)} {kind} point(s), a kind "
+                                       "this destination does not declare")
             for i, p in enumerate(items):
                 if base is not None:
                     o = base[k] + i
