@@ -22,15 +22,23 @@ def call_with_retry(
     what: str,
     stop: threading.Event | None = None,
     sleep: Callable[[float], Any] | None = None,
+    attempts: int | None = None,
+    base_delay_s: float | None = None,
+    max_delay_s: float | None = None,
     **kwargs: Any,
 ) -> Any:
     """Call ``fn`` (a destination's contract method: it raises typed errors, see
     ``destinations/base.py``); retry :class:`TransientDestinationError` with backoff. Raises:
     ``DestinationError`` once retries ran out, ``PermanentDestinationError`` (content the
-    vendor refused) or ``DestinationError`` (the destination refuses) at once."""
-    delay = RETRY_BASE_DELAY_S
+    vendor refused) or ``DestinationError`` (the destination refuses) at once.
+
+    ``attempts``/``base_delay_s``/``max_delay_s`` replace the policy's budget for a wait that
+    is known to be short (Aim's index lock, held by ``aim up`` while it indexes one run)."""
+    tries = RETRY_ATTEMPTS if attempts is None else max(1, attempts)
+    delay = RETRY_BASE_DELAY_S if base_delay_s is None else base_delay_s
+    cap = RETRY_MAX_DELAY_S if max_delay_s is None else max_delay_s
     wait = sleep or (stop.wait if stop is not None else threading.Event().wait)
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
+    for attempt in range(1, tries + 1):
         try:
             return fn(*args, **kwargs)
         except TraceletError as e:
@@ -39,7 +47,7 @@ def call_with_retry(
                     f"{what}: {_short(e)} (not retried (not a transient error))") from e
             if not isinstance(e, TransientDestinationError):
                 raise
-            if attempt == RETRY_ATTEMPTS:
+            if attempt == tries:
                 raise DestinationError(f"{what}: {_short(e)} (still failing after {attempt} "
                                        "tries; it is retried at the next sync)") from e
         except Exception as e:  # not through a Destination's boundary (a plain callable)
@@ -48,11 +56,11 @@ def call_with_retry(
             cls = classify_error(e)
             if cls is not TransientDestinationError:
                 raise typed_error(cls, e) from e
-            if attempt == RETRY_ATTEMPTS:
+            if attempt == tries:
                 raise DestinationError(f"{what}: {type(e).__name__}: {_short(e)} (still failing "
                                        f"after {attempt} tries; it is retried at the next sync)") from e
         wait(delay)
-        delay = min(delay * 2, RETRY_MAX_DELAY_S)
+        delay = min(delay * 2, cap)
     raise AssertionError("unreachable")
 
 

@@ -341,3 +341,163 @@ def test_remote_aim_server(tmp_path, project):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+# -- typed errors and the index lock ------------------------------------------------------------
+_HOLD_DB = ("import sys, aimrocks\n"  # a writable RocksDB handle, as `aim up` opens the index
+            "db = aimrocks.DB(sys.argv[1], aimrocks.Options(create_if_missing=True), read_only=False)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n")
+
+
+class _HeldDB:
+    """Another process holding a RocksDB's lock (``aim up`` indexing), until ``release()``."""
+
+    def __init__(self, path: Path):
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLD_DB, str(path)], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.wait(30)
+
+
+def _unindexed_run(dest, project: str) -> str:
+    from aim import Run
+
+    run = Run(repo=dest.repo, experiment=project, system_tracking_interval=None,
+              capture_terminal_logs=False)
+    run.track(1.0, name="loss", step=0)
+    run_hash = run.hash
+    run.close()  # Aim's own close does not index
+    return run_hash
+
+
+def _indexed(root: str) -> set[str]:
+    from aim import Repo
+
+    return {r.hash for r in Repo(root).iter_runs()}
+
+
+def test_index_waits_out_aim_ups_lock_on_the_index_db(aim_h, project):
+    """``aim up`` holds the index DB while it indexes a run: the sync's index call waits in short
+    steps (the retry policy with the index's budget) and lists the run once the lock is free."""
+    from tracelet.destinations.aim import AimDestination
+    from tracelet.destinations.aim.storage import INDEX_LOCK_WAIT_S
+
+    dest = AimDestination(aim_h.config)
+    run_hash = _unindexed_run(dest, project)
+    held = _HeldDB(Path(aim_h.root) / ".aim" / "meta" / "index")
+    waits = []
+
+    def wait(seconds):  # the lock is let go during the first wait
+        waits.append(seconds)
+        held.release()
+
+    try:
+        dest._indexer.wait = wait
+        dest._index(run_hash)
+    finally:
+        held.release()
+    assert waits == [INDEX_LOCK_WAIT_S]  # one try met the lock, the next one indexed
+    assert run_hash in _indexed(aim_h.root)
+    dest.close()
+
+
+def test_index_lock_held_throughout_leaves_the_run_to_aim_up(aim_h, project, caplog):
+    from tracelet.destinations.aim import AimDestination
+    from tracelet.destinations.aim.storage import INDEX_LOCK_TRIES, INDEX_LOCK_WAIT_S
+
+    dest = AimDestination(aim_h.config)
+    run_hash = _unindexed_run(dest, project)
+    held = _HeldDB(Path(aim_h.root) / ".aim" / "meta" / "index")
+    waits = []
+    try:
+        dest._indexer.wait = waits.append
+        dest._index(run_hash)  # never raises: indexing is left to `aim up`
+    finally:
+        held.release()
+    assert waits == [INDEX_LOCK_WAIT_S] * (INDEX_LOCK_TRIES - 1)  # short waits, not backoff
+    assert run_hash not in _indexed(aim_h.root)
+    warned = [r.getMessage() for r in caplog.records if r.name == "tracelet.aim"]
+    assert any(run_hash in m and "`aim up` indexes it" in m and "RocksIOError" in m
+               for m in warned), warned
+    dest._indexer.wait = None
+    dest._index(run_hash)  # the lock is free again
+    assert run_hash in _indexed(aim_h.root)
+    dest.close()
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 (the exception is the result)
+        return e
+    raise AssertionError(f"{fn} raised nothing")
+
+
+def test_classify_aims_errors_by_their_classes(aim_h, tmp_path):
+    """Each failure is produced by Aim's own code (or its dependencies') and decided by its
+    class or cause, never its text."""
+    import aimrocks
+    from aim.ext.transport.client import Client
+    from aim.ext.transport.message_utils import build_exception, raise_exception
+    from filelock import Timeout
+    from websockets.datastructures import Headers
+    from websockets.exceptions import ConnectionClosedError, InvalidStatus
+    from websockets.http11 import Response
+
+    from tracelet.destinations.aim import AimDestination
+    from tracelet.errors import DestinationError, PermanentDestinationError, TransientDestinationError
+
+    def open_db(path):
+        return aimrocks.DB(str(path), aimrocks.Options(create_if_missing=True), read_only=False)
+
+    dest = AimDestination(aim_h.config)
+    classify = dest.classify
+    # a RocksDB held by another process (`aim up` on the index, a writer ignoring Aim's lock)
+    held = _HeldDB(tmp_path / "rocks")
+    try:
+        e = _raised(open_db, tmp_path / "rocks")
+    finally:
+        held.release()
+    assert isinstance(e, aimrocks.errors.RocksIOError) and classify(e) is TransientDestinationError
+    # a damaged RocksDB: the destination, not this content
+    db = open_db(tmp_path / "broken")
+    db.put(b"k", b"v")
+    del db  # closed
+    for manifest in (tmp_path / "broken").glob("MANIFEST-*"):
+        manifest.write_bytes(b"\0garbage" * 64)
+    e = _raised(open_db, tmp_path / "broken")
+    assert isinstance(e, aimrocks.errors.Corruption) and classify(e) is DestinationError
+    # a run locked here, and one locked on an `aim server` (its client re-raises it bare)
+    assert classify(Timeout(str(tmp_path / "lock"))) is TransientDestinationError
+    e = _raised(raise_exception, build_exception(Timeout(str(tmp_path / "lock"))))
+    assert type(e) is Exception and classify(e) is TransientDestinationError
+    assert classify(_raised(_raise, Exception("aim server lock timed out"))) is PermanentDestinationError
+    # no `aim server` at that address: Aim's RuntimeError, raised inside its except
+    e = _raised(Client, f"127.0.0.1:{_free_port()}")
+    assert type(e) is RuntimeError and classify(e) is TransientDestinationError
+    assert classify(RuntimeError("Failed to connect to Aim Server.")) is PermanentDestinationError
+    # the write socket: closed mid-write is transient, a refused handshake is its HTTP status
+    assert classify(ConnectionClosedError(None, None)) is TransientDestinationError
+    assert classify(InvalidStatus(Response(403, "Forbidden", Headers()))) is DestinationError
+    assert classify(InvalidStatus(Response(503, "Unavailable", Headers()))) is TransientDestinationError
+    dest.close()
+
+
+def _raise(e: BaseException) -> None:
+    raise e
+
+
+def test_unreachable_aim_server_is_named(tmp_path, monkeypatch):
+    from tracelet.destinations.aim import AimDestination
+    from tracelet.errors import DestinationError
+
+    monkeypatch.delenv("AIM_REPO", raising=False)
+    url = f"aim://127.0.0.1:{_free_port()}"
+    with pytest.raises(DestinationError, match=r"cannot open repo aim://127\.0\.0\.1:\d+.*aim server"):
+        AimDestination({"aim_repo": url})

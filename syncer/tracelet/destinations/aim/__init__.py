@@ -1,5 +1,7 @@
 """The aim destination: ``client.py`` (the Destination), ``mapping.py`` (pure, SDK-free
-functions), ``factory.py`` (options and target; what the registry imports).
+functions), ``storage.py`` (Aim storage internals the client drives: write batches, the landed
+record, the index), ``repo.py`` (the local repo folder: where, created, repaired),
+``factory.py`` (options and target; what the registry imports).
 
 Importing this package imports only the factory; other names (``tracelet.destinations.aim.X``)
 resolve lazily from the modules below, so the registry never pulls in the client or its SDK.

@@ -1,4 +1,5 @@
-"""A local Aim repo made crash-safely, under a lock, and a half-made one completed.
+"""Where the Aim repo is (:func:`aim_repo_root`); a local one made crash-safely, under a lock,
+and a half-made one completed.
 
 Aim's own ``Repo(path, init=True)`` (what ``aim init`` runs) makes ``.aim/`` in place, one piece
 after the other: the folder and ``locks/``, the index DB (``meta/index``, RocksDB), the run
@@ -34,6 +35,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
 from ..._fs import _crash_point, _fsync_dir, atomic_write_bytes, exclusive_lock
 from ...errors import DestinationError
@@ -50,6 +52,19 @@ DB_NEW_MARK = f".{DB_NAME}.tracelet-new-"  # the sqlite file being built aside, 
 def repo_name() -> str:
     """The repo folder's name (``aim.sdk.configs.get_aim_repo_name``)."""
     return os.environ.get("__AIM_REPO_NAME__") or ".aim"
+
+
+def aim_repo_root(config: Mapping[str, Any]) -> str:
+    """The repo as Aim's ``--repo`` takes it: the folder that holds ``.aim``, or ``aim://``
+    (config ``aim_repo``, else ``AIM_REPO``, else the working folder; given the ``.aim`` folder
+    itself, the folder above it)."""
+    repo = str(config.get("aim_repo") or os.environ.get("AIM_REPO") or os.getcwd())
+    if "://" in repo:
+        return repo
+    path = os.path.abspath(os.path.expanduser(repo))
+    if os.path.basename(path) == repo_name() and os.path.isdir(os.path.join(path, "meta")):
+        path = os.path.dirname(path)  # given the .aim folder itself
+    return path
 
 
 def ensure_local_repo(root: str) -> list[str]:
