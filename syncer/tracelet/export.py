@@ -295,7 +295,11 @@ def _text_summary(text: str) -> str:
 
 
 def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR):
-    """All points of one batch as a table with the export schema (see the module docstring)."""
+    """All points of one batch as a table with the export schema (see the module docstring).
+
+    Columns are built from raw buffers (:func:`_strings`, :func:`_numbers`): ``pa.array`` and
+    ``pa.scalar`` import pandas (~0.15 s) to check their input, which ``tracelet export`` never
+    needs."""
     import pyarrow as pa
 
     schema = _schema()
@@ -304,13 +308,9 @@ def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR
     if n:
         s = batch.scalars
         parts.append(pa.Table.from_arrays([
-            pa.repeat(pa.scalar(run, pa.string()), n),
-            pa.array(s.tags, pa.string()),
-            pa.repeat(pa.scalar(SCALAR, pa.string()), n),
-            pa.array(s.steps, pa.int64()),
-            pa.array(s.wall_times, pa.float64()),
-            pa.array(s.values, pa.float64()),
-            pa.nulls(n, pa.string()),
+            _repeat(run, n), _strings(s.tags), _repeat(SCALAR, n),
+            _numbers(s.steps, "int64"), _numbers(s.wall_times, "float64"),
+            _numbers(s.values, "float64"), pa.nulls(n, pa.string()),
         ], schema=schema))
     rows: list[tuple] = []  # (tag, kind, step, wall_time, summary): the rarer kinds
     for h in batch.histograms:
@@ -336,17 +336,61 @@ def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR
         tags, kinds, steps, walls, summaries = zip(*rows)
         m = len(rows)
         parts.append(pa.Table.from_arrays([
-            pa.repeat(pa.scalar(run, pa.string()), m),
-            pa.array(tags, pa.string()),
-            pa.array(kinds, pa.string()),
-            pa.array(steps, pa.int64()),
-            pa.array(walls, pa.float64()),
-            pa.nulls(m, pa.float64()),
-            pa.array(summaries, pa.string()),
+            _repeat(run, m), _strings(tags), _strings(kinds), _numbers(steps, "int64"),
+            _numbers(walls, "float64"), pa.nulls(m, pa.float64()), _strings(summaries),
         ], schema=schema))
     if not parts:
         return schema.empty_table()
     return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+def _numbers(values, dtype: str):
+    import numpy as np
+    import pyarrow as pa
+
+    data = np.asarray(values, dtype=dtype)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(data.dtype), len(data),
+                                 [None, pa.py_buffer(data)])
+
+
+def _string_values(values):
+    import numpy as np
+    import pyarrow as pa
+
+    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.large_string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _strings(values):
+    """A string column: the distinct values encoded once (tags repeat: a batch holds a few),
+    each row an index into them, decoded by Arrow."""
+    import numpy as np
+    import pyarrow as pa
+
+    distinct = list(dict.fromkeys(values))
+    index = {v: i for i, v in enumerate(distinct)}
+    codes = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
+    dictionary = pa.DictionaryArray.from_arrays(
+        pa.Array.from_buffers(pa.int32(), len(codes), [None, pa.py_buffer(codes)]),
+        _string_values(distinct))
+    return dictionary.dictionary_decode()  # (cast would import pyarrow.compute)
+
+
+def _repeat(value: str, n: int):
+    return _strings([value]) if n == 1 else _strings_repeat(value, n)
+
+
+def _strings_repeat(value: str, n: int):
+    import numpy as np
+    import pyarrow as pa
+
+    codes = np.zeros(n, dtype=np.int32)
+    dictionary = pa.DictionaryArray.from_arrays(
+        pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(codes)]), _string_values([value]))
+    return dictionary.dictionary_decode()  # (cast would import pyarrow.compute)
 
 
 class _TableSink:
@@ -361,8 +405,9 @@ class _TableSink:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            # Dictionary pages only where values repeat: on floats they cost time and save nothing.
-            self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd",
+            # Dictionary pages only where values repeat: on floats they cost time and save
+            # nothing. Snappy: Parquet's usual codec (every reader has it), cheaper than zstd.
+            self._writer = pq.ParquetWriter(tmp, self.schema, compression="snappy",
                                             use_dictionary=["run", "tag", "kind"])
         else:
             import pyarrow.csv as pacsv

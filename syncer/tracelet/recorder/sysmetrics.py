@@ -117,9 +117,11 @@ class Nvml:
         for label, h in self.devices:
             nv = self._nv
             p = f"gpu/{label}/"
-            self._read(label, "util", rows, lambda: [(p + "utilization_percent", nv.nvmlDeviceGetUtilizationRates(h).gpu)])
+            self._read(label, "util", rows,
+                       lambda: [(p + "utilization_percent", nv.nvmlDeviceGetUtilizationRates(h).gpu)])
             self._read(label, "mem", rows, lambda: _mem_rows(p, nv.nvmlDeviceGetMemoryInfo(h)))
-            self._read(label, "temp", rows, lambda: [(p + "temperature_c", nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))])
+            self._read(label, "temp", rows, lambda: [
+                (p + "temperature_c", nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))])
             self._read(label, "power", rows, lambda: [(p + "power_watts", nv.nvmlDeviceGetPowerUsage(h) / 1000.0)])
 
     def _read(self, label: int, what: str, rows: list, fn: Callable[[], list]) -> None:

@@ -300,8 +300,9 @@ class _AimRun:
 
     def put(self, name: str, step: int, wall: float, value: Any, dedupe: bool) -> None:
         """Store one source point at ``step`` in the first free slot (context ``{}``, then
-        ``{"tracelet_repeat": 1}``...: :func:`.mapping.repeat_context`), or nowhere if ``dedupe`` and a slot not claimed by this
-        sync already holds it: same time, and for metrics the same value."""
+        ``{"tracelet_repeat": 1}``...: :func:`.mapping.repeat_context`), or nowhere if
+        ``dedupe`` and a slot not claimed by this sync already holds it: same time, and for
+        metrics the same value."""
         tracker = self.tracker
         base = self.context(0)
         seq = tracker.sequence_infos.get((base.idx, name))

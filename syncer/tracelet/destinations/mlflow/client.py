@@ -40,7 +40,6 @@ deterministic names (a re-send overwrites); params and status are set-if-differe
 from __future__ import annotations
 
 import json
-import math
 import os
 import posixpath
 import tempfile
@@ -55,7 +54,7 @@ from ...redact import scrub
 from ..base import (Capabilities, Destination, RunHandle, RunRef, SystemRows, chain,
                     classify_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
-                      RUN_ID_OK, STATUS, canon, mlflow_accepts, mlflow_key, wall_ms)
+                      RUN_ID_OK, STATUS, canon, mlflow_key, wall_ms)
 
 # MLflow error codes (mlflow.protos.databricks_pb2) by what the engine does about them.
 _DESTINATION_CODES = frozenset({
@@ -154,7 +153,7 @@ class MlflowDestination(Destination):
         if exp is None:
             try:
                 exp_id = self.client.create_experiment(project)
-            except MlflowException as e:  # created meanwhile by another shard
+            except MlflowException:  # created meanwhile by another shard
                 exp = self.client.get_experiment_by_name(project)
                 if exp is None:
                     raise
