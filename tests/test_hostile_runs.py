@@ -255,7 +255,8 @@ def test_invalid_manifest_fields_are_ignored_and_everything_else_syncs(tmp_path,
 
 def test_backends_and_linked_logdirs_of_wrong_type_without_to(tmp_path, mlflow_uri):
     """Without --to the manifest's backends decide; on the no-op fast path too (cheap type check,
-    no schema), a wrong type is absent: that run has no destination, the others sync."""
+    no schema), a wrong type is absent: that run has no destination (exit 2: a configuration
+    error), the others sync."""
     logdir = tmp_path / "logs"
     truth = SourceTruth()
     write_run(logdir, "good", truth, good_manifest("good"))
@@ -265,7 +266,7 @@ def test_backends_and_linked_logdirs_of_wrong_type_without_to(tmp_path, mlflow_u
     for attempt in range(2):  # first: locked path; second: the fast path reads the manifests
         r = run_cli("sync", str(logdir))
         no_traceback(r)
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 2, r.stderr  # nothing can happen for those runs: configuration
         assert "backends_number/tracelet.json: field 'backends' must be" in r.stderr
         assert "run 'backends_number': no destination" in r.stderr
         runs = mlflow_runs(mlflow_uri)

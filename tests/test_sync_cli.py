@@ -175,6 +175,8 @@ with open({str(run / 'events.out.tfevents.1.host')!r}, 'ab', buffering=0) as f:
         f.write(rec[:cut]); time.sleep(0.0005); f.write(rec[cut:])
 """])
     codes = []
+    while writer.poll() is None and not (run / 'events.out.tfevents.1.host').exists():
+        time.sleep(0.01)  # a logdir with no run yet is a usage error (exit 2): start with one
     while writer.poll() is None:
         codes.append(CliRunner().invoke(main, ["sync", str(logdir), "--to", "mlflow"]).exit_code)
     assert writer.wait() == 0

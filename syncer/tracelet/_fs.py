@@ -32,7 +32,8 @@ STATE_DIR_MODE = 0o750
 STATE_FILE_MODE = 0o640
 KEY_FILE_MODE = 0o600
 
-_LOCK_HINT = "Wait for it to finish, or give each sync its own --shard."
+_LOCK_HINT = ("This run is retried at the next sync (exit 75). If syncs keep overlapping, run "
+              "them less often or give each its own share of the runs with --shard K/N.")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs an open
 
@@ -171,7 +172,7 @@ def exclusive_lock(path: str | os.PathLike, what: str, *, wait_s: float = 0.0,
 
 @contextmanager
 def exclusive_lock_at(dir_fd: int, name: str, what: str, *, display: str, wait_s: float = 0.0,
-                      hint: str = _LOCK_HINT) -> Iterator[None]:
+                      hint: str = _LOCK_HINT, shared: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``name`` in an open folder or raise :class:`LockedError`: at
     once (``wait_s=0``) or once ``wait_s`` seconds of retries did not get it (a short job
     another sync is doing).
@@ -191,7 +192,7 @@ def exclusive_lock_at(dir_fd: int, name: str, what: str, *, display: str, wait_s
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except OSError as e:
                 if e.errno not in (errno.EACCES, errno.EAGAIN):
@@ -209,8 +210,10 @@ def exclusive_lock_at(dir_fd: int, name: str, what: str, *, display: str, wait_s
                     + hint
                 ) from e
         # Who holds it, for the "locked" message. Fixed width, no ftruncate: truncating costs a
-        # metadata write per run, which dominated a no-op pass over 1000 runs.
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}"[:120].ljust(120).encode(), 0)
+        # metadata write per run, which dominated a no-op pass over 1000 runs. Shared holders
+        # (``shared``: a read lock, any number of them) do not write.
+        if not shared:
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}"[:120].ljust(120).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lockf lock

@@ -287,8 +287,10 @@ class CheckpointStore:
         # plain string joins: this runs once per run and destination on every no-op cron pass
         return os.path.join(self._root_s, "checkpoints", target_key, quote_run(run_path) + ".json")
 
-    def lock_path(self, run_path: str) -> Path:
-        return self.root / "locks" / f"{quote_run(run_path)}.lock"
+    def lock_path(self, run_path: str, target_key: str | None = None) -> Path:
+        if target_key is None:
+            return self.root / "locks" / f"{quote_run(run_path)}.lock"
+        return self.root / "locks" / target_key / f"{quote_run(run_path)}.lock"
 
     @contextmanager
     def _dir(self, *parts: str, create: bool) -> Iterator[int]:
@@ -300,10 +302,19 @@ class CheckpointStore:
             os.close(fd)
 
     @contextmanager
-    def lock(self, run_path: str, what: str) -> Iterator[None]:
-        with self._dir("locks", create=True) as fd:
+    def lock(self, run_path: str, what: str, *, target_key: str | None = None,
+             shared: bool = False) -> Iterator[None]:
+        """The run's lock (``target_key`` None), or the lock of one (run, destination target).
+
+        A sync holds the run's lock *shared* and the lock of each (run, target) it syncs
+        exclusively: an MLflow sync and a W&B sync of one run run side by side, two syncs of
+        the same (run, target) exclude each other, and whoever holds the run's lock
+        exclusively (``tracelet reset``) excludes every sync of the run."""
+        parts = ("locks",) if target_key is None else ("locks", target_key)
+        with self._dir(*parts, create=True) as fd:
             with exclusive_lock_at(fd, f"{quote_run(run_path)}.lock", what,
-                                   display=str(self.lock_path(run_path))):
+                                   display=str(self.lock_path(run_path, target_key)),
+                                   shared=shared):
                 yield
 
     # -- the no-op fast path: .sig files -----------------------------------------------------

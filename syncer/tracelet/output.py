@@ -61,6 +61,8 @@ class Output(Progress):
                         sys.stderr.write(scrub(f"\n{rr.run} -> {d.destination}: FAILED: {d.error}\n"))
                 for p in rr.errors:
                     sys.stderr.write(scrub(f"\n{rr.run}: ERROR: {p}\n"))
+                for p in rr.usage:
+                    sys.stderr.write(scrub(f"\nERROR: {p}\n"))
                 if self.verbose and rr.traceback:
                     sys.stderr.write(scrub(rr.traceback))
                 return
@@ -92,6 +94,8 @@ class Output(Progress):
                               f"more {label} line(s) in the --json report", file=sys.stderr, flush=True)
             for p in rr.errors:
                 print(scrub(f"tracelet: {rr.run}: error: {p}"), file=sys.stderr, flush=True)
+            for p in rr.usage:  # exit 2: the configuration, not the data
+                print(scrub(f"tracelet: error: {p}"), file=sys.stderr, flush=True)
             if not self.quiet:
                 for p in rr.problems:
                     print(scrub(f"tracelet: {rr.run}: {p}"), file=sys.stderr, flush=True)

@@ -246,3 +246,22 @@ def test_kinds_a_destination_lacks_are_filtered_out_and_counted_unsupported(tmp_
     store = store_named("mem:default")
     assert all(p[0] == "scalar" for run in store.runs.values() for p in run.points)
     assert stored(store) == truth_of(truth)
+
+
+def test_syncs_of_one_run_to_different_targets_do_not_block_each_other(tmp_path, two_memories):
+    """The lock is per (run, destination target): a sync holding run0's lock for one target
+    does not stop another sync of run0 to another target; the same target is still excluded."""
+    logdir = tmp_path / "logs"
+    truth = build_kill_logdir(logdir, runs=2, steps=30)
+    store = CheckpointStore(state_dir_for(logdir, None))
+    held = store.lock_path("run0", target_key("memory", {}))
+    held.parent.mkdir(parents=True, exist_ok=True)
+    with held_by_another_process(held):
+        report = sync(logdir, ("memory", "memory-b"))
+    assert report.exit_code == EXIT_LOCKED
+    states = {(r.run, n): d.state for r in report.runs for n, d in r.destinations.items()}
+    assert states == {("run0", "memory"): "locked", ("run0", "memory-b"): "synced",
+                      ("run1", "memory"): "synced", ("run1", "memory-b"): "synced"}
+    assert stored(store_named("mem:b")) == truth_of(truth)
+    assert sync(logdir, ("memory", "memory-b")).exit_code == 0
+    assert stored(store_named("mem:default")) == truth_of(truth)

@@ -18,7 +18,7 @@ from ..manifest import load_manifest
 from ..reader import RunSource, discover_runs
 from ..redact import scrubbed_logger
 from ..retry import _short
-from ..rundir import MANIFEST_NAME, SIDECAR_DIR
+from ..rundir import MANIFEST_NAME, SIDECAR_DIR, STATE_DIR_NAME
 from ..runfiles import RunFiles, within
 from ..storage import ObjectPath, is_object_url, open_location
 from .options import SyncOptions
@@ -144,6 +144,12 @@ class Planner:
                 log.debug("discovering %s", ld, exc_info=True)
                 continue
             problems.extend(disc.problems)
+            if not disc.runs:
+                self._nothing_found(ld, disc.problems)
+                problems.append(f"{ld}: no runs yet (no folder holds events.out.tfevents.* "
+                                "files or a tracelet.json); waiting for them (--follow).")
+            else:
+                self._check_state_dir(root)
             found.append((root, disc.runs))
         linked: set[str] = set()  # real paths of folders synced as part of another run
         for root, runs in found:
@@ -178,6 +184,27 @@ class Planner:
                 work.append((root, run))
         return work, problems
 
+    def _nothing_found(self, ld: str, problems: list[str]) -> None:
+        """A logdir without any run: a typo, or training writes elsewhere. Nothing would
+        happen, so it is a usage error (exit 2), except with ``--follow``, which waits."""
+        if self.o.follow:
+            return
+        detail = f" ({'; '.join(problems[:3])})" if problems else ""
+        raise UsageError(f"{ld}: no runs found: no folder under it holds events.out.tfevents.* "
+                         f"files or a tracelet.json{detail}. Give the logdir your training "
+                         "writes to (a run is any folder holding event files).")
+
+    def _check_state_dir(self, root: Path) -> None:
+        """A read-only logdir without --state-dir: say so once (exit 2), before any run."""
+        if self.o.state_dir or self.o.dry_run:
+            return
+        state = root / STATE_DIR_NAME
+        # access(2) answers for a read-only file system too (EROFS), for root as well
+        if not os.access(state if state.exists() else root, os.W_OK):
+            raise UsageError(f"{root}: cannot keep checkpoints in {state}: the logdir is "
+                             "read-only here. Give --state-dir DIR (or set TRACELET_STATE_DIR) "
+                             "for them.")
+
     def _plan_objects(self, url: str, problems: list[str], errors: list[str]
                       ) -> list[tuple[ObjectPath, RunSource]]:
         """Runs of a logdir in object storage: one listing per pass. Manifests' linked_logdirs
@@ -193,6 +220,8 @@ class Planner:
             errors.append(f"{url}: {e}; none of its runs synced this time.")
             return []
         problems.extend(disc.problems)
+        if not disc.runs:
+            self._nothing_found(url, disc.problems)
         return [(loc.root, run) for run in disc.runs if in_shard(run.name, self.o.shard)
                 and (self.o.run_filter is None or self.o.run_filter(run))]
 
@@ -269,10 +298,24 @@ class Planner:
     def dest_names(self, manifest: dict | None) -> list[str]:
         if self.o.destinations:
             return self.o.destinations
-        wanted = (manifest or {}).get("backends") or []
-        if isinstance(wanted, str):
-            wanted = [wanted]
-        return [w for w in wanted if isinstance(w, str) and is_known(w)]
+        return [w for w in _wanted(manifest) if is_known(w)]
+
+    def no_destination(self, run: RunSource, manifest: dict | None) -> str:
+        """Why a run has no destination, and what to do (exit 2)."""
+        from ..destinations import known_destinations
+        from ..destinations.registry import unknown_message
+
+        unknown = [w for w in _wanted(manifest) if not is_known(w)]
+        if unknown:
+            return (f"run '{run.name}': its manifest ({run.manifest_path}) names "
+                    + "; ".join(unknown_message(w, "backend") for w in unknown)
+                    + ". Give --to, or fix 'backends' in the manifest.")
+        return (f"run '{run.name}': no destination: give --to "
+                f"{','.join(known_destinations()[:4])}..., or record the run with "
+                "start_logging(..., backend=...) (its manifest names no backend)"
+                if run.has_manifest else
+                f"run '{run.name}': no destination: give --to (a plain TensorBoard run has "
+                "no manifest naming its backends)")
 
     def linked_event_files(self, logdir: Path, run: RunSource, manifest: dict | None,
                             rr: RunReport | None) -> list[Path]:
@@ -285,3 +328,10 @@ class Planner:
             for r in disc.runs if disc else []:
                 out.extend(r.event_files)
         return out
+
+
+def _wanted(manifest: dict | None) -> list[str]:
+    wanted = (manifest or {}).get("backends") or []
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    return [w for w in wanted if isinstance(w, str)] if isinstance(wanted, list) else []

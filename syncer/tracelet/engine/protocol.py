@@ -14,6 +14,7 @@ sync), and the pass goes on with the next run. The traceback is kept only with `
 from __future__ import annotations
 
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,10 @@ class RunSync:
         if not self.o.dry_run and planner.unchanged(self.logdir, run, store, ctx.rr):
             return
         try:
-            with store.lock(run.name, f"run '{run.name}'"):
+            # shared: syncs of the same run to other targets go on side by side; each
+            # (run, target) is locked exclusively in _open
+            with store.lock(run.name, f"run '{run.name}'", shared=True), ExitStack() as locks:
+                self.locks = locks
                 try:
                     self._locked()
                 except Exception as e:
@@ -160,9 +164,8 @@ class RunSync:
             except SourceError as e:
                 rr.problems.append(str(e))
         names = planner.dest_names(manifest)
-        if not names:
-            rr.problems.append(f"run '{run.name}': no destination (give --to, or record the run "
-                               "with a backend)")
+        if not names:  # nothing can happen for this run: a configuration error (exit 2)
+            rr.usage.append(planner.no_destination(run, manifest))
             return
         ctx.at(f"reading linked_logdirs of {run.manifest_path}")
         ctx.manifest = manifest
@@ -197,6 +200,14 @@ class RunSync:
         tk = engine.target_keys[name]
         dr = DestReport(name, target=tk)
         rr.destinations[name] = dr
+        try:  # this (run, target): another sync of it is running, the others go on
+            self.locks.enter_context(store.lock(run.name, f"run '{run.name}' on {name}",
+                                                target_key=tk))
+        except LockedError as e:
+            dr.state, dr.error = "locked", str(e)
+            rr.locked = True
+            rr.note(str(e))
+            return
         try:
             ck = store.load(name, tk, run.name, ref.run_id)
         except InvalidCheckpointError as e:

@@ -54,6 +54,9 @@ class RunReport:
     # destination was known): exit 1, and the run is retried at the next sync.
     errors: list[str] = field(default_factory=list)
     traceback: str | None = None  # of an unexpected error; only with verbose
+    # Configuration that made nothing happen for this run (no destination, an unknown backend
+    # in its manifest): exit 2, "fix the command", whatever else succeeded.
+    usage: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -75,6 +78,7 @@ class SyncReport:
     runs: list[RunReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # a logdir that could not be planned at all
+    usage: list[str] = field(default_factory=list)  # configuration: exit 2 (see RunReport.usage)
     failed_destinations: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     passes: int = 0
@@ -83,6 +87,9 @@ class SyncReport:
 
     @property
     def exit_code(self) -> int:
+        # 2 (fix the configuration) > 1 (something failed; retried next sync) > 75 (locked)
+        if self.usage or any(r.usage for r in self.runs):
+            return EXIT_USAGE
         if self.errors or self.failed_destinations or any(r.failed for r in self.runs):
             return EXIT_PARTIAL
         if any(r.locked for r in self.runs):
@@ -111,6 +118,7 @@ class SyncReport:
             "interrupted": self.interrupted,
             "problems": self.problems,
             "errors": self.errors,
+            "usage": self.usage,
             "failed_destinations": self.failed_destinations,
             "totals": self.totals(),
             "storage": self.storage,
