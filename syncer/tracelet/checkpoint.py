@@ -418,6 +418,27 @@ class CheckpointStore:
                 pass
         return os.path.join(os.path.dirname(self._path(target_key, run_path)), bad)
 
+    def forget(self, target_key: str, run_path: str) -> bool:
+        """Remove the checkpoint of (target, run) and its ``.sig`` (``tracelet reset``); True if
+        there was one. The next sync finds the run on the destination and re-sends it with
+        dedupe, as after a lost state dir."""
+        name = quote_run(run_path) + ".json"
+        try:
+            with self._dir("checkpoints", target_key, create=False) as fd:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except FileNotFoundError:
+                    return False
+                finally:
+                    _unlink_quietly(name[:-5] + ".sig", fd)
+                try:
+                    os.fsync(fd)
+                except OSError:
+                    pass
+        except FileNotFoundError:  # no checkpoint folder for this target at all
+            return False
+        return True
+
     def commit(self, target_key: str, run_path: str, ck: Checkpoint) -> None:
         """Write ``ck`` as the checkpoint of (target, run): the path comes from the arguments
         (the engine's own values), never from the checkpoint's fields."""

@@ -144,12 +144,17 @@ def _dest_config(kw: dict) -> dict:
               help="Send params and tags as written (default: secrets in them, i.e. names like "
                    "password/token/api_key, token-shaped values, URL passwords, are sent as "
                    "***REDACTED***). Credentials of target URIs are never shown either way.")
+@click.option("--resync", is_flag=True,
+              help="Ignore the checkpoints for this pass: each run is compared with what the "
+                   "destination holds and everything missing is sent (dedupe: nothing lands "
+                   "twice). For a destination that lost data; see also tracelet reset.")
 @click.option("--follow-artifact-links", is_flag=True,
               help="Read artifacts, sidecar parts and the manifest through symlinks that lead "
                    "outside the run folder (default: skipped and reported).")
 @_output_options
 def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
-         follow_artifact_links, verbose, quiet, to=None, state_dir=None, project=None, **kw):
+         follow_artifact_links, verbose, quiet, resync=False, to=None, state_dir=None,
+         project=None, **kw):
     """Replay LOGDIR(s) into destinations, incrementally and exactly once.
 
     \b
@@ -179,6 +184,7 @@ def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
                 json_output=as_json,
                 redact_secrets=not no_redact,
                 follow_artifact_links=follow_artifact_links,
+                resync=resync,
                 verbose=verbose,
                 quiet=quiet,
             )
@@ -220,6 +226,41 @@ def status(logdirs, as_json, verbose, quiet, to=None, state_dir=None, project=No
         text = table.render(only_failed=quiet)
         if text:
             click.echo(text)
+
+
+@main.command(cls=DestinationCommand)
+@click.argument("logdir")
+@click.argument("runs", nargs=-1)
+def reset(logdir, runs, to=None, state_dir=None, project=None, **kw):
+    """Forget the checkpoints of RUNS (default: every run) of LOGDIR for --to DESTS.
+
+    The next sync then finds each run on the destination and sends everything with dedupe:
+    what is there stays once, what is missing (a run emptied or deleted there) lands again.
+
+    \b
+    Examples:
+      tracelet reset ./runs --to mlflow
+      tracelet reset ./runs torch/resnet --to mlflow,wandb
+    """
+    from .engine import SyncOptions, parse_destinations, reset_runs
+
+    try:
+        options = SyncOptions(destinations=parse_destinations(to), state_dir=state_dir,
+                              project=project, dest_config=_dest_config(kw))
+        report = reset_runs([logdir], list(runs), options)
+    except TraceletError as e:
+        _fail(e)
+    for logdir, run, dest in report.forgotten:
+        click.echo(f"tracelet: {run} -> {dest}: checkpoint forgotten; the next sync re-sends it "
+                   "with dedupe", err=True)
+    for name in report.unknown_runs:
+        click.echo(f"tracelet: error: no run named '{name}' in {logdir}", err=True)
+    for line in report.locked:
+        click.echo(f"tracelet: {line}", err=True)
+    if not report.forgotten and not report.unknown_runs and not report.locked:
+        click.echo("tracelet: nothing to reset (no checkpoint for these runs and destinations)",
+                   err=True)
+    sys.exit(report.exit_code)
 
 
 @main.command()

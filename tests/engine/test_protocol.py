@@ -265,3 +265,44 @@ def test_syncs_of_one_run_to_different_targets_do_not_block_each_other(tmp_path,
     assert stored(store_named("mem:b")) == truth_of(truth)
     assert sync(logdir, ("memory", "memory-b")).exit_code == 0
     assert stored(store_named("mem:default")) == truth_of(truth)
+
+
+def test_a_run_lost_on_the_destination_is_resent_in_full_and_reported_as_drift(tmp_path):
+    logdir = tmp_path / "logs"
+    truth = build_kill_logdir(logdir, runs=2, steps=100)
+    assert sync(logdir).exit_code == 0
+    store = store_named("mem:default")
+    (lost,) = [r.run_uid for r in store.runs.values() if r.run_path == "run0"]
+    store.drop(lost)  # a user deleted the run in the tracker
+    write_simple_run(logdir / "run0", "run0", truth, ["loss", "acc"], list(range(100, 130)),
+                     seed=3, append=True)
+    report = sync(logdir)
+    assert report.exit_code == 0, report.to_dict()
+    d = {r.run: r.destinations["memory"] for r in report.runs}
+    assert d["run0"].drift and "run missing" in d["run0"].drift
+    assert d["run0"].points == 2 * 130  # all of it again, not only the 60 new points
+    assert d["run1"].state == "unchanged" and d["run1"].drift is None
+    assert stored(store) == truth_of(truth)
+
+
+def test_reset_and_resync_send_what_is_missing_and_nothing_twice(tmp_path):
+    from tracelet.engine import reset_runs
+
+    logdir = tmp_path / "logs"
+    truth = build_kill_logdir(logdir, runs=2, steps=50)
+    assert sync(logdir).exit_code == 0
+    store = store_named("mem:default")
+    run0 = next(r for r in store.runs.values() if r.run_path == "run0")
+    run0.lose(range(40))  # the destination lost part of run0 (no drift: the run is there)
+    assert sync(logdir).runs[0].destinations["memory"].state == "unchanged"  # stat-only: unseen
+    done = reset_runs([str(logdir)], ["run0"], SyncOptions(destinations=["memory"]))
+    assert done.forgotten == [(str(logdir), "run0", "memory")] and done.exit_code == 0
+    assert sync(logdir).exit_code == 0
+    assert stored(store) == truth_of(truth)  # the 40 missing points are back, nothing doubled
+    # --resync: the same for one pass, without touching the state first
+    run1 = next(r for r in store.runs.values() if r.run_path == "run1")
+    run1.lose(range(len(run1.points) - 25, len(run1.points)))
+    report = sync(logdir, resync=True)
+    assert report.exit_code == 0
+    assert stored(store) == truth_of(truth)
+    assert reset_runs([str(logdir)], ["nope"], SyncOptions(destinations=["memory"])).exit_code == 2

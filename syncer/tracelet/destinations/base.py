@@ -106,9 +106,27 @@ class RunRef:
     project: str
     source_dir: Path
     manifest: Mapping[str, Any] | None = None  # validated, tags redacted
-    started_at: float | None = None  # unix seconds (manifest ``started_at``), None if unknown
-    ended_at: float | None = None
+    started_at: float | None = None  # unix seconds: manifest ``started_at``, else the first
+    #                                  event's wall time (plain TensorBoard runs)
+    ended_at: float | None = None  # manifest ``ended_at``; a finished plain run: last event
     status: str | None = None  # running | finished | failed | killed | None (no manifest)
+    display_name: str = ""  # the run's name on the destination (``--run-name``); "" = run_path
+    # What reproduces the run (manifest ``git``/``env``/``system``/``command``; redacted, the
+    # git remote without credentials): destinations put them in their native fields.
+    git: Mapping[str, Any] = field(default_factory=dict)  # commit, branch, dirty, remote
+    env: Mapping[str, Any] = field(default_factory=dict)  # python, platform, packages (list)
+    system: Mapping[str, Any] = field(default_factory=dict)  # hostname, cpus, memory, gpus
+    command: tuple[str, ...] = ()  # argv of the training (recorded, secret values redacted)
+    user: str = ""  # who ran it (manifest ``user``), "" unknown
+    # Files the engine prepared for reproducibility (rel name -> local path): the redacted
+    # manifest ``tracelet/tracelet.json``, ``tracelet/requirements.txt`` from the packages,
+    # ``tracelet/git_diff.patch``. Sent with ``log_artifacts`` like ``artifacts/``.
+    repro_files: Mapping[str, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The display name (``display_name`` or the run path)."""
+        return self.display_name or self.run_path
 
     @property
     def tags(self) -> dict[str, str]:
@@ -145,6 +163,10 @@ class RunHandle:
     identity: dict[str, Any]
     existed: bool = False  # found on the destination rather than created by this open
     identity_ignored: bool = False  # the identity given was not this run's: not used
+    # Drift: ``identity`` named a run the destination no longer has ("run missing: deleted on
+    # the server", "recreated: the store was wiped"...), one line. The run was found again
+    # or created anew; the engine then re-sends the WHOLE run with dedupe and reports it.
+    drift: str | None = None
     client: Any = None  # vendor objects; never persisted
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -200,6 +222,12 @@ class Destination(abc.ABC):
 
     def close(self) -> None:
         """Release clients. Called once at the end of a sync."""
+
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        """``tracelet status --check``: is the run ``identity`` names still there? None if it
+        is, else the same one-line drift description ``open_run`` would give. Cheap (one
+        lookup), creates nothing. Destinations that cannot tell return "cannot check"."""
+        return "cannot check"
 
     def classify(self, exc: BaseException) -> type[DestinationError]:
         """The typed error a vendor exception stands for (module docstring). Override to add

@@ -30,6 +30,7 @@ from ..reader import EventFileReader  # noqa: F401  (tests substitute it here; f
 from .options import DEFAULT_BATCH_POINTS, Progress, SyncOptions, parse_destinations, parse_shard
 from .plan import in_shard, object_state_dir, run_id_for, source_signature, state_dir_for
 from .report import EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, DestReport, RunReport, SyncReport
+from .reset import ResetReport, reset_runs
 from .runner import SyncEngine, run_sync
 
 __all__ = [

@@ -64,6 +64,9 @@ class SyncOptions:
     verbose: bool = False  # an unexpected error in a run keeps its traceback (printed, in JSON)
     quiet: bool = False  # print only errors
     follow_artifact_links: bool = False  # read a run's files through links that leave the run
+    # --resync: ignore the checkpoints for this pass (each run is reconciled with what the
+    # destination holds, as after a lost state dir: everything is sent with dedupe)
+    resync: bool = False
     # Seams (tests, embedding programs): the progress observer, the retry policy's sleep and
     # the clock the engine uses for report times.
     observer: Progress | None = None

@@ -265,6 +265,8 @@ class Planner:
         ``.sig`` holding the state dir key's MAC counts: a missing or forged one sends the run
         down the slow path, which checks the checkpoint (and rewrites the ``.sig`` if the run
         is unchanged)."""
+        if self.o.resync:
+            return False
         try:
             manifest = self.manifest(run, store, validate=False, fetch=False) \
                 if run.has_manifest else None

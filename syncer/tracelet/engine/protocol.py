@@ -220,6 +220,8 @@ class RunSync:
         except StateError as e:  # a link where a state folder belongs: never followed
             dr.state, dr.error = "failed", str(e)
             return
+        if ck is not None and self.o.resync:
+            ck = None  # --resync: as after a lost state dir (the destination says what it has)
         if ck is not None and ck.source_signature == signature and not ck.last_error:
             dr.state = "unchanged"
             if not self.o.dry_run:  # .sig missing, forged or older: fast path next time
@@ -253,6 +255,16 @@ class RunSync:
                 f"not belong to '{run.name}' (tracelet run id {ref.run_id})"))
             ck = slot.ck = Checkpoint(name, tk, run.name, run_id=ref.run_id)
             fresh, slot.legacy_keys = True, False
+        if slot.handle.drift and not fresh:
+            # The destination lost the run the checkpoint names (deleted, store wiped, files
+            # removed): what the checkpoint says was sent is not there. Send it all again;
+            # dedupe keeps whatever is still there from landing twice.
+            dr.drift = slot.handle.drift
+            rr.note(f"drift: {name}: {slot.handle.drift}; the whole run is re-sent "
+                    "(dedupe: nothing lands twice)")
+            ck = slot.ck = Checkpoint(name, tk, run.name, run_id=ref.run_id)
+            ck.reconcile = True
+            fresh = False  # reconcile stays on whatever `existed` says
         ck.identity = slot.handle.identity
         ck.last_error = None
         # Lost state dir but the run exists on the destination: everything we are about to

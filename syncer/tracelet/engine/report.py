@@ -31,6 +31,7 @@ class DestReport:
     quarantined: dict[str, int] = field(default_factory=dict)
     quarantine: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # tags/params renamed or kept apart (keys.py)
+    drift: str | None = None  # the destination had lost the run: re-sent in full (dedupe)
     error: str | None = None
 
     def add(self, field_name: str, counts: dict[str, int]) -> None:

@@ -62,6 +62,7 @@ class StoredRun:
     run_path: str
     project: str
     points: list[tuple] = field(default_factory=list)  # (kind, tag, step, wall, value|summary)
+    sources: list = field(default_factory=list)  # per point: (file, kind, ordinal) or None
     system: list[tuple] = field(default_factory=list)  # (name, timestamp, value)
     params: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)
@@ -77,6 +78,18 @@ class StoredRun:
             if kind == SCALAR:
                 out.setdefault(tag, []).append((step, math.nan if value == "nan" else value))
         return out
+
+    def lose(self, indexes) -> None:
+        """Forget some stored points, as a vendor losing data would (tests of reset/resync):
+        they are gone, and so is the record that they landed."""
+        for i in sorted(set(indexes), reverse=True):
+            src = self.sources[i] if i < len(self.sources) else None
+            if src is not None:
+                path, kind, o = src
+                self.landed.get(path, {}).get(kind, set()).discard(o)
+            del self.points[i]
+            if i < len(self.sources):
+                del self.sources[i]
 
     def count(self, kind: str) -> int:
         return sum(1 for p in self.points if p[0] == kind)
@@ -130,9 +143,13 @@ class MemoryStore:
         if run is None:
             return  # a run dropped (drift) while a journal entry was in flight
         if op == "points":
-            run.points.extend(_hashable(p) for p in e["points"])
+            points = [_hashable(p) for p in e["points"]]
+            ords = [tuple(o) for o in e["ords"]]
+            run.points.extend(points)
+            run.sources.extend([(e["path"], k, o) for k, o in ords] if len(ords) == len(points)
+                               else [None] * len(points))
             landed = run.landed.setdefault(e["path"], {})
-            for kind, o in e["ords"]:
+            for kind, o in ords:
                 landed.setdefault(kind, set()).add(o)
             if "end" in e:  # a whole batch: its end is where the next read may start
                 run.ends.setdefault(e["path"], {})[int(e["end"])] = list(e["end_ords"])
@@ -224,14 +241,23 @@ class MemoryDestination(Destination):
         if mine is not None and mine.run_id == run.run_id:
             return RunHandle(identity={"uid": uid}, existed=True)
         ignored = mine is not None or (uid is not None and not isinstance(uid, str))  # another run's
+        # the run the checkpoint names is gone (dropped: a user deleted it): drift
+        drift = self.check_run(run, identity) if isinstance(uid, str) and mine is None else None
         found = self.store.find(run.project, run.run_id)
         if found:
             return RunHandle(identity={"uid": found[0].run_uid}, existed=True,
-                             identity_ignored=ignored)
+                             identity_ignored=ignored, drift=drift)
         uid = f"{run.run_id}-{time.time_ns():x}"
         self.store.apply({"op": "create", "uid": uid, "run_id": run.run_id,
                           "run_path": run.run_path, "project": run.project})
-        return RunHandle(identity={"uid": uid}, existed=False, identity_ignored=ignored)
+        return RunHandle(identity={"uid": uid}, existed=False, identity_ignored=ignored,
+                         drift=drift)
+
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        uid = (identity or {}).get("uid")
+        if isinstance(uid, str) and uid in self.store.runs:
+            return None
+        return f"run missing: {uid} is no longer in {self.target}"
 
     def _run(self, handle: RunHandle) -> StoredRun:
         run = self.store.runs.get(handle.identity["uid"])
