@@ -13,6 +13,9 @@ sync), and the pass goes on with the next run. The traceback is kept only with `
 """
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from ..destinations.base import RunRef
 from ..errors import InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
 from ..manifest import manifest_time
 from ..reader import RunSource
-from ..redact import scrub, scrubbed_logger
+from ..redact import scrub, scrubbed_logger, strip_url_credentials
 from ..retry import _short
 from .facets import FACETS
 from .plan import run_id_for, source_signature
@@ -91,12 +94,16 @@ class RunSync:
         self.run_source = run
         store = engine.planner.store_for(logdir)
         self.ctx = RunContext(engine, store, run, RunReport(run=run.name, logdir=str(logdir)))
+        self.scratch: Path | None = None
 
     def run(self) -> RunReport:
         try:
             self._guarded()
         except Exception as e:
             self._report_crash(e)
+        finally:
+            if self.scratch is not None:  # files written for this run (reproducibility)
+                shutil.rmtree(self.scratch, ignore_errors=True)
         return self.ctx.rr
 
     # -- the boundary ---------------------------------------------------------------------------
@@ -178,7 +185,8 @@ class RunSync:
                          manifest=self._redact_tags(manifest),
                          started_at=manifest_time(m.get("started_at")),
                          ended_at=manifest_time(m.get("ended_at")),
-                         status=m.get("status") if isinstance(m.get("status"), str) else None)
+                         status=m.get("status") if isinstance(m.get("status"), str) else None,
+                         **self._reproducibility(m))
         rr.run_id, rr.project = ctx.ref.run_id, project
         signature = source_signature(run, ctx.event_files, self.o.follow_artifact_links)
         for name in names:
@@ -319,6 +327,51 @@ class RunSync:
                              f"({e}); this run is re-checked under its lock at every sync "
                              "until it can be.")
 
+    def _reproducibility(self, m: dict) -> dict[str, Any]:
+        """RunRef fields from the manifest's git/env/system/command/user (redacted; the remote
+        without credentials) and the files that carry them: ``tracelet/tracelet.json`` (the
+        manifest, redacted) and ``tracelet/requirements.txt`` (the installed packages)."""
+        if not m:
+            return {}
+        red = self.engine.redactor
+
+        def section(key: str) -> dict:
+            v = m.get(key)
+            return red.value(dict(v)) if isinstance(v, dict) else {}
+
+        git = section("git")
+        if isinstance(git.get("remote"), str):
+            git["remote"] = strip_url_credentials(git["remote"])
+        cmd = m.get("command")
+        command = tuple(red.argv([str(a) for a in cmd])) if isinstance(cmd, list) else ()
+        env = section("env")
+        raw_env = m.get("env") if isinstance(m.get("env"), dict) else {}
+        if isinstance(raw_env.get("packages"), dict):
+            # package names are not secret names ("tokenizers", "google-auth"): kept as written
+            env["packages"] = {str(k): str(v) for k, v in raw_env["packages"].items()}
+        files: dict[str, Path] = {}
+        if self.run_source.has_manifest:
+            folder = self._scratch()
+            doc = {**m, "params": red.value(m.get("params") or {}),
+                   "tags": red.value(m.get("tags") or {}), "git": git, "env": env,
+                   "command": list(command) or m.get("command")}
+            files["tracelet/tracelet.json"] = _write(folder / "tracelet.json", json.dumps(
+                doc, indent=1, sort_keys=True, default=str).encode())
+            packages = env.get("packages")
+            if isinstance(packages, dict) and packages:
+                files["tracelet/requirements.txt"] = _write(folder / "requirements.txt", "".join(
+                    f"{name}=={version}\n" if version else f"{name}\n"
+                    for name, version in sorted(packages.items(), key=lambda kv: str(kv[0]).lower())
+                ).encode())
+        user = m.get("user")
+        return {"git": git, "env": env, "system": section("system"), "command": command,
+                "user": user if isinstance(user, str) else "", "repro_files": files}
+
+    def _scratch(self) -> Path:
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix="tracelet-run-"))
+        return self.scratch
+
     def _redact_tags(self, manifest: dict | None) -> dict | None:
         """The manifest as destinations see it: its tags under the redaction rule (params are
         redacted by the params facet, together with the hparams of the event files)."""
@@ -326,3 +379,8 @@ class RunSync:
         if not isinstance(tags, dict) or not tags:
             return manifest
         return {**manifest, "tags": self.engine.redactor.params(tags)}  # type: ignore[dict-item]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
