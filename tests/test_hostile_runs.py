@@ -118,7 +118,9 @@ def mlflow_artifacts(uri: str, run) -> list[str]:
             else:
                 out.append(f.path)
     walk(None)
-    return sorted(out)
+    # the run's artifacts/ (Tracelet's own tracelet/ files, the manifest and requirements, are
+    # not from the run folder's artifacts and are left out here)
+    return sorted(p for p in out if not p.startswith("tracelet/"))
 
 
 def grep_tree(root: Path, needle: bytes) -> list[Path]:

@@ -31,7 +31,8 @@ field              type                                         limits
 ``system``         object                                       written by the recorder
 ``linked_logdirs`` list of strings (folder paths)               up to 4096 characters each
 ``pid``            integer or null                              of the recording process
-``command``        list of strings                              argv of ``tracelet record``
+``command``        list of strings                              argv of the training
+``user``           string of at most 256 characters             who ran it (login name)
 =================  ===========================================  =================================
 
 ``pid`` tells a live run from a crashed one on the same host; ``command`` has secret-looking
@@ -91,6 +92,7 @@ SCHEMA: dict[str, Any] = {
                            "items": {"type": "string", "minLength": 1, "maxLength": 4096}},
         "pid": {"type": ["integer", "null"], "minimum": 0},
         "command": _STRINGS,
+        "user": {"type": "string", "maxLength": 256},
     },
 }
 
@@ -112,6 +114,7 @@ EXPECTED = {
     "linked_logdirs": "a list of folder paths (strings of 1 to 4096 characters)",
     "pid": "a non-negative integer (or null)",
     "command": "a list of strings",
+    "user": "a string of at most 256 characters",
 }
 
 

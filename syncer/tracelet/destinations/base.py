@@ -118,9 +118,11 @@ class RunRef:
     system: Mapping[str, Any] = field(default_factory=dict)  # hostname, cpus, memory, gpus
     command: tuple[str, ...] = ()  # argv of the training (recorded, secret values redacted)
     user: str = ""  # who ran it (manifest ``user``), "" unknown
-    # Files the engine prepared for reproducibility (rel name -> local path): the redacted
-    # manifest ``tracelet/tracelet.json``, ``tracelet/requirements.txt`` from the packages,
-    # ``tracelet/git_diff.patch``. Sent with ``log_artifacts`` like ``artifacts/``.
+    # Files the engine prepared for reproducibility (rel name -> local path, for this run's
+    # sync only): the redacted manifest ``tracelet/tracelet.json`` and
+    # ``tracelet/requirements.txt`` (installed packages). Each destination stores them where
+    # its UI shows them (its own files/artifacts, in ``open_run`` or ``close_run``, overwriting
+    # by name). The diff is the run's own ``artifacts/git_diff.patch``.
     repro_files: Mapping[str, Path] = field(default_factory=dict)
 
     @property

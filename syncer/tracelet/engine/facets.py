@@ -18,7 +18,6 @@ drives the same three steps per batch itself.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -440,14 +439,6 @@ class ArtifactsFacet(Facet):
                         source_unreadable(rr, ctx.live(), run.artifacts_dir / rel,
                                           SourceError(bad[rel]), 0)
                 yield _Chunk({rel: files[rel] for rel in chunk}, views)
-        # Tracelet's own reproducibility files (the redacted manifest, requirements.txt):
-        # written by the engine, uploaded like artifacts under `tracelet/`
-        repro = {}
-        for rel, path in (ctx.ref.repro_files if ctx.ref else {}).items():
-            data = Path(path).read_bytes()
-            repro[rel] = [len(data), zlib.crc32(data)]
-        if repro:
-            yield _Chunk(repro, {rel: (ctx.ref.repro_files[rel], sig) for rel, sig in repro.items()})
 
     def pending(self, ctx, slot: Slot, chunk: _Chunk) -> list[tuple[Any, str]]:
         return [(chunk.views[rel][0], rel) for rel in chunk.files

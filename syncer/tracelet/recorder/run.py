@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import re
 import threading
 import time
@@ -92,8 +93,11 @@ def create_run(cfg: RecorderConfig, project: str | None, name: str | None, backe
     name = safe_name(name or "", "") or default_run_name()
     run_dir = allocate_run_dir(cfg.resolve_logdir(), project, name)
     redactor = Redactor(cfg.redact_secrets, cfg.secret_patterns)
-    if "command" in fields:
-        fields["command"] = redactor.argv(fields["command"])
+    # what started the training: `tracelet record`'s command, else this interpreter's argv
+    fields.setdefault("command", [sys.executable, *sys.argv] if sys.argv and sys.argv[0] else
+                      [sys.executable])
+    fields["command"] = redactor.argv([str(a) for a in fields["command"]])
+    fields.setdefault("user", _user())
     manifest = new_manifest(run_dir.name, project, backends, tags=redactor.params(cfg.tags),
                             **fields)
     manifest["system"] = capture_system()
@@ -109,3 +113,13 @@ def create_run(cfg: RecorderConfig, project: str | None, name: str | None, backe
     mf = ManifestFile(run_dir, manifest)
     mf.update()
     return mf
+
+
+def _user() -> str:
+    """Who runs the training (login name), "" when it cannot be told (no passwd entry)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # KeyError/OSError in containers without a passwd entry for the uid
+        return ""
