@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2
+from tensorboard.compat.proto import summary_pb2
 
-from .events import EVENT_NAME, T0, event_record, header_record, image_bytes, wav_bytes
+from .events import (DT_DOUBLE, DT_FLOAT, DT_STRING, EVENT_NAME, T0, event_record, header_record,
+                     image_bytes, plugin_metadata, tensor, tensor_value, wav_bytes)
 
 
 @dataclass
@@ -82,18 +83,6 @@ def write_points(path: Path, points, *, file_name: str = EVENT_NAME, append: boo
     return f
 
 
-def _scalar_tensor(value, dtype_enum: int, np_dtype) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(dtype=dtype_enum, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-                                  tensor_content=np.asarray(value, np_dtype).tobytes())
-
-
-def _string_tensor(values: list[bytes], shape: list[int]) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(
-        dtype=7, string_val=values,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
-
-
 def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     """TF2 layout: tensor scalars with plugin metadata on the first value only, a tensor
     histogram, a string-tensor image and text, and an hparams session_start_info."""
@@ -103,40 +92,30 @@ def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     path.mkdir(parents=True, exist_ok=True)
     chunks = [header_record()]
 
-    def md(plugin: str, content: bytes = b"") -> summary_pb2.SummaryMetadata:
-        return summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content))
+    def content(value, dtype: int, np_dtype):  # a scalar tensor in tensor_content
+        return tensor(dtype, [], tensor_content=np.asarray(value, np_dtype).tobytes())
 
     for i in range(40):
         wall = T0 + 5000 + i
         v = 0.5 ** i
-        val = summary_pb2.Summary.Value(tag="epoch_loss", tensor=_scalar_tensor(v, 1, np.float32))
-        if i == 0:
-            val.metadata.CopyFrom(md("scalars"))
+        val = tensor_value("epoch_loss", content(v, DT_FLOAT, np.float32), "scalars" if i == 0 else "")
         chunks.append(event_record(i, wall, [val]))
         truth.add(run, "epoch_loss", i, f32(v), wall)
-        acc = summary_pb2.Summary.Value(tag="epoch_accuracy", tensor=_scalar_tensor(i / 40, 2, np.float64))
-        if i == 0:
-            acc.metadata.CopyFrom(md("scalars"))
+        acc = tensor_value("epoch_accuracy", content(i / 40, DT_DOUBLE, np.float64),
+                           "scalars" if i == 0 else "")
         chunks.append(event_record(i, wall, [acc]))
         truth.add(run, "epoch_accuracy", i, i / 40, wall)
     for i in range(3):
         wall = T0 + 6000 + i
         edges = np.linspace(-1, 1, 6)
         hist = np.stack([edges[:-1], edges[1:], np.arange(5, dtype=np.float64) + i], axis=1)
-        t = tensor_pb2.TensorProto(dtype=2, tensor_content=hist.astype(np.float64).tobytes(),
-                                   tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
-                                       tensor_shape_pb2.TensorShapeProto.Dim(size=5),
-                                       tensor_shape_pb2.TensorShapeProto.Dim(size=3)]))
-        hv = summary_pb2.Summary.Value(tag="dense/kernel", tensor=t)
-        if i == 0:
-            hv.metadata.CopyFrom(md("histograms"))
+        t = tensor(DT_DOUBLE, [5, 3], tensor_content=hist.astype(np.float64).tobytes())
+        hv = tensor_value("dense/kernel", t, "histograms" if i == 0 else "")
         chunks.append(event_record(i, wall, [hv]))
-        iv = summary_pb2.Summary.Value(tag="samples", tensor=_string_tensor([b"8", b"6", image_bytes(8, 6, i)], [3]),
-                                       metadata=md("images"))
+        iv = tensor_value("samples", tensor(DT_STRING, [3], string_val=[b"8", b"6", image_bytes(8, 6, i)]),
+                          "images")
         chunks.append(event_record(i, wall, [iv]))
-        tv = summary_pb2.Summary.Value(tag="notes", tensor=_string_tensor([f"note {i}".encode()], []),
-                                       metadata=md("text"))
+        tv = tensor_value("notes", tensor(DT_STRING, [], string_val=[f"note {i}".encode()]), "text")
         chunks.append(event_record(i, wall, [tv]))
     truth.histograms[run] = 3
     truth.images[run] = 3
@@ -144,15 +123,14 @@ def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     # tf.summary.audio: a [k, 2] string tensor of (WAV clip, label), plugin "audio"
     for i in range(2):
         clips = [wav_bytes(400, 8000, i), b"clip a", wav_bytes(300, 8000, i + 5), b"clip b"]
-        av = summary_pb2.Summary.Value(tag="speech", tensor=_string_tensor(clips, [2, 2]),
-                                       metadata=md("audio"))
+        av = tensor_value("speech", tensor(DT_STRING, [2, 2], string_val=clips), "audio")
         chunks.append(event_record(i, T0 + 6500 + i, [av]))
     truth.audio[run] = 4
     hp = plugin_data_pb2.HParamsPluginData(version=0, session_start_info=plugin_data_pb2.SessionStartInfo(
         hparams={"optimizer": struct_pb2.Value(string_value="adam"),
                  "units": struct_pb2.Value(number_value=64)}))
     chunks.append(event_record(0, T0 + 7000, [summary_pb2.Summary.Value(
-        tag="_hparams_/session_start_info", metadata=md("hparams", hp.SerializeToString()))]))
+        tag="_hparams_/session_start_info", metadata=plugin_metadata("hparams", hp.SerializeToString()))]))
     truth.params.setdefault(run, {}).update({"optimizer": "adam", "units": "64"})
     (path / "events.out.tfevents.1700000000.tfhost.2.v2").write_bytes(b"".join(chunks))
 
