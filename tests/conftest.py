@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# The conformance suite lives in the package (tracelet.testing, for plugin authors too): its
+# asserts get pytest's detailed messages only if registered before anything imports it.
+pytest.register_assert_rewrite("tracelet.testing")
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 

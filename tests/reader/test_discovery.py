@@ -5,8 +5,8 @@ import os
 import shutil
 
 import pytest
-from conftest import FIXTURES
 
+from tests.reader.helpers import FIXTURES
 from tracelet.reader import discover_runs
 
 

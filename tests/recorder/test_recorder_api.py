@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tracelet
-from recorder_helpers import FAST, read_run
+from tests.recorder.recorder_helpers import FAST, read_run
 from tracelet.errors import UsageError
 from tracelet.redact import REDACTED
 

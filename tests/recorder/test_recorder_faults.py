@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder_helpers import child_env, read_run, run_dirs, wait_for_line
+from tests.recorder.recorder_helpers import child_env, read_run, run_dirs, wait_for_line
 from tracelet.redact import REDACTED
 
 
