@@ -1,7 +1,6 @@
 """Suite-wide fixtures. Destination and server fixtures live beside the tests that use them."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-import json
 import math
 import os
 import re

@@ -22,7 +22,7 @@ import pytest
 
 from tests.destinations.harness_aim import AimLocalHarness
 from tests.destinations.harness_clearml import ClearmlOfflineHarness
-from tests.destinations.harness_mlflow import MlflowLocalHarness, MlflowServer, free_port
+from tests.destinations.harness_mlflow import MlflowLocalHarness, MlflowServer
 from tests.destinations.harness_wandb import WandbOfflineHarness
 from tests.recorder.recorder_helpers import read_run
 from tracelet.destinations import target_key

@@ -212,7 +212,6 @@ def test_status_creation_time_and_params(aim_h, tmp_path, project):
 
 
 def test_images_histograms_text_and_artifacts_in_native_form(aim_h, tmp_path, project):
-    import numpy as np
     from aim.storage.context import Context
 
     from tracelet.reader import EventFileReader

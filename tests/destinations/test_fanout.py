@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
 
 from tests.destinations.harnesses import HARNESS_CLASSES
 from tracelet.engine import SyncOptions, run_sync

@@ -177,7 +177,6 @@ def test_scalar_rows_name_each_point_once_whatever_the_batches(tmp_path):
         landed.finish()
         for batch in batches:
             n = len(batch.scalars)
-            skip = landed.covered("f", "s", base, n)
             rows = scalar_rows(batch, "f", base, landed)
             named += _ordinals(rows)
             for row, _ in rows:  # one step per row, each key once

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import pytest
 
 from tests.reader.helpers import FIXTURES
 from tracelet.reader import discover_runs

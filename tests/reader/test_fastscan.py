@@ -13,7 +13,6 @@ import random
 import shutil
 import struct
 import sysconfig
-from pathlib import Path
 
 import numpy as np
 import pytest

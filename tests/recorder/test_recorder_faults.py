@@ -2,7 +2,6 @@
 ``tracelet record`` (exit codes, signal forwarding, TRACELET_RUN_DIR)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
