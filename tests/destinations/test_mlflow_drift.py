@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from harness_mlflow import MlflowServer, free_port
-from sources import build_kill_logdir, write_simple_run
-from test_conformance import assert_exactly_once, project_fn
+from tests.destinations.harness_mlflow import MlflowServer, free_port
 from tracelet.destinations.mlflow import mlflow_key
+from tracelet.testing.conformance import assert_exactly_once, project_fn
+from tracelet.testing.sources import build_kill_logdir, write_simple_run
 
 PROJECT = "drift"
 
@@ -31,7 +31,7 @@ class _Readback:
     name = "mlflow"
 
     def __init__(self, uri: str):
-        from harness_mlflow import MlflowLocalHarness
+        from tests.destinations.harness_mlflow import MlflowLocalHarness
 
         self._h = MlflowLocalHarness()
         self._h.uri = uri

@@ -14,10 +14,10 @@ import shutil
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from sources import T0, _event, _header
-from test_mlflow_drift import Store
+from tests.destinations.test_mlflow_drift import Store
 from tracelet.destinations.mlflow.stamps import stamp
 from tracelet.engine import SyncOptions, run_sync
+from tracelet.testing.events import T0, event_record, header_record
 
 MS = int(T0 * 1000)
 
@@ -31,8 +31,8 @@ def store(request, tmp_path):
 
 
 def _write(path, points, header=False):
-    chunks = [_header()] if header else []
-    chunks += [_event(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=v)])
+    chunks = [header_record()] if header else []
+    chunks += [event_record(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=v)])
                for tag, step, wall, v in points]
     with open(path, "ab") as f:
         f.write(b"".join(chunks))
