@@ -169,5 +169,5 @@ def test_experiment_option_and_environment(recorded, tmp_path):
     # the experiment is not the target: the same checkpoint folder either way
     assert target_key("mlflow", {"mlflow_uri": uri, "mlflow_experiment": "x"}) == \
         target_key("mlflow", {"mlflow_uri": uri})
-    (folder,) = (state / "b").glob("checkpoints/mlflow-*")
+    (folder,) = (state / "b").glob("*/checkpoints/mlflow-*")  # <logdir name>-<hash>/
     assert folder.name == target_key("mlflow", {"mlflow_uri": uri})

@@ -1,6 +1,6 @@
 """MLflow destination.
 
-Identity (DESIGN §5): experiment = ``--experiment``, else ``MLFLOW_EXPERIMENT_NAME``, else the
+Identity: experiment = ``--experiment``, else ``MLFLOW_EXPERIMENT_NAME``, else the
 project; run name = the run's name; tags ``tracelet.run_id`` and ``tracelet.run_path``. A run
 is found again by its ``tracelet.run_id`` tag, so a lost state dir never creates a second run.
 ``open_run`` confirms the run its checkpoint names with one ``get_run``: deleted, gone (the
@@ -91,6 +91,7 @@ class MlflowDestination(Destination):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         from mlflow.tracking import MlflowClient
 
+        _quiet_mlflow_logging()
         self.uri = self.config.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
         self.client = MlflowClient(tracking_uri=self.uri)
         if self.uri is None:
@@ -477,6 +478,20 @@ class MlflowDestination(Destination):
             else:
                 end_ms = int(ended_at * 1000) if ended_at else None
                 self.client.set_terminated(run_id, status=mstatus, end_time=end_ms)
+
+
+def _quiet_mlflow_logging() -> None:
+    """MLflow logs at INFO by default ("Creating initial MLflow database tables...", "Updating
+    database tables" for a new sqlite store): lines in Tracelet's output that say nothing about
+    the sync. Its loggers go to WARNING unless the user chose a level with MLflow's own
+    ``MLFLOW_LOGGING_LEVEL``. (Importing mlflow has configured them: set after the import.)"""
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "").strip():
+        return
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
 
 
 def _started_at_ms(run: RunRef) -> int | None:
