@@ -27,6 +27,7 @@ from ..destinations.base import RunRef
 from ..errors import InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
 from ..manifest import manifest_time
 from ..reader import RunSource
+from ..reader.events import first_wall_time
 from ..redact import scrub, scrubbed_logger, strip_url_credentials
 from ..retry import _short
 from .facets import FACETS
@@ -183,7 +184,8 @@ class RunSync:
         ctx.ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
                          project=project, source_dir=run.path,
                          manifest=self._redact_tags(manifest),
-                         started_at=manifest_time(m.get("started_at")),
+                         started_at=manifest_time(m.get("started_at"))
+                         or self._first_event_time(run, ctx.event_files),
                          ended_at=manifest_time(m.get("ended_at")),
                          status=m.get("status") if isinstance(m.get("status"), str) else None,
                          **self._reproducibility(m))
@@ -199,6 +201,13 @@ class RunSync:
             facet().run(ctx)
         for slot in ctx.slots:
             self._close(slot, signature)
+
+    @staticmethod
+    def _first_event_time(run: RunSource, event_files: list) -> float | None:
+        """When the run started, for a run whose manifest does not say (a plain TensorBoard
+        run): its first event's wall time. Local runs only (a cloud run's would cost a read per
+        file and pass)."""
+        return first_wall_time(event_files) if run.location is None else None
 
     def _open(self, name: str, signature: str) -> None:
         """Load (or rebuild) this destination's checkpoint and open the run on it."""
