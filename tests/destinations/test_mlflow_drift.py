@@ -128,7 +128,7 @@ def test_a_run_deleted_in_mlflow_is_drift_and_resent_to_a_new_run(store, tmp_pat
     grow(logdir, truth)
 
     d = sync(store, logdir)
-    assert d["run0"]["drift"] and "run deleted" in d["run0"]["drift"], d["run0"]
+    assert d["run0"]["drift"] and d["run0"]["drift"].startswith("run missing on mlflow: deleted at "), d["run0"]
     assert old.info.run_id in d["run0"]["drift"] and store.uri in d["run0"]["drift"]
     assert "new run" in d["run0"]["drift"]
     assert d["run1"]["state"] == "unchanged" and not d["run1"].get("drift")
@@ -161,7 +161,8 @@ def test_a_wiped_store_is_drift_and_every_run_lands_again(store, tmp_path):
 
     d = sync(store, logdir)
     for run in ("run0", "run1"):
-        assert "store wiped" in (d[run].get("drift") or ""), d[run]
+        assert (d[run].get("drift") or "").startswith("run missing on mlflow: store wiped at "), \
+            d[run]
         assert store.uri in d[run]["drift"]
         assert sent(d[run]) == 2 * 75  # the whole run again, not only the new points
     assert_exactly_once(_Readback(store.uri), truth, project_fn(PROJECT))
@@ -230,17 +231,18 @@ def test_check_run_finds_deleted_replaced_missing_and_wiped_runs(tmp_path):
     ref0 = RunRef(run_id=ck0["run_id"], run_path="run0", project=PROJECT, source_dir=logdir / "run0")
     assert dest.check_run(ref0, ck0["identity"]) is None
     replaced = dest.check_run(ref0, ck1["identity"])  # names run1's MLflow run
-    assert replaced.startswith("run replaced") and ck0["run_id"] in replaced
+    assert replaced.startswith("run missing on mlflow: replaced at ") and ck0["run_id"] in replaced
     missing = dest.check_run(ref0, {**ck0["identity"], "run_id": "0" * 32})
-    assert missing.startswith("run missing") and store.uri in missing
-    assert dest.check_run(ref0, None).startswith("run missing")
-    assert dest.check_run(ref0, {"run_id": "../../etc"}).startswith("run missing")
+    assert missing.startswith("run missing on mlflow: gone from ") and store.uri in missing
+    assert dest.check_run(ref0, None).startswith("run missing on mlflow: the checkpoint names no")
+    assert dest.check_run(ref0, {"run_id": "../../etc"}).startswith(
+        "run missing on mlflow: the checkpoint names no")
     store.client().delete_run(ck0["identity"]["run_id"])
     deleted = dest.check_run(ref0, ck0["identity"])
-    assert deleted.startswith("run deleted") and ck0["identity"]["run_id"] in deleted
+    assert deleted.startswith("run missing on mlflow: deleted at ") and ck0["identity"]["run_id"] in deleted
     runs_before = len(mlflow_runs(store, "run0")) + len(mlflow_runs(store, "run0", deleted=True))
     assert runs_before == 1  # checking created nothing
     (tmp_path / "mlflow.db").unlink()
     wiped = dest.check_run(ref0, ck0["identity"])
-    assert wiped.startswith("store wiped") and store.uri in wiped
+    assert wiped.startswith("run missing on mlflow: store wiped at ") and store.uri in wiped
     assert not (tmp_path / "mlflow.db").exists()  # not even an empty database

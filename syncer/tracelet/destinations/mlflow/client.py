@@ -76,6 +76,10 @@ _TRANSIENT_CODES = frozenset({
     "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
     "DEADLINE_EXCEEDED", "ABORTED", "SERVICE_UNDER_MAINTENANCE", "WORKSPACE_TEMPORARILY_UNAVAILABLE"})
 
+# Every drift line starts so (the same words for every destination), then says what happened.
+_MISSING = "run missing on mlflow:"
+
+
 class MlflowDestination(Destination):
     name = "mlflow"
     capabilities = Capabilities(kinds=frozenset({SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO}))
@@ -214,11 +218,11 @@ class MlflowDestination(Destination):
         if owner != run.run_id:
             # another run's (a crafted or mixed-up checkpoint, or the run id now names a run
             # someone made anew): never written to
-            return None, (f"run replaced: MLflow run {rid} on {self.target} belongs to "
+            return None, (f"{_MISSING} replaced at {self.target}: MLflow run {rid} belongs to "
                           f"{'tracelet run ' + repr(owner) if owner else 'no tracelet run'}, "
                           f"not to {run.run_id!r}"), True
         if r.info.lifecycle_stage == "deleted":
-            return None, (f"run deleted: MLflow run {rid} is deleted on {self.target} (tracelet "
+            return None, (f"{_MISSING} deleted at {self.target}: MLflow run {rid} (tracelet "
                           "does not restore a run you deleted)"), False
         return r, None, False
 
@@ -230,14 +234,14 @@ class MlflowDestination(Destination):
         if identity.get("experiment") not in (None, name):  # --experiment changed: cannot tell
             exp = ()
         if exp is None:
-            return (f"store wiped: MLflow run {rid} and its experiment '{name}' are gone from "
-                    f"{self.target}")
+            return (f"{_MISSING} store wiped at {self.target}: MLflow run {rid} and its "
+                    f"experiment '{name}' are gone")
         if exp and ((_int(created) and created != exp[1])
                     or identity.get("experiment_id") not in (None, exp[0])):
-            return (f"store wiped: MLflow run {rid} is gone from {self.target} and experiment "
-                    f"'{name}' was created again since")
-        return (f"run missing: MLflow run {rid} no longer exists on {self.target} (deleted for "
-                "good, e.g. by mlflow gc, or the store was replaced)")
+            return (f"{_MISSING} store wiped at {self.target}: MLflow run {rid} is gone and "
+                    f"experiment '{name}' was created again since")
+        return (f"{_MISSING} gone from {self.target}: MLflow run {rid} no longer exists (deleted "
+                "for good, e.g. by mlflow gc, or the store was replaced)")
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         name = self.experiment_name(run)
@@ -279,10 +283,10 @@ class MlflowDestination(Destination):
         experiment lookup); creates nothing, not even a missing sqlite file."""
         try:
             if not self._store_exists():
-                return f"store wiped: {self.target} has no database file"
+                return f"{_MISSING} store wiped at {self.target}: no database file"
             rid = (identity or {}).get("run_id") if isinstance(identity, dict) else None
             if not isinstance(rid, str) or not RUN_ID_OK.fullmatch(rid):
-                return f"run missing: the checkpoint names no MLflow run on {self.target}"
+                return f"{_MISSING} the checkpoint names no MLflow run on {self.target}"
             exp = self._find_experiment(self.experiment_name(run))
             return self._confirm(run, identity, exp)[1]
         except TraceletError:
