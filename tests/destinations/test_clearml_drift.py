@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from harness_clearml import ClearmlOfflineHarness, offline_sessions
-from sources import SourceTruth, build_conformance_logdir, write_simple_run
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tests.destinations.harness_clearml import ClearmlOfflineHarness
 from tracelet._fs import atomic_write_bytes
 from tracelet.checkpoint import CheckpointStore
 from tracelet.destinations import target_key
 from tracelet.destinations.base import RunRef
 from tracelet.destinations.clearml import plan_offline_import
 from tracelet.engine import state_dir_for
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.sources import SourceTruth, build_conformance_logdir, write_simple_run
 
 SYNCER = Path(__file__).resolve().parents[2] / "syncer"
 
@@ -100,7 +100,8 @@ def test_removed_sessions_are_drift_and_the_run_is_resent_exactly_once(cml, tmp_
     assert dest.check_run(ref, ident) is None
     gone = remove(cml.sessions("p", "torch/resnet"))  # removed by mistake: no marker
     line = dest.check_run(ref, ident)  # tracelet status --check: one listing, nothing created
-    assert line and "offline sessions removed" in line and str(cml.offline) in line, line
+    assert line and line.startswith("run missing on clearml: offline session removed: "), line
+    assert str(cml.offline / gone[0]) in line, line
     assert not cml.sessions("p", "torch/resnet")
     write_simple_run(logdir / "torch" / "resnet", "torch/resnet", truth,
                      ["Loss/train", "Accuracy/val"], list(range(300, 330, 3)), seed=5, append=True)
@@ -108,7 +109,7 @@ def test_removed_sessions_are_drift_and_the_run_is_resent_exactly_once(cml, tmp_
     assert report.exit_code == 0, report.to_dict()
     d = {r.run: r.destinations["clearml"] for r in report.runs}
     assert d["torch/resnet"].drift == line, d["torch/resnet"]
-    assert any("drift: clearml: offline sessions removed" in n for r in report.runs
+    assert any("drift: clearml: run missing on clearml: offline session removed" in n for r in report.runs
                for n in r.problems), [r.problems for r in report.runs]
     assert all(d[r].drift is None and d[r].state == "unchanged" for r in d if r != "torch/resnet")
     new = cml.sessions("p", "torch/resnet")
@@ -132,8 +133,9 @@ def test_some_sessions_removed_resend_only_what_they_held(cml, tmp_path):
     write_simple_run(logdir / "r", "r", truth, ["loss"], [30], seed=9, append=True)
     report = sync_once(logdir, cml, "p")
     d = report.runs[0].destinations["clearml"]
-    assert report.exit_code == 0 and d.drift and "1 of the 3 session(s)" in d.drift, d
-    assert s2.name in d.drift
+    assert report.exit_code == 0 and d.drift and "(1 of the 3 session(s)" in d.drift, d
+    assert d.drift.startswith(f"run missing on clearml: offline session removed: "
+                              f"{cml.offline / s2.name} (")
     names = [s.name for s in cml.sessions("p", "r")]
     assert names[:2] == [s1.name, s3.name] and len(names) == 3
     added = raw_events(cml.sessions("p", "r")[2:])
@@ -213,7 +215,7 @@ def test_check_run_offline_without_a_checkpoint_and_a_foreign_identity(cml, tmp_
     write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(3)))
     dest = ClearmlDestination(cml.config)
     ref = RunRef(run_id="rid", run_path="r", project="p", source_dir=logdir / "r")
-    assert "run missing: no offline session" in dest.check_run(ref, None)
+    assert "run missing on clearml: no offline session" in dest.check_run(ref, None)
     assert sync_once(logdir, cml, "p").exit_code == 0
     _, ref, ident = destination_and_identity(cml, logdir, "r")
     assert dest.check_run(ref, None) is None  # found by the run's session prefix
@@ -221,7 +223,7 @@ def test_check_run_offline_without_a_checkpoint_and_a_foreign_identity(cml, tmp_
                 {**ident, "next_seq": 10 ** 30}):
         assert "another run's sessions" in dest.check_run(ref, bad)
     huge = {**ident, "next_seq": 16 ** 12 - 1}  # a huge record costs nothing to check
-    assert "offline sessions removed" in dest.check_run(ref, huge)
+    assert "offline sessions removed" in dest.check_run(ref, huge)  # all but the first
     moved = {**ident, "dir": str(tmp_path / "elsewhere")}
     assert "offline folder changed" in dest.check_run(ref, moved)
     dest.close()

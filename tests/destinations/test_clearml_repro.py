@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness_clearml import ClearmlOfflineHarness
+from tests.destinations.harness_clearml import ClearmlOfflineHarness
 from tracelet.destinations.clearml.repro import locate_script
 from tracelet.engine import SyncOptions, run_sync
 

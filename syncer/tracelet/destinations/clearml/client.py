@@ -1,15 +1,22 @@
 """ClearML destination: offline sessions (ClearML's own format) or a ClearML server.
 
-Identity: project = project; task name = run path (names padded to ClearML's 3 characters,
-``mapping.clearml_name``); hyperparameters ``tracelet/run_id`` and ``tracelet/run_path``; the
-same task is reused on resync.
+Identity: project = project; task name = the run's name (``RunRef.name``; names padded to
+ClearML's 3 characters, ``mapping.clearml_name``); hyperparameters ``tracelet/run_id`` and
+``tracelet/run_path``; the same task is reused on resync.
 
 * **Online** (ClearML's config file, ``CLEARML_API_HOST`` ...): the task id is kept in the
-  checkpoint; with no checkpoint the task is looked up by project + exact task name and its
-  ``tracelet/run_id`` hyperparameter, so a lost state dir never creates a second task.
+  checkpoint and confirmed by one ``tasks.get_by_id`` at open (a deleted task is drift); with
+  no checkpoint the task is looked up by project and its ``tracelet/run_id`` hyperparameter
+  (any name), so a lost state dir never creates a second task.
 * **Offline** (``--clearml-offline`` or ``CLEARML_OFFLINE_MODE=1``; ``factory.clearml_offline``
   decides): each sync that has something to write adds ONE offline session holding only what
-  is new, in ClearML's own layout (:mod:`.offline`); :mod:`.importer` uploads them.
+  is new, in ClearML's own layout (:mod:`.offline`); :mod:`.importer` uploads them. A
+  session the checkpoint counts as written that has neither folder, zip nor ``.imported``
+  marker was removed: drift (``RunHandle.drift``), found by the listing open_run does anyway.
+
+Reproducibility (:mod:`.repro`): the execution section (``script``), runtime properties, the
+source's times and ``run.repro_files`` as artifacts, written at open where they differ from
+what the task holds (the checkpoint keeps their digest: an unchanged run costs nothing).
 
 Mapping (names, title/series, system metrics, repeated steps, NaN: :mod:`.mapping`):
 
@@ -83,7 +90,6 @@ import io
 import json
 import logging
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -174,8 +180,8 @@ class ClearmlDestination(Destination):
             rhex = run_hash(run)
             sessions = _list_sessions(self.folder, rhex)
             if not identity:
-                return None if sessions else (f"run missing: no offline session of this run "
-                                              f"in {self.folder}")
+                return None if sessions else (
+                    f"run missing on clearml: no offline session of this run in {self.folder}")
             if identity.get("run_hash") != rhex or _next_seq(identity) is None:
                 return "the checkpoint's identity names another run's sessions (rebuilt at sync)"
             if identity.get("dir") and Path(identity["dir"]) != self.folder:
@@ -187,13 +193,14 @@ class ClearmlDestination(Destination):
             if not identity or not identity.get("task_id"):
                 found = _find_online_task(_names(run)[0], run.run_id)
                 return None if found is not None else (
-                    f"run missing: no task with {TRACELET_SECTION}/run_id={run.run_id} in "
-                    f"project '{_names(run)[0]}' on {host}")
+                    f"run missing on clearml: no task with {TRACELET_SECTION}/run_id="
+                    f"{run.run_id} in project '{_names(run)[0]}' on {host}")
             task = _get_task_or_none(str(identity["task_id"]))
         except Exception as e:  # a server that cannot be asked: said, never raised
             return scrub(f"cannot check: {type(e).__name__}: {str(e).strip()[:200]}")
         if task is None:
-            return f"run missing: task {identity['task_id']} no longer exists on {host}"
+            return (f"run missing on clearml: task {identity['task_id']} no longer exists on "
+                    f"{host}")
         if str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
             return (f"task {identity['task_id']} on {host} belongs to another run (its "
                     f"{TRACELET_SECTION}/run_id differs; rebuilt at sync)")
@@ -275,7 +282,7 @@ class ClearmlDestination(Destination):
             # the one call that confirms the task the checkpoint names is still there
             task = _get_task_or_none(str(identity["task_id"]))
             if task is None:
-                drift = (f"run missing: task {identity['task_id']} no longer exists on "
+                drift = (f"run missing on clearml: task {identity['task_id']} no longer exists on "
                          f"{self._target[len('online:'):]}")
             elif str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
                 task, ignored, identity = None, True, None  # another run's task: never used
@@ -881,12 +888,13 @@ def _offline_drift(folder: Path, rhex: str, sessions: Mapping[int, Any],
     if not gaps:
         return None
     count = sum(b - a + 1 for a, b in gaps)
-    names = ", ".join(session_id(rhex, a) if a == b else
-                      f"{session_id(rhex, a)} to {session_id(rhex, b)[-12:]}" for a, b in gaps[:3])
+    paths = ", ".join(str(folder / session_id(rhex, a)) if a == b else
+                      f"{folder / session_id(rhex, a)} to {session_id(rhex, b)[-12:]}"
+                      for a, b in gaps[:3])
     more = f" and {len(gaps) - 3} more range(s)" if len(gaps) > 3 else ""
-    return (f"offline sessions removed: {count} of the {next_seq - 1} session(s) written for "
-            f"this run are gone from {folder} (no folder, zip or {IMPORTED_SUFFIX} marker: "
-            f"{names}{more})")
+    what = "offline session removed" if count == 1 else "offline sessions removed"
+    return (f"run missing on clearml: {what}: {paths}{more} ({count} of the {next_seq - 1} "
+            f"session(s) written for this run: no folder, zip or {IMPORTED_SUFFIX} marker)")
 
 
 _MAX_GONE = 64  # ranges kept in the identity; more are merged (a merged span is not re-checked)
