@@ -152,8 +152,10 @@ from ...media import image_problem
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
 from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status)
+                    classify_error, http_status, typed_error)
+from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
+from .online import INIT_TIMEOUT_S, reach
 from .landed import Landed
 from .mapping import (STEP_METRIC, SYSTEM_CODE, SYSTEM_STEP_METRIC, SOURCE_KEY, exit_code,
                       histogram_buckets, json_value, media_rows, param_key, scalar_rows,
@@ -167,6 +169,7 @@ log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 FLUSH_INTERVAL_S = 0.05  # the service writes its buffer to the .wandb file this often
 WRITE_TIMEOUT_S = 120.0  # a row not on disk after this: the service is stuck (transient)
 MAX_CONFIG_COPY_BYTES = 256_000  # params re-applied to every fragment up to this size
+API_TIMEOUT_S = 20.0  # online: one API call (is the run still there?) waits at most this
 
 # One service, one lock, one announcement per process (see the module docstring).
 _LOCK = threading.RLock()
@@ -196,7 +199,31 @@ class WandbDestination(Destination):
     def target(self) -> str:
         if self.mode == "offline":
             return f"offline:{self.root}"
-        return "online:" + os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        return "online:" + self._base_url()
+
+    @staticmethod
+    def _base_url() -> str:
+        return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        """``status --check``: the drift line :meth:`open_run` would give, or None. Offline:
+        reads the head of one ``.wandb`` file (or globs the run's folders); online: one API
+        lookup. Creates, moves and waits for nothing."""
+        wid = wandb_run_id(run.run_id)
+        ident = dict(identity or {})
+        if identity and identity.get("run_id") != wid:
+            return f"run missing on wandb: the checkpoint names run {identity.get('run_id')!r}"
+        if self.mode == "offline":
+            if not identity:
+                ident = {"next_step": 1}  # no checkpoint: is any folder of the run there?
+            return offline_drift(self.root, ident, wid)
+        ident.setdefault("project", wandb_project(run.project))
+        try:  # not one of the boundary's calls: typed here
+            return online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
+        except TraceletError:
+            raise
+        except Exception as e:
+            raise typed_error(classify_wandb(e), e) from e
 
     def metric_key(self, tag: str) -> str:
         return wandb_key(tag)
@@ -218,6 +245,7 @@ class WandbDestination(Destination):
             disable_git=True, save_code=False, disable_code=True, disable_job_creation=True,
             symlink=False, allow_media_symlink=False,
             x_transaction_log_flush_interval=FLUSH_INTERVAL_S,
+            init_timeout=INIT_TIMEOUT_S,
         )
         return wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
 
@@ -235,9 +263,22 @@ class WandbDestination(Destination):
         project = wandb_project(run.project)
         next_step = int(ident.get("next_step") or 0)
         existed = bool(identity)
+        drift = None
         if self.mode == "offline":
             _announce(self.root)
             previous = self.fragments(wid, project)
+            if identity:
+                drift = offline_drift(self.root, ident, wid, [f.path for f in previous])
+        else:
+            reach(self._base_url())  # unreachable: one line naming the cause, not a 90 s wait
+            if identity:
+                drift = online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
+        if drift:
+            # What the checkpoint says was sent is not there: nothing of it is used; the
+            # engine re-sends the whole run, deduped against what is still there.
+            ident = {"next_step": next_step}
+            existed = False
+        if self.mode == "offline":
             # only fragments no earlier open has checked are read whole (normally the last sync's)
             checked = tuple(ident.get("checked_through") or (0, 0))
             next_step = max(next_step, next_free_step(previous, checked))
@@ -248,10 +289,15 @@ class WandbDestination(Destination):
         os.makedirs(self.root, exist_ok=True)
         opened_at = time.time()
         with _LOCK:
-            r = wandb.init(project=project, entity=os.environ.get("WANDB_ENTITY") or None,
-                           id=wid, name=run.run_path, resume="allow", dir=self.root,
-                           config=config, tags=tags, reinit="create_new",
-                           settings=self._settings())
+            try:
+                r = wandb.init(project=project, entity=os.environ.get("WANDB_ENTITY") or None,
+                               id=wid, name=run.run_path, resume="allow", dir=self.root,
+                               config=config, tags=tags, reinit="create_new",
+                               settings=self._settings())
+            except Exception:
+                if self.mode == "online":
+                    reach(self._base_url())  # the server went away meanwhile: say so
+                raise
         self._open[id(r)] = r
         try:
             if self.mode == "online":
@@ -271,8 +317,10 @@ class WandbDestination(Destination):
             # fragments that started before this one were checked for torn tails by now
             "checked_through": [int(opened_at) - 1, 0],
         }
+        if self.mode == "offline":  # the folder whose removal is drift (drift.py)
+            new_identity["fragment"] = fragment_name(self.root, r.settings.sync_file)
         return RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
-                         client=r, extra={
+                         drift=drift, client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
             "run_started_at": run.started_at, "sync_file": r.settings.sync_file,
         })
