@@ -131,6 +131,7 @@ concurrently.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib
 import io
@@ -157,10 +158,11 @@ from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
 from .landed import Landed
-from .mapping import (STEP_METRIC, SYSTEM_CODE, SYSTEM_STEP_METRIC, SOURCE_KEY, exit_code,
-                      histogram_buckets, json_value, media_rows, param_key, scalar_rows,
-                      source_file, source_hash, system_part_hash, system_rows, upload_hint,
-                      wandb_key, wandb_project, wandb_run_id)
+from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYSTEM_CODE,
+                      SYSTEM_STEP_METRIC, SOURCE_KEY, environment, exit_code, histogram_buckets,
+                      json_value, media_rows, param_key, scalar_rows, source_file, source_hash,
+                      system_part_hash, system_rows, update_summary, upload_hint, wandb_key,
+                      wandb_project, wandb_run_id)
 from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
                     is_files_with, is_history_step, next_free_step, record_field, source_texts)
 
@@ -187,6 +189,7 @@ class WandbDestination(Destination):
 
         self.mode = wandb_mode(self.config)
         self.root = wandb_root()
+        self.entity = self.config.get("wandb_entity") or os.environ.get("WANDB_ENTITY") or None
         fields = getattr(wandb.Settings, "model_fields", {})
         if "x_transaction_log_flush_interval" not in fields:
             raise DestinationError(
@@ -235,11 +238,16 @@ class WandbDestination(Destination):
         return classify_wandb(exc)
 
     # -- identity ----------------------------------------------------------------------------
-    def _settings(self):
+    def _settings(self, run: RunRef | None = None):
         import wandb
 
         fields = getattr(wandb.Settings, "model_fields", {})
+        git, system = dict(run.git or {}) if run else {}, dict(run.system or {}) if run else {}
         wanted = dict(
+            # the TRAINING's host and git (the Run record: W&B's run page), not ours; git is
+            # not probed here (disable_git), so these are what W&B records
+            host=system.get("hostname") or None, git_commit=git.get("commit") or None,
+            git_remote_url=git.get("remote") or None,
             mode=self.mode, silent=True, console="off", x_disable_stats=True,
             x_disable_meta=True, x_disable_machine_info=True, x_save_requirements=False,
             disable_git=True, save_code=False, disable_code=True, disable_job_creation=True,
@@ -290,10 +298,10 @@ class WandbDestination(Destination):
         opened_at = time.time()
         with _LOCK:
             try:
-                r = wandb.init(project=project, entity=os.environ.get("WANDB_ENTITY") or None,
-                               id=wid, name=run.run_path, resume="allow", dir=self.root,
+                r = wandb.init(project=project, entity=self.entity,
+                               id=wid, name=run.name, resume="allow", dir=self.root,
                                config=config, tags=tags, reinit="create_new",
-                               settings=self._settings())
+                               settings=self._settings(run))
             except Exception:
                 if self.mode == "online":
                     reach(self._base_url())  # the server went away meanwhile: say so
@@ -314,16 +322,46 @@ class WandbDestination(Destination):
             "run_id": wid, "project": project, "entity": getattr(r, "entity", None) or None,
             "mode": self.mode, "next_step": next_step, "ords": dict(ident.get("ords") or {}),
             "status": ident.get("status"), "config": dict(ident.get("config") or {}),
+            # each scalar's latest [wall time, value] (the run summary) and the first event's
+            # wall time (the start time of a run without a manifest), across syncs
+            "summary": dict(ident.get("summary") or {}), "first_wall": ident.get("first_wall"),
+            "repro": dict(ident.get("repro") or {}),  # run files saved: name -> SHA-1
             # fragments that started before this one were checked for torn tails by now
             "checked_through": [int(opened_at) - 1, 0],
         }
         if self.mode == "offline":  # the folder whose removal is drift (drift.py)
             new_identity["fragment"] = fragment_name(self.root, r.settings.sync_file)
-        return RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
-                         drift=drift, client=r, extra={
+        handle = RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
+                           drift=drift, client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
-            "run_started_at": run.started_at, "sync_file": r.settings.sync_file,
+            "run_started_at": run.started_at, "sync_file": r.settings.sync_file, "run": run,
         })
+        try:
+            self._save_repro(handle, run)
+        except BaseException:
+            self._finish(r, 1)
+            raise
+        return handle
+
+    def _save_repro(self, handle: RunHandle, run: RunRef) -> None:
+        """The run's reproducibility files (``RunRef.repro_files``) as run files, under their
+        names and W&B's own (``requirements.txt``); only those changed since the last save."""
+        saved = handle.identity["repro"]
+        files = []
+        for name, path in sorted(run.repro_files.items()):
+            try:
+                digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            except OSError as e:  # prepared by the engine for this sync: gone is a bug
+                raise DestinationError(f"wandb: reproducibility file {path}: {e}") from e
+            if saved.get(name) == digest:
+                continue
+            files.append((Path(path), name, digest))
+        names = self._save_files(handle, [(p, n) for p, n, _ in files] + [
+            (p, REPRO_ALIASES[n]) for p, n, _ in files if n in REPRO_ALIASES])
+        if names:
+            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
+        for _, name, digest in files:
+            saved[name] = digest
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
@@ -342,6 +380,7 @@ class WandbDestination(Destination):
         _retire_attempt(handle, attempt_key)
         landed = self._landed(handle) if dedupe else None
         rows = scalar_rows(batch, fk, base[0], landed)
+        self._note_points(handle, batch)
         # wandb.Image decodes with Pillow: an image it cannot take is left out here (its ordinal
         # is still used) and quarantined by the engine, instead of failing the batch forever
         rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
@@ -360,6 +399,23 @@ class WandbDestination(Destination):
                                         base[2] + len(batch.images), base[3] + len(batch.texts),
                                         base[4] + len(batch.audio)]
         return rejected
+
+    @staticmethod
+    def _note_points(handle: RunHandle, batch: Batch) -> None:
+        """Every scalar of the batch (landed before or not) into the summary; the first wall
+        time seen (the start of a run without a manifest)."""
+        cols, ident = batch.scalars, handle.identity
+        walls = [p.wall_time for kind in (batch.histograms, batch.images, batch.texts,
+                                          batch.audio) for p in kind[:1]]
+        if len(cols):
+            keys: dict[str, str] = {}
+            update_summary(ident.setdefault("summary", {}),
+                           [keys.get(t) or keys.setdefault(t, wandb_key(t)) for t in cols.tags],
+                           cols.wall_times, cols.values)
+            walls.append(cols.wall_times[0])
+        walls = [w for w in walls if w == w and w > 0]
+        if walls and (ident.get("first_wall") is None or min(walls) < ident["first_wall"]):
+            ident["first_wall"] = min(walls)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
                     dedupe: bool) -> None:
@@ -472,11 +528,19 @@ class WandbDestination(Destination):
         return []  # W&B config takes the latest value: nothing is refused
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
+        named = [(path, "artifacts/" + rel.replace(os.sep, "/")) for path, rel in files]
+        # the dirty tree's diff also under W&B's own name for it (the run page links diff.patch)
+        named += [(path, DIFF_FILE) for path, rel in files if rel == DIFF_ARTIFACT]
+        names = self._save_files(handle, named)
+        if names:
+            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
+
+    def _save_files(self, handle: RunHandle, files: list[tuple[Path, str]]) -> list[str]:
+        """Copy each file into the run's files folder as ``name`` and ``run.save`` it."""
         r = handle.client
         files_dir = Path(r.settings.files_dir)
         names = []
-        for path, rel in files:
-            name = "artifacts/" + rel.replace(os.sep, "/")
+        for path, name in files:
             dest = files_dir / name
             # a copy, not a link: the upload is what we saw now. Not fsynced: the source is the
             # durable copy, and a lost one is copied again (the engine commits after this call)
@@ -484,8 +548,7 @@ class WandbDestination(Destination):
                 shutil.copyfileobj(src, out)
             r.save(str(dest), base_path=str(files_dir), policy="now", glob=False)
             names.append(name)
-        if names:
-            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
+        return names
 
     def finish(self, handle: RunHandle, status: str, ended_at: float | None) -> None:
         # Applied by close_run (W&B writes the state with the exit record). Kept in the identity
@@ -497,6 +560,7 @@ class WandbDestination(Destination):
         if r is None:
             return
         code, preempting = exit_code(handle.identity.get("status"))
+        self._describe(handle)
         if preempting:
             try:
                 r.mark_preempting()  # still running: W&B shows "preempted" until the next sync
@@ -508,6 +572,32 @@ class WandbDestination(Destination):
             self._wait_written(handle, is_exit, "exit record")
         except TimeoutError as e:  # the next sync's fragment ends with the same state anyway
             log.warning("%s", e)
+
+    def _describe(self, handle: RunHandle) -> None:
+        """Before the exit record: the run summary (each scalar's last value) and W&B's
+        environment record (program, args, python, host, git, start time: ``wandb-metadata.json``
+        and the run's Overview) of the training, not of this sync (W&B's own probe is off)."""
+        r, ident = handle.client, handle.identity
+        summary = {k: float(v[1]) for k, v in (ident.get("summary") or {}).items()}
+        if summary:
+            r.summary.update(summary)
+        run = handle.extra.get("run")
+        interface = getattr(r, "_interface", None)
+        if run is None or not hasattr(interface, "publish_environment"):
+            return  # a wandb without it: the manifest is still in tracelet/tracelet.json
+        from google.protobuf import json_format
+        from wandb.proto import wandb_internal_pb2 as pb
+
+        fields = environment(run, run.started_at if run.started_at is not None
+                             else ident.get("first_wall"))
+        if not fields:
+            return
+        started = fields.pop("started_at", None)
+        rec = json_format.ParseDict(fields, pb.EnvironmentRecord(), ignore_unknown_fields=True)
+        if started is not None:
+            rec.started_at.FromMicroseconds(int(started * 1e6))
+        rec.writer_id = "tracelet"
+        interface.publish_environment(rec)
 
     def _finish(self, r, code: int) -> None:
         with _LOCK:

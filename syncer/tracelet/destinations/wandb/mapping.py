@@ -325,3 +325,71 @@ def finite_edges(edges):
         return np.where(ok, edges, 0.0)
     idx = np.arange(len(edges))
     return np.interp(idx, idx[ok], edges[ok])
+
+
+# -- reproducibility: what W&B's run page shows (Overview: git, command, host, python) ----------
+REPRO_ALIASES = {"tracelet/requirements.txt": "requirements.txt"}  # W&B's own names for them
+DIFF_ARTIFACT, DIFF_FILE = "git_diff.patch", "diff.patch"  # W&B's own name for the diff
+
+
+def program_args(command: Sequence[str]) -> tuple[str, list[str], str]:
+    """``(program, args, executable)`` of a recorded argv as W&B records a run's
+    (``sys.argv[0]``, ``sys.argv[1:]``, the interpreter): ``python train.py --lr 1`` ->
+    ``("train.py", ["--lr", "1"], "python")``; ``python -m pkg x`` -> ``("-m pkg", ["x"], ...)``."""
+    argv = [str(a) for a in command]
+    if not argv:
+        return "", [], ""
+    if os.path.basename(argv[0]).startswith("python") and len(argv) > 1:
+        if argv[1] == "-m" and len(argv) > 2:
+            return f"-m {argv[2]}", argv[3:], argv[0]
+        if not argv[1].startswith("-"):
+            return argv[1], argv[2:], argv[0]
+    return argv[0], argv[1:], ""
+
+
+def environment(run: Any, started_at: float | None) -> dict[str, Any]:
+    """The fields of W&B's ``EnvironmentRecord`` (what ``wandb-metadata.json`` and the run's
+    Overview show) for a source run: the TRAINING's program, args, python, host, git (the
+    remote without credentials), not the syncing machine's. Empty fields are left out."""
+    program, args, executable = program_args(run.command)
+    env, system, git = dict(run.env or {}), dict(run.system or {}), dict(run.git or {})
+    out: dict[str, Any] = {
+        "os": env.get("platform"), "python": env.get("python"),
+        "executable": env.get("executable") or executable, "program": program, "args": args,
+        "host": system.get("hostname"), "username": run.user, "root": git.get("root"),
+        "cpu_count": system.get("cpus_physical") or system.get("cpus"),
+        "cpu_count_logical": system.get("cpus"),
+    }
+    root = git.get("root")
+    if program and isinstance(root, str) and os.path.isabs(program):
+        rel = os.path.relpath(program, root)
+        if not rel.startswith(".."):
+            out["code_path"] = rel.replace(os.sep, "/")
+    if git.get("commit") or git.get("remote"):
+        out["git"] = {"commit": git.get("commit") or "", "remote_url": git.get("remote") or ""}
+    gpus = system.get("gpus")
+    if isinstance(gpus, list) and gpus:
+        out["gpu_count"] = len(gpus)
+        first = gpus[0] if isinstance(gpus[0], dict) else {}
+        out["gpu_type"] = first.get("name")
+    if isinstance(system.get("memory_bytes"), int):
+        out["memory"] = {"total": system["memory_bytes"]}
+    if started_at is not None and math.isfinite(started_at) and started_at > 0:
+        out["started_at"] = started_at
+    return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+
+
+def summary_value(v: float) -> Any:
+    """A scalar as the identity keeps it (JSON without NaN/Inf)."""
+    return v if math.isfinite(v) else repr(float(v))
+
+
+def update_summary(summary: dict[str, list], keys: Sequence[str], walls: Sequence[float],
+                   values: Sequence[float]) -> None:
+    """Keep, per history key, the ``[wall time, value]`` of its latest point (by wall time;
+    a tie: the later point): the run summary shows each scalar's last value whatever order
+    files and batches are sent in."""
+    for key, wall, value in zip(keys, walls, values):
+        cur = summary.get(key)
+        if cur is None or wall >= cur[0]:
+            summary[key] = [wall, summary_value(float(value))]
