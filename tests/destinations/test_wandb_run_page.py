@@ -149,3 +149,21 @@ def test_entity_option_is_the_runs_entity_and_keeps_the_target(wb, tmp_path, mon
     assert FACTORY.target(online) == before
     assert FACTORY.target({"wandb_mode": "offline"}) == FACTORY.target(
         {"wandb_mode": "offline", "wandb_entity": "acme"})
+
+
+def test_untrusted_manifest_values_are_left_out_of_the_environment_record():
+    from google.protobuf import json_format
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tracelet.destinations.base import RunRef
+
+    ref = RunRef(run_id="r", run_path="r", project="p", source_dir=".",
+                 env={"python": 3, "platform": ["x"], "executable": "/bin/py"},
+                 system={"hostname": {"a": 1}, "cpus": "many", "cpus_physical": True,
+                         "memory_bytes": -5, "gpus": [7, {"name": "A100"}]},
+                 git={"commit": 12, "remote": None, "root": "/r"},
+                 command=("/usr/bin/python3", "/r/train.py", "--x"), user="u")
+    fields = environment(ref, float("nan"))
+    assert fields == {"executable": "/bin/py", "program": "/r/train.py", "args": ["--x"],
+                      "username": "u", "root": "/r", "code_path": "train.py", "gpu_count": 2}
+    json_format.ParseDict(fields, pb.EnvironmentRecord())  # W&B's record takes every field

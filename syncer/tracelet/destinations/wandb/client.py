@@ -560,7 +560,10 @@ class WandbDestination(Destination):
         if r is None:
             return
         code, preempting = exit_code(handle.identity.get("status"))
-        self._describe(handle)
+        try:
+            self._describe(handle)
+        except Exception as e:  # the run is finished whatever its description holds
+            log.warning("wandb: the run's summary/environment record was not written: %s", e)
         if preempting:
             try:
                 r.mark_preempting()  # still running: W&B shows "preempted" until the next sync

@@ -352,7 +352,8 @@ def environment(run: Any, started_at: float | None) -> dict[str, Any]:
     Overview show) for a source run: the TRAINING's program, args, python, host, git (the
     remote without credentials), not the syncing machine's. Empty fields are left out."""
     program, args, executable = program_args(run.command)
-    env, system, git = dict(run.env or {}), dict(run.system or {}), dict(run.git or {})
+    env, system, git = (dict(x) if isinstance(x, Mapping) else {}
+                        for x in (run.env, run.system, run.git))
     out: dict[str, Any] = {
         "os": env.get("platform"), "python": env.get("python"),
         "executable": env.get("executable") or executable, "program": program, "args": args,
@@ -372,11 +373,31 @@ def environment(run: Any, started_at: float | None) -> dict[str, Any]:
         out["gpu_count"] = len(gpus)
         first = gpus[0] if isinstance(gpus[0], dict) else {}
         out["gpu_type"] = first.get("name")
-    if isinstance(system.get("memory_bytes"), int):
+    if system.get("memory_bytes") is not None:
         out["memory"] = {"total": system["memory_bytes"]}
-    if started_at is not None and math.isfinite(started_at) and started_at > 0:
+    if isinstance(started_at, (int, float)) and math.isfinite(started_at) and 0 < started_at < 1e11:
         out["started_at"] = started_at
-    return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    return {k: v for k, v in out.items() if _fits(k, v)}
+
+
+_COUNTS = ("cpu_count", "cpu_count_logical", "gpu_count")
+
+
+def _fits(key: str, v: Any) -> bool:
+    """The manifest is untrusted: only values of the record's types are kept (a count that is
+    not a small int, a name that is not text, is left out rather than failing the run)."""
+    if key in _COUNTS:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 32
+    if key == "args":
+        return isinstance(v, list) and bool(v) and all(isinstance(a, str) for a in v)
+    if key == "git":
+        return all(isinstance(x, str) for x in v.values()) and any(v.values())
+    if key == "memory":
+        return isinstance(v["total"], int) and not isinstance(v["total"], bool) and \
+            0 < v["total"] < 2 ** 64
+    if key == "started_at":
+        return isinstance(v, (int, float))
+    return isinstance(v, str) and v != ""
 
 
 def summary_value(v: float) -> Any:
