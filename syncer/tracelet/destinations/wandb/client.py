@@ -14,14 +14,14 @@ follow the same rule):
   folder). Upload them later from a connected machine with
   ``wandb sync $WANDB_DIR/wandb/offline-run-*`` (already-uploaded folders are skipped). One line
   on stderr per sync says so.
-- ``WANDB_MODE=online`` (or credentials present): **online**, ``WANDB_ENTITY`` /
-  ``WANDB_BASE_URL`` as W&B reads them. ``WANDB_MODE=disabled`` is refused (it would drop
-  everything).
+- ``WANDB_MODE=online`` (or credentials present): **online**, ``WANDB_BASE_URL`` as W&B reads
+  it; the entity is ``--wandb-entity``, else ``WANDB_ENTITY``, else the account's default.
+  ``WANDB_MODE=disabled`` is refused (it would drop everything).
 
 Identity: project = the run's project (``WANDB_PROJECT`` is not consulted: tracelet's project
 wins; :func:`.mapping.wandb_project`); W&B run id = the tracelet run id when it is 1-64
 letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_run_id`);
-display name = run path; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
+display name = ``RunRef.name``; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
 tags ``key:value``. Every sync opens the same id with ``resume="allow"``: one W&B run, one
 offline fragment (``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``.
 
@@ -56,6 +56,15 @@ system metrics      history keys ``system/<name>`` with their own step metric ``
 artifacts/          run files ``artifacts/<relative path>`` (copied into the run folder, then
                     ``run.save(..., policy="now")``): what ``wandb sync`` uploads; a changed
                     file is saved again and overwrites
+run page            the TRAINING's git commit/remote and host in the Run record (settings
+                    ``git_commit``, ``git_remote_url``, ``host``); program, args, executable,
+                    python, os, host, git, start time (``RunRef.started_at``, else the first
+                    event's wall time) in W&B's environment record (``wandb-metadata.json``,
+                    :func:`.mapping.environment`) and the summary (each scalar's last value by
+                    wall time, kept in the identity) at ``close_run``; ``RunRef.repro_files``
+                    as run files at ``open_run`` (when changed), ``tracelet/requirements.txt``
+                    also as ``requirements.txt`` and ``git_diff.patch`` also as ``diff.patch``
+                    (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
                     preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The end
@@ -101,6 +110,15 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
   ``wandb sync`` stops at them: a record the service never finished writing is cut off the end
   of its file, and a fragment killed inside ``wandb.init`` (no Run record, so no data; it would
   fail ``wandb sync`` of the whole folder) is renamed ``*.wandb.tracelet-empty``.
+
+Drift (:mod:`.drift`): offline, the identity names the last committed sync's ``.wandb`` file;
+it gone (or holding another run) sets ``RunHandle.drift`` and the identity's counters are
+dropped, so the engine re-sends the whole run deduped against the fragments still there.
+Online: one API lookup of the run. ``check_run`` asks the same without touching anything.
+
+Online, :func:`.online.reach` asks ``WANDB_BASE_URL`` once before each ``wandb.init``: no
+answer is a transient error naming the cause (connection refused, unknown host, timeout),
+instead of W&B's ``init_timeout`` wait followed by "run ID is in use" on the retry.
 
 Errors (:func:`classify_wandb`): W&B's own exception types decide first, outermost first —
 ``AuthenticationError`` (credentials refused), ``RunNotFoundError`` (the run is gone), a lost
