@@ -107,3 +107,19 @@ def test_a_fragment_holding_another_run_is_drift(wb, tmp_path, project):
     dest = WandbDestination(wb.config)
     line = dest.check_run(_ref(logdir, "a", project), _identity(logdir, "a"))
     assert line == f"run missing on wandb: {mine} no longer holds run {wid}"
+
+
+def test_a_linked_wandb_dir_is_no_drift(wb, tmp_path, monkeypatch, project):
+    """WANDB_DIR through a symlink: the folder the checkpoint names is found again."""
+    link = tmp_path / "wandb-link"
+    link.symlink_to(wb.root, target_is_directory=True)
+    monkeypatch.setenv("WANDB_DIR", str(link))
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "a", "a", truth, ["loss"], list(range(10)), seed=1)
+    assert sync_once(logdir, wb, project).exit_code == 0
+    write_simple_run(logdir / "a", "a", truth, ["loss"], list(range(10, 20)), seed=2, append=True)
+    report = sync_once(logdir, wb, project)
+    assert report.exit_code == 0 and report.runs[0].destinations["wandb"].drift is None
+    assert report.runs[0].destinations["wandb"].points == 10
+    assert_exactly_once(wb, truth, project_fn(project))

@@ -17,8 +17,9 @@ from .txlog import read_run_record
 
 
 def fragment_name(root: str, sync_file: str) -> str:
-    """This sync's ``.wandb`` file as the identity keeps it: relative to ``WANDB_DIR``."""
-    return os.path.relpath(os.path.abspath(sync_file), root).replace(os.sep, "/")
+    """This sync's ``.wandb`` file as the identity keeps it: relative to ``WANDB_DIR`` (real
+    paths: W&B may have resolved a link in ``WANDB_DIR`` that the root still has)."""
+    return os.path.relpath(os.path.realpath(sync_file), os.path.realpath(root)).replace(os.sep, "/")
 
 
 def offline_drift(root: str, ident: Mapping[str, Any], wid: str,
@@ -27,12 +28,13 @@ def offline_drift(root: str, ident: Mapping[str, Any], wid: str,
     ``fragments``: the paths of the run's fragments found (``find_fragments``), if known."""
     name = ident.get("fragment")
     if isinstance(name, str) and name:
-        path = os.path.normpath(os.path.join(root, name))
-        if not path.startswith(os.path.join(root, "")):
+        real_root = os.path.realpath(root)
+        path = os.path.normpath(os.path.join(real_root, name))
+        if not path.startswith(os.path.join(real_root, "")):
             return f"run missing on wandb: the checkpoint names {name!r}, outside {root}"
         folder = os.path.dirname(path)
         if fragments is not None:
-            if path in {os.path.abspath(p) for p in fragments}:
+            if path in {os.path.realpath(p) for p in fragments}:
                 return None
         else:
             rec = read_run_record(path)
