@@ -167,3 +167,7 @@ def test_untrusted_manifest_values_are_left_out_of_the_environment_record():
     assert fields == {"executable": "/bin/py", "program": "/r/train.py", "args": ["--x"],
                       "username": "u", "root": "/r", "code_path": "train.py", "gpu_count": 2}
     json_format.ParseDict(fields, pb.EnvironmentRecord())  # W&B's record takes every field
+    # a relative script: from the training's working folder (manifest env.cwd)
+    ref = RunRef(run_id="r", run_path="r", project="p", source_dir=".", env={"cwd": "/r/sub"},
+                 git={"root": "/r"}, command=("python", "train.py"))
+    assert environment(ref, None)["code_path"] == "sub/train.py"

@@ -361,11 +361,15 @@ def environment(run: Any, started_at: float | None) -> dict[str, Any]:
         "cpu_count": system.get("cpus_physical") or system.get("cpus"),
         "cpu_count_logical": system.get("cpus"),
     }
-    root = git.get("root")
-    if program and isinstance(root, str) and os.path.isabs(program):
-        rel = os.path.relpath(program, root)
+    root, cwd = git.get("root"), env.get("cwd")
+    where = program
+    if program and not os.path.isabs(program) and not program.startswith("-m ") and \
+            isinstance(cwd, str) and os.path.isabs(cwd):
+        where = os.path.join(cwd, program)  # a relative script: from the training's folder
+    if where and isinstance(root, str) and os.path.isabs(root) and os.path.isabs(where):
+        rel = os.path.relpath(os.path.normpath(where), root)
         if not rel.startswith(".."):
-            out["code_path"] = rel.replace(os.sep, "/")
+            out["code_path"] = rel.replace(os.sep, "/")  # W&B: the program from the repo root
     if git.get("commit") or git.get("remote"):
         out["git"] = {"commit": git.get("commit") or "", "remote_url": git.get("remote") or ""}
     gpus = system.get("gpus")
