@@ -37,7 +37,8 @@ from .runner import SyncEngine, run_sync
 __all__ = [
     "DEFAULT_BATCH_POINTS", "DestReport", "EXIT_LOCKED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE",
     "Progress", "RunReport", "SyncEngine", "SyncOptions", "SyncReport", "in_shard",
-    "object_state_dir", "parse_destinations", "parse_duration", "parse_run_name", "parse_shard", "run_id_for", "run_sync",
+    "object_state_dir", "parse_destinations", "parse_duration", "parse_run_name", "parse_shard",
+    "run_id_for", "run_sync",
     "source_signature", "state_dir_for", "sync", "sync_run_dir",
 ]
 

@@ -321,7 +321,8 @@ class Planner:
             source_signature(run, list(run.event_files)
                              + self.linked_event_files(logdir, run, manifest, None),
                              self.o.follow_artifact_links, self.o.finish_idle_s),
-            run.name, display_name(run.name, self.project(logdir, manifest), self.o.run_name))
+            run.name, display_name(run.name, self.project(logdir, manifest), self.o.run_name,
+                                   run.has_manifest))
         for name in names:
             if not store.signature_matches(self._target_keys[name], run.name, signature):
                 return False

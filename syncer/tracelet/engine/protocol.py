@@ -189,7 +189,7 @@ class RunSync:
                                                                               manifest, rr)
         m = manifest or {}
         project = planner.project(self.logdir, manifest)
-        shown = display_name(run.name, project, self.o.run_name)
+        shown = display_name(run.name, project, self.o.run_name, run.has_manifest)
         signature, idle = run_signature(run, ctx.event_files, self.o.follow_artifact_links,
                                         self.o.finish_idle_s, time.time())
         signature = fold_name(signature, run.name, shown)
