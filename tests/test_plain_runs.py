@@ -13,22 +13,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from tracelet.cli import main
-from tracelet.reader import frame_record
+from tracelet.testing.events import framed, scalar_event, version_event
 
 T0 = 1_600_000_000.0  # the writer opened its file here (its file_version event)
 
 
 def event(wall: float, step: int = 0, tag: str | None = None, value: float = 0.0,
           version: bool = False) -> bytes:
-    if version:
-        ev = event_pb2.Event(wall_time=wall, file_version="brain.Event:2")
-    else:
-        ev = event_pb2.Event(wall_time=wall, step=step, summary=summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]))
-    return frame_record(ev.SerializeToString())
+    return framed(version_event(wall) if version else scalar_event(tag, step, value, wall=wall))
 
 
 def write_plain_run(folder: Path, start: float = T0, steps: int = 10, first_step: int = 0,
@@ -258,6 +252,7 @@ trainer.fit(M(), data)
     return logdir
 
 
+@pytest.mark.slow  # a real Lightning fit in a subprocess (~20 s)
 def test_lightning_hparams_yaml_and_hp_metric_arrive(lightning_logdir, tmp_path, mlflow_uri):
     run_dir = lightning_logdir / "lit" / "version_0"
     assert (run_dir / "hparams.yaml").is_file()
