@@ -47,3 +47,19 @@ def test_plain_run_in_a_bucket_starts_has_params_and_finishes_when_idle(s3, tmp_
     assert {x.destinations["memory"].state for x in r.runs} == {"unchanged"}
     s = r.storage[url.rstrip("/")]
     assert s["list_calls"] == 1 and s["get_calls"] == 0 and s["head_calls"] == 0, s
+
+
+def test_export_with_system_from_a_bucket(s3, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tracelet.export import export_logdir
+    from tracelet.testing.sources import SourceTruth, write_recorded_run
+
+    local = tmp_path / "logs"
+    write_recorded_run(local / "p" / "rec", "p/rec", SourceTruth(), "p")
+    s3.upload_dir(local, "runs")
+    summary = export_logdir(s3.url("runs"), tmp_path / "o.parquet", with_system=True)
+    assert summary.points["system"] == 20, summary.problems
+    df = pq.read_table(tmp_path / "o.parquet").to_pandas()
+    system = df[df.kind == "system"]
+    assert sorted(system.step) == sorted(part * 100 + k for part in (1, 2) for k in range(10))
