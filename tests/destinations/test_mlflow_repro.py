@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from tracelet.manifest import manifest_time
-from tracelet.reader.events import first_wall_time
-from tracelet.testing.events import T0, header_record, scalar_event, version_event, write_frames
+from tracelet.testing.events import T0, scalar_event, version_event, write_frames
 
 
 SECRET = "hunter2secret"
@@ -111,7 +110,9 @@ def test_a_recorded_run_carries_what_reproduces_it(recorded, tmp_path):
     assert tags["mlflow.source.name"] == "train.py"
     assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.user"] == getpass.getuser()
-    assert tags["mlflow.runName"] == r.info.run_name == run_dir.relative_to(logdir).as_posix()
+    # the display name: the run path less its project (README "Run names")
+    assert run_dir.relative_to(logdir).as_posix() == "repro/baseline"
+    assert tags["mlflow.runName"] == r.info.run_name == "baseline"
     assert tags["tracelet.host"] == socket.gethostname()
     assert tags["tracelet.python"] == platform.python_version()
     assert tags["tracelet.command"] == shlex.join([*argv[:-1], "***REDACTED***"])
@@ -177,40 +178,16 @@ def test_experiment_option_and_environment(recorded, tmp_path):
 
 
 def test_a_plain_tensorboard_run_starts_at_its_first_event(tmp_path):
-    """No manifest to say when it started: the earliest first event of its event files (not
-    the time of the sync), whatever the order of the files' names."""
+    """No manifest to say when it started: the wall time of its first event file's first record
+    (the writer's file_version event), not the time of the sync nor of a later file."""
     run = tmp_path / "logs" / "plain"
     write_frames(run / "events.out.tfevents.1700000000.host.1.0",
-                 [version_event(T0 + 50), scalar_event("loss", 0, 1.0, wall=T0 + 51)])
+                 [version_event(T0 + 7), scalar_event("loss", 0, 1.0, wall=T0 + 51)])
     write_frames(run / "events.out.tfevents.1700000999.host.1.1",
-                 [version_event(T0 + 7), scalar_event("loss", 1, 0.5, wall=T0 + 60)])
+                 [version_event(T0 + 50), scalar_event("loss", 1, 0.5, wall=T0 + 60)])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _sync(tmp_path / "logs", uri, "--project", "plain")
     c, r = _run(uri, "plain")
     assert r.info.start_time == int((T0 + 7) * 1000)
+    assert r.info.run_name == r.data.tags["mlflow.runName"] == "plain"
     assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "loss")) == [0, 1]
-
-
-def test_first_wall_time_skips_what_cannot_tell_a_start(tmp_path):
-    """Damaged, empty, non-regular files and impossible wall times do not count; none raises."""
-    good = tmp_path / "events.out.tfevents.1.h.1.0"
-    write_frames(good, [version_event(T0 + 3), scalar_event("x", 0, 1.0, wall=T0 + 1)])
-    bad_crc = tmp_path / "events.out.tfevents.2.h.1.0"
-    frame = bytearray(header_record(T0 - 100))
-    frame[-1] ^= 0xFF  # the payload CRC no longer matches
-    bad_crc.write_bytes(bytes(frame))
-    junk = tmp_path / "events.out.tfevents.3.h.1.0"
-    junk.write_bytes(b"\xff" * 64)
-    empty = tmp_path / "events.out.tfevents.4.h.1.0"
-    empty.write_bytes(b"")
-    not_proto = tmp_path / "events.out.tfevents.5.h.1.0"
-    write_frames(not_proto, [b"\xff\xff\xff"])
-    clocks = [tmp_path / f"events.out.tfevents.6.h.1.{i}" for i in range(3)]
-    for path, wall in zip(clocks, (float("nan"), -5.0, 1e300)):
-        write_frames(path, [version_event(wall)])
-    fifo = tmp_path / "events.out.tfevents.7.h.1.0"
-    os.mkfifo(fifo)
-    others = [bad_crc, junk, empty, not_proto, *clocks, fifo, tmp_path / "gone"]
-    assert first_wall_time([*others, good]) == T0 + 3  # its first event, not its earliest
-    assert first_wall_time(others) is None
-    assert first_wall_time([]) is None

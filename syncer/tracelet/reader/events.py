@@ -563,28 +563,3 @@ def unreadable_message(path, err: OSError, offset: int, consequence: str) -> str
            if err.errno in (errno.EACCES, errno.EPERM) else "Check the file and its file system")
     return (f"{path}: cannot read ({err.strerror or err}) at byte {offset}; {consequence}. "
             f"{fix}.")
-
-
-FIRST_RECORD_BYTES = 1 << 16  # the first record of an event file (its file_version event) is tiny
-
-
-def first_wall_time(paths) -> float | None:
-    """The earliest wall time among the first events of the event files ``paths`` (the time a
-    plain TensorBoard run started, which has no manifest to say so); None when no file has a
-    readable first event with a usable wall time. Reads one small record per file; never
-    raises for what it finds (an unreadable or damaged file just does not count)."""
-    from ..errors import TraceletError
-    from .points import _bad_wall
-
-    best = None
-    for path in paths:
-        try:
-            with open_event_file(str(path)) as f:
-                end = min(os.fstat(f.fileno()).st_size, FIRST_RECORD_BYTES)
-                data = next((d for _, d in iter_records(f, 0, end, FramingStatus())), None)
-            wall = event_pb2.Event.FromString(data).wall_time if data is not None else None
-        except (OSError, DecodeError, TraceletError):
-            continue  # the reader names the file's problem when it reads its points
-        if wall is not None and not _bad_wall(wall) and wall > 0 and (best is None or wall < best):
-            best = wall
-    return best
