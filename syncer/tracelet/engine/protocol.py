@@ -24,7 +24,7 @@ from typing import Any
 
 from ..checkpoint import KEY_SCHEME, Checkpoint, CheckpointStore
 from ..destinations.base import RunRef
-from ..errors import InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
+from ..errors import DestinationDownError, InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
 from ..manifest import manifest_time
 from ..reader import RunSource
 from ..redact import scrub, scrubbed_logger, strip_url_credentials
@@ -238,6 +238,11 @@ class RunSync:
         if self.o.dry_run:
             dr.state = "dry-run"
             ctx.slots.append(Slot(name, None, ck or Checkpoint(name, tk, run.name), dr))  # type: ignore[arg-type]
+            return
+        try:  # its circuit breaker: a target found down this pass is not tried again
+            engine.delivery.breakers.get(name, tk).admit(ctx.stop, probe=False)
+        except DestinationDownError as e:
+            dr.state, dr.error = "skipped", scrub(str(e))  # the checkpoint stays as it is
             return
         try:
             dest = engine.pool.get(name)
