@@ -22,17 +22,13 @@ from pathlib import Path
 
 import pytest
 
-DEST_TESTS = Path(__file__).resolve().parent / "destinations"
-if str(DEST_TESTS) not in sys.path:
-    sys.path.insert(0, str(DEST_TESTS))
+from tests.destinations.harness_aim import AimLocalHarness
+from tests.destinations.harness_mlflow import MlflowServer, _MlflowHarness, free_port
+from tracelet.destinations.base import _BOUNDARY
+from tracelet.retry import cause_line, error_chain
+from tracelet.testing.conformance import assert_exactly_once, project_fn
+from tracelet.testing.sources import build_kill_logdir
 
-from harness_aim import AimLocalHarness  # noqa: E402
-from harness_mlflow import MlflowServer, _MlflowHarness, free_port  # noqa: E402
-from sources import build_kill_logdir  # noqa: E402
-from test_conformance import assert_exactly_once, project_fn  # noqa: E402
-
-from tracelet.destinations.base import _BOUNDARY  # noqa: E402
-from tracelet.retry import cause_line, error_chain  # noqa: E402
 
 RUNS = 20
 ATTEMPTS = 3
