@@ -57,10 +57,11 @@ def dead_port() -> int:
         return s.getsockname()[1]
 
 
-def timed_sync(logdir: Path, to: str, extra: list[str], env: dict) -> tuple[float, dict]:
+def timed_sync(logdir: Path, to: str, extra: list[str], env: dict,
+               cwd: Path) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "tracelet.cli", "sync", str(logdir), "--to", to, "--json", *extra]
     t = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     elapsed = time.perf_counter() - t
     try:
         report = json.loads(p.stdout)
@@ -84,7 +85,6 @@ def main() -> None:
         if not source.exists():
             write_runs(source, a.runs)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELET_RETRY")}
-        env["MLFLOW_TRACKING_URI"] = "sqlite:///unused.db"  # --mlflow-uri below wins
         workers = ["--workers", str(a.workers)] if a.workers > 1 else []
         port = dead_port()
         results = {}
@@ -96,7 +96,8 @@ def main() -> None:
             shutil.copytree(source, logdir)  # fresh: every run changed, no state dir
             journal = work / f"journal-{label}"
             shutil.rmtree(journal, ignore_errors=True)
-            elapsed, report = timed_sync(logdir, to, ["--memory-store", str(journal), *workers], env)
+            elapsed, report = timed_sync(logdir, to, ["--memory-store", str(journal), *extra,
+                                                      *workers], env, cwd=work)
             results[label] = (elapsed, report)
         healthy_s, healthy = results["healthy"]
         down_s, down = results["down"]
@@ -113,6 +114,10 @@ def main() -> None:
         for line in down.get("destinations_down", []):
             print(f"           {line['line']}")
         print(f"  ratio down/healthy {down_s / healthy_s:.2f}x (goal < 2.0)")
+        # what the breaker promises (a figure measured without it would mean nothing)
+        assert synced == a.runs, f"memory synced {synced} of {a.runs} runs"
+        assert 1 <= tried <= a.workers and tried + skipped == a.runs, (tried, skipped)
+        assert len(down.get("destinations_down", [])) == 1, down.get("destinations_down")
     finally:
         if not a.dir:
             shutil.rmtree(work, ignore_errors=True)
