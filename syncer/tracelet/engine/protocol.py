@@ -25,6 +25,7 @@ from typing import Any
 from ..checkpoint import KEY_SCHEME, Checkpoint, CheckpointStore
 from ..destinations.base import RunRef
 from ..errors import DestinationDownError, InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
+from ..identity import same_source_line, source_id_for
 from ..manifest import manifest_time
 from ..reader import RunSource
 from ..redact import scrub, scrubbed_logger, strip_url_credentials
@@ -186,6 +187,7 @@ class RunSync:
                          started_at=manifest_time(m.get("started_at")),
                          ended_at=manifest_time(m.get("ended_at")),
                          status=m.get("status") if isinstance(m.get("status"), str) else None,
+                         source_id=source_id_for(run, manifest),
                          **self._reproducibility(m))
         rr.run_id, rr.project = ctx.ref.run_id, project
         signature = source_signature(run, ctx.event_files, self.o.follow_artifact_links)
@@ -278,6 +280,8 @@ class RunSync:
             ck = slot.ck = Checkpoint(name, tk, run.name, run_id=ref.run_id)
             ck.reconcile = True
             fresh = False  # reconcile stays on whatever `existed` says
+        if slot.handle.same_source:  # the same files, synced before from another LOGDIR level
+            rr.note(same_source_line(name, run.name, ref.project, slot.handle.same_source))
         ck.identity = slot.handle.identity
         ck.last_error = None
         # Lost state dir but the run exists on the destination: everything we are about to

@@ -51,6 +51,7 @@ from ...errors import DestinationError, PermanentDestinationError, TransientDest
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
+from ...identity import SOURCE_ID_TAG, same_source_names
 from ..base import (Capabilities, Destination, RunHandle, RunRef, SystemRows, chain,
                     classify_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
@@ -144,12 +145,14 @@ class MlflowDestination(Destination):
         return mlflow_key(name)
 
     # -- identity ----------------------------------------------------------------------------
-    def _experiment_id(self, project: str) -> str:
+    def _experiment_id(self, project: str, create: bool = True) -> str | None:
         if project in self._experiments:
             return self._experiments[project]
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(project)
+        if exp is None and not create:
+            return None
         if exp is None:
             try:
                 exp_id = self.client.create_experiment(project)
@@ -170,33 +173,79 @@ class MlflowDestination(Destination):
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         from mlflow.exceptions import MlflowException
 
-        exp_id = self._experiment_id(run.project)
         rid, ignored = (identity or {}).get("run_id"), False
         if rid and not (isinstance(rid, str) and RUN_ID_OK.fullmatch(rid)):
             rid, ignored = None, True  # not an MLflow run id: never handed to the store
         if rid:
             try:
                 r = self.client.get_run(rid)
-                if r.data.tags.get("tracelet.run_id") != run.run_id:
+                if not _ours(r.data.tags, run):
                     ignored = True  # another run's (a crafted checkpoint): never written to
                 elif r.info.lifecycle_stage != "deleted":
-                    return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id},
+                    self._tag_source(r, run)
+                    return RunHandle(identity={"run_id": r.info.run_id,
+                                               "experiment_id": r.info.experiment_id},
                                      existed=True)
             except MlflowException as e:
                 if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code):
                     raise
+        exp_id = self._experiment_id(run.project, create=False)
         found = self.client.search_runs(
-            [exp_id], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'", max_results=2)
+            [exp_id], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'",
+            max_results=2) if exp_id else []
         if found:
+            self._tag_source(found[0], run)
             return RunHandle(identity={"run_id": found[0].info.run_id, "experiment_id": exp_id},
                              existed=True, identity_ignored=ignored)
+        same = self._find_by_source(run)
+        if same is not None:
+            r, where = same
+            return RunHandle(identity={"run_id": r.info.run_id,
+                                       "experiment_id": r.info.experiment_id},
+                             existed=True, identity_ignored=ignored, same_source=where)
+        exp_id = exp_id or self._experiment_id(run.project)
         tags = {**{mlflow_key(k): v[:8000] for k, v in run.tags.items()},
                 "tracelet.run_id": run.run_id, "tracelet.run_path": run.run_path,
                 "mlflow.source.name": str(run.source_dir)}
+        if run.source_id:
+            tags[SOURCE_ID_TAG] = run.source_id
         started = _started_at_ms(run)
         r = self.client.create_run(exp_id, start_time=started, tags=tags, run_name=run.run_path)
         return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id}, existed=False,
                          identity_ignored=ignored)
+
+    # -- the same files synced from another LOGDIR level (tracelet.identity) --------------------
+    def _find_by_source(self, run: RunRef) -> tuple[Any, str] | None:
+        """The run created for the same plain-run files under another run path or experiment
+        (``tracelet sync sub`` then ``sub/exp``): found by ``tracelet.source_id`` in every
+        active experiment, taken only if its run path and this one are two levels of one path.
+        Asked only when no run of this experiment has this run's ``tracelet.run_id`` (a run's
+        first sync or a lost state dir), never on the no-op path."""
+        if not run.source_id:
+            return None
+        names: dict[str, str] = {}  # experiment id -> name, every active experiment
+        token = None
+        while True:  # paged: a server may hold more experiments than one page
+            page = self.client.search_experiments(max_results=1000, page_token=token)
+            names.update((e.experiment_id, e.name) for e in page)
+            token = page.token
+            if not token:
+                break
+        exp_ids = list(names)
+        for i in range(0, len(exp_ids), 100):
+            for r in self.client.search_runs(
+                    exp_ids[i:i + 100], order_by=["attributes.start_time ASC"], max_results=50,
+                    filter_string=f"tags.`{SOURCE_ID_TAG}` = '{run.source_id}'"):
+                path = r.data.tags.get("tracelet.run_path", "")
+                if same_source_names(path, run.run_path):
+                    return r, f"'{path}' in experiment '{names[r.info.experiment_id]}'"
+        return None
+
+    def _tag_source(self, r: Any, run: RunRef) -> None:
+        """Runs created before source ids (or before the first record was whole) get theirs on
+        their next changed sync: one tag, once."""
+        if run.source_id and SOURCE_ID_TAG not in r.data.tags:
+            self.client.set_tag(r.info.run_id, SOURCE_ID_TAG, run.source_id)
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
@@ -334,6 +383,15 @@ class MlflowDestination(Destination):
             else:
                 end_ms = int(ended_at * 1000) if ended_at else None
                 self.client.set_terminated(run_id, status=mstatus, end_time=end_ms)
+
+
+def _ours(tags: Mapping[str, str], run: RunRef) -> bool:
+    """Whether an MLflow run's identity tags name this tracelet run: its run id, or its source
+    id under a run path that is another level of this one (tracelet.identity)."""
+    if tags.get("tracelet.run_id") == run.run_id:
+        return True
+    return bool(run.source_id) and tags.get(SOURCE_ID_TAG) == run.source_id \
+        and same_source_names(tags.get("tracelet.run_path", ""), run.run_path)
 
 
 def _started_at_ms(run: RunRef) -> int | None:
