@@ -164,10 +164,12 @@ def test_workers_share_the_breaker_and_the_cli_says_it_in_one_line(tmp_path, sho
         p.stderr
     assert "hunter2" not in p.stderr
     failed = [ln for ln in p.stderr.splitlines() if "-> mlflow: failed" in ln]
-    # at most one run per worker was already trying when the breaker opened
+    # at most one run per worker was already trying when the breaker opened: it failed, saying
+    # that it ran out of retries or that it stopped because the destination was found down
     assert 1 <= len(failed) <= 4, p.stderr
     assert all(ln.endswith(f"{cause} (still failing after {ATTEMPTS} tries; it is retried at "
-                           "the next sync)") or "down (" in ln for ln in failed), p.stderr
+                           "the next sync)")
+               or f"{cause} (gave up: the destination is down, " in ln for ln in failed), p.stderr
     assert p.stderr.count("-> memory: synced") == RUNS, p.stderr
     skipped = int(down[0].split("), ")[1].split(" ")[0])
     assert skipped + len(failed) == RUNS, p.stderr
@@ -295,3 +297,64 @@ def test_cause_without_a_transport_reason_is_the_vendors_message_shortened():
     e = ValueError("INVALID_PARAMETER_VALUE: " + "x" * 1000)
     line = cause_line(e)
     assert line.startswith("ValueError: INVALID_PARAMETER_VALUE: ") and len(line) < 250
+
+
+# -- several runs failing at once open the breaker without waiting out the policy -------------
+class _Workers:
+    """Long-lived threads, as a sync's workers are (a thread is one run at a time)."""
+
+    def __init__(self, n: int):
+        import queue
+
+        self.queues = [queue.Queue() for _ in range(n)]
+        self.threads = [threading.Thread(target=self._loop, args=(q,), daemon=True)
+                        for q in self.queues]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _loop(q) -> None:
+        while True:
+            fn, done = q.get()
+            if fn is None:
+                return
+            fn()
+            done.set()
+
+    def run(self, i: int, fn) -> None:
+        done = threading.Event()
+        self.queues[i].put((fn, done))
+        done.wait(10)
+
+    def close(self) -> None:
+        for q in self.queues:
+            q.put((None, None))
+
+
+def test_runs_failing_at_once_open_the_breaker_one_run_alone_does_not():
+    from tracelet.engine.breaker import OPEN, RUNS_FAILING_AT_ONCE, Breaker
+
+    err = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    workers = _Workers(RUNS_FAILING_AT_ONCE)
+    try:
+        alone = Breaker("mlflow", "k")
+        for _ in range(10):  # one run's own retries: it waits out the policy (a restart is fine)
+            workers.run(0, lambda: alone.failed_try(err))
+        assert alone.down() is None
+        b = Breaker("mlflow", "k")
+        for i in range(RUNS_FAILING_AT_ONCE - 1):
+            workers.run(i, lambda: b.failed_try(err))
+        workers.run(0, b.answered)  # it answered a call: the failures before do not count
+        for i in range(1, RUNS_FAILING_AT_ONCE):
+            workers.run(i, lambda: b.failed_try(err))
+        assert b.down() is None
+        workers.run(0, lambda: b.failed_try(err))
+        assert b.state == OPEN and b.cause == "connection refused"
+        assert b.why == f"{RUNS_FAILING_AT_ONCE} runs failing at once"
+        assert "ConnectionRefusedError" in b.down().detail
+        b.new_pass()  # half-open: the probe's retries decide, failures of others do not count
+        for i in range(RUNS_FAILING_AT_ONCE):
+            workers.run(i, lambda: b.failed_try(err))
+        assert b.down() is None
+    finally:
+        workers.close()

@@ -32,6 +32,7 @@ def call_with_retry(
     base_delay_s: float | None = None,
     max_delay_s: float | None = None,
     abort: Callable[[], BaseException | None] | None = None,
+    on_retry: Callable[[BaseException], Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Call ``fn`` (a destination's contract method: it raises typed errors, see
@@ -44,7 +45,9 @@ def call_with_retry(
     ``attempts``/``base_delay_s``/``max_delay_s`` replace the policy's budget for a wait that
     is known to be short (Aim's index lock, held by ``aim up`` while it indexes one run).
     ``abort`` is asked before each retry: an exception it returns is raised instead of trying
-    again (the engine's circuit breaker, opened meanwhile by another run of the pass)."""
+    again (the engine's circuit breaker, opened meanwhile by another run of the pass).
+    ``on_retry(error)`` is told of each transient failure that will be retried (the breaker
+    counts the runs failing at once)."""
     tries = RETRY_ATTEMPTS if attempts is None else max(1, attempts)
     delay = RETRY_BASE_DELAY_S if base_delay_s is None else base_delay_s
     cap = RETRY_MAX_DELAY_S if max_delay_s is None else max_delay_s
@@ -74,6 +77,8 @@ def call_with_retry(
             last = e
         log.debug("%s: try %d of %d failed: %s; again in %.2f s", what, attempt, tries,
                   cause_line(last), delay)
+        if on_retry is not None:
+            on_retry(last)
         _check(abort, last)
         wait(delay)
         _check(abort, last)

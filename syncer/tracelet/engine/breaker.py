@@ -5,7 +5,9 @@ breakers), shared by the worker threads of a sync:
 
 * **closed** — calls go through under the retry policy (``tracelet.retry``);
 * **open** — a call to this target exhausted its retries (:class:`RetriesExhaustedError`, the
-  typed error of a transient failure that lasted the whole policy, ~15 s by default): every
+  typed error of a transient failure that lasted the whole policy, ~15 s by default), or
+  :data:`RUNS_FAILING_AT_ONCE` runs' calls failed transiently with nothing answered in between
+  (workers: several runs meet the dead target at once, no need to wait out the policy): every
   other run of the pass skips this destination at once, without a call
   (:class:`DestinationDownError`); calls of other runs already waiting for their next try stop
   there. Their checkpoints stay as they were; the pass reports one line per open breaker
@@ -24,8 +26,13 @@ import threading
 import time
 
 from ..errors import DestinationDownError, RetriesExhaustedError
+from ..retry import cause_line, error_chain
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+# Distinct runs (worker threads) whose calls to one target failed transiently, with no answer
+# from it in between: the target is down. One run alone (--workers 1) waits out the policy: a
+# server restarting for a few seconds must not cost the pass.
+RUNS_FAILING_AT_ONCE = 3
 
 
 class Breaker:
@@ -37,8 +44,10 @@ class Breaker:
         self.cause = ""  # one line: "connection refused at http://127.0.0.1:5000"
         self.detail: str | None = None  # the whole chain of the error that opened it
         self.opened_by = ""  # the call that ran out of retries ("mlflow: open run")
+        self.why = ""  # why it opened, for the runs whose calls it stopped
         self.cond = threading.Condition()
         self.prober: int | None = None  # thread making the half-open probe
+        self.failing: set[int] = set()  # threads whose call failed transiently, none answered since
 
     # -- asked before a call ----------------------------------------------------------------------
     def down(self) -> DestinationDownError | None:
@@ -74,11 +83,26 @@ class Breaker:
     # -- told after a call --------------------------------------------------------------------------
     def answered(self) -> None:
         """The destination answered (a result, or an error that is not transient): closed."""
-        if self.state == CLOSED:
+        if self.state == CLOSED and not self.failing:
             return  # the common case: no lock per call
         with self.cond:
+            self.failing.clear()  # it answered: the failures before are not "at once" any more
             if self.state == HALF_OPEN:
                 self.state, self.prober = CLOSED, None
+                self.cond.notify_all()
+
+    def failed_try(self, err: BaseException) -> None:
+        """A call failed transiently and will be tried again: with
+        :data:`RUNS_FAILING_AT_ONCE` runs failing so, the breaker opens (their calls stop at
+        once; see :meth:`wait`). Half-open, only the probe calls: its retries decide."""
+        with self.cond:
+            if self.state != CLOSED:
+                return
+            self.failing.add(threading.get_ident())
+            if len(self.failing) >= RUNS_FAILING_AT_ONCE:
+                self.state, self.cause, self.detail = OPEN, cause_line(err), error_chain(err)
+                self.opened_by = self.why = f"{len(self.failing)} runs failing at once"
+                self.failing.clear()
                 self.cond.notify_all()
 
     def trip(self, err: RetriesExhaustedError, what: str = "") -> None:
@@ -88,12 +112,15 @@ class Breaker:
                 self.cause = err.cause or str(err)
                 self.detail = err.detail
                 self.opened_by = what
+                self.why = f"{what} of another run ran out of retries"
             self.prober = None
+            self.failing.clear()
             self.cond.notify_all()
 
     def release(self) -> None:
         """The probe ended without an answer (an unexpected error): another call probes."""
         with self.cond:
+            self.failing.discard(threading.get_ident())
             if self.prober == threading.get_ident():
                 self.prober = None
                 self.cond.notify_all()

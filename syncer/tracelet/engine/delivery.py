@@ -86,19 +86,26 @@ class Delivery:
     def retry(self, slot: Slot, fn: Callable, *args: Any, what: str, **kw: Any) -> Any:
         """One call under the retry policy and the target's circuit breaker: raises
         ``DestinationDownError`` without calling when the breaker is open, and opens it when
-        the call runs out of retries."""
+        the call runs out of retries (or several runs' calls fail at once: ``breaker``)."""
         breaker = self.breakers.get(slot.name, slot.target_key)
         breaker.admit(self.stop)
         what = f"{slot.name}: {what}"
         try:
             result = call_with_retry(
                 fn, *args, what=what, stop=self.stop, abort=breaker.down,
+                on_retry=breaker.failed_try,
                 sleep=self.sleep or (lambda s: breaker.wait(s, self.stop)), **kw)
         except RetriesExhaustedError as e:
             breaker.trip(e, what)
             raise
-        except DestinationDownError:
-            raise  # opened by another run while this one waited to try again
+        except DestinationDownError as e:
+            # opened (by this run's failure or another's) while this call waited to try again:
+            # it did try, so it failed (not skipped), and says why it stopped trying
+            err = RetriesExhaustedError(
+                f"{what}: {breaker.cause} (gave up: the destination is down, {breaker.why}; it "
+                "is retried at the next sync)")
+            err.cause, err.detail = breaker.cause, breaker.detail
+            raise err from e
         except DestinationError:
             breaker.answered()  # it answered, with a refusal: the destination is up
             raise

@@ -43,6 +43,7 @@ import json
 import os
 import posixpath
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -87,6 +88,8 @@ class MlflowDestination(Destination):
 
             self.uri = mlflow.get_tracking_uri()
         self._experiments: dict[str, str] = {}
+        self._listed: dict[str, str] | None = None  # every experiment, for source-id lookups
+        self._listed_at = 0.0
 
     @property
     def target(self) -> str:
@@ -168,6 +171,8 @@ class MlflowDestination(Destination):
                     "(mlflow experiments restore) or sync with another --project")
             exp_id = exp.experiment_id
         self._experiments[project] = exp_id
+        if self._listed is not None:
+            self._listed.setdefault(exp_id, project)
         return exp_id
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
@@ -223,14 +228,7 @@ class MlflowDestination(Destination):
         first sync or a lost state dir), never on the no-op path."""
         if not run.source_id:
             return None
-        names: dict[str, str] = {}  # experiment id -> name, every active experiment
-        token = None
-        while True:  # paged: a server may hold more experiments than one page
-            page = self.client.search_experiments(max_results=1000, page_token=token)
-            names.update((e.experiment_id, e.name) for e in page)
-            token = page.token
-            if not token:
-                break
+        names = self._all_experiments()
         exp_ids = list(names)
         for i in range(0, len(exp_ids), 100):
             for r in self.client.search_runs(
@@ -240,6 +238,23 @@ class MlflowDestination(Destination):
                 if same_source_names(path, run.run_path):
                     return r, f"'{path}' in experiment '{names[r.info.experiment_id]}'"
         return None
+
+    def _all_experiments(self) -> dict[str, str]:
+        """Experiment id -> name of every active experiment, listed at most once a minute
+        (a pass over many new runs lists once; those this sync creates are added by
+        :meth:`_experiment_id`; ``--follow`` sees others' new experiments a minute later)."""
+        if self._listed is None or time.monotonic() - self._listed_at > 60:
+            self._listed_at = time.monotonic()
+            names: dict[str, str] = {}
+            token = None
+            while True:  # paged: a server may hold more experiments than one page
+                page = self.client.search_experiments(max_results=1000, page_token=token)
+                names.update((e.experiment_id, e.name) for e in page)
+                token = page.token
+                if not token:
+                    break
+            self._listed = names
+        return self._listed
 
     def _tag_source(self, r: Any, run: RunRef) -> None:
         """Runs created before source ids (or before the first record was whole) get theirs on
