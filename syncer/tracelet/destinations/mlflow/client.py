@@ -1,8 +1,9 @@
 """MLflow destination.
 
-Identity (DESIGN §5): experiment = project; run name = run path; tags ``tracelet.run_id`` and
-``tracelet.run_path``. A run is found again by its ``tracelet.run_id`` tag, so a lost state dir
-never creates a second run.
+Identity: experiment = project; run name = run path; tags ``tracelet.run_id``,
+``tracelet.run_path`` and, for plain runs, ``tracelet.source_id`` (:mod:`tracelet.identity`). A
+run is found again by its ``tracelet.run_id`` tag, so a lost state dir never creates a second
+run; else by its source id in any experiment (the same files synced from another LOGDIR level).
 
 Mapping:
 
@@ -49,10 +50,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ...errors import DestinationError, PermanentDestinationError, TransientDestinationError
+from ...identity import SOURCE_ID_TAG, same_source_names
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
-from ...identity import SOURCE_ID_TAG, same_source_names
 from ..base import (Capabilities, Destination, RunHandle, RunRef, SystemRows, chain,
                     classify_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
@@ -236,7 +237,8 @@ class MlflowDestination(Destination):
                     filter_string=f"tags.`{SOURCE_ID_TAG}` = '{run.source_id}'"):
                 path = r.data.tags.get("tracelet.run_path", "")
                 if same_source_names(path, run.run_path):
-                    return r, f"'{path}' in experiment '{names[r.info.experiment_id]}'"
+                    exp = names.get(r.info.experiment_id, r.info.experiment_id)
+                    return r, f"'{path}' in experiment '{exp}'"
         return None
 
     def _all_experiments(self) -> dict[str, str]:
