@@ -184,6 +184,12 @@ def test_workers_share_the_breaker_and_the_cli_says_it_in_one_line(tmp_path, sho
     assert states["skipped"] == entry["runs_skipped"] >= RUNS - 4, states
     assert {r["destinations"]["memory"]["state"] for r in report["runs"]} == {"unchanged"}
 
+    # -v: the whole chain of the run that tried, on its own line (the error line stays one line)
+    p = subprocess.run(cmd + ["-v"], env=env, capture_output=True, text=True, timeout=300)
+    chains = [ln for ln in p.stderr.splitlines() if "-> mlflow: cause chain: " in ln]
+    assert chains and all("ConnectionRefusedError" in ln for ln in chains), p.stderr
+    assert "hunter2" not in p.stderr
+
 
 @pytest.mark.slow
 def test_next_pass_probes_with_one_run_then_syncs_all_once_the_server_is_back(
