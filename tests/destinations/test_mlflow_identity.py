@@ -112,3 +112,29 @@ def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monk
     assert sorted(r.data.tags["tracelet.run_path"] for r in _all_runs(harness.uri)) \
         == ["r1", "r1x"]
     assert_exactly_once(harness, truth, project_fn("same"))
+
+
+def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
+    """With --project (or a manifest project) the level changes the run path only: the run is
+    found by source id in that project; in another project given it is a run of its own."""
+    import tracelet
+
+    harness = MlflowLocalHarness()
+    config = harness.config = harness.setup(tmp_path, monkeypatch)
+    sub = tmp_path / "sub"
+    truth = SourceTruth()
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
+    tracelet.sync(sub, to="mlflow", dest_config=config, project="P")
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
+    same = tracelet.sync(sub / "exp", to="mlflow", dest_config=config, project="P")
+    [line] = _same_source_lines(same.runs[0].problems)
+    assert "run 'r1' (project 'P') is the same source as 'exp/r1' in experiment 'P'" in line
+    assert_exactly_once(harness, truth, project_fn("P"))
+    other = tracelet.sync(sub / "exp", to="mlflow", dest_config=config, project="Q",
+                          state_dir=str(tmp_path / "state-q"))
+    assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=harness.uri)
+    assert sorted((c.get_experiment(r.info.experiment_id).name, r.data.tags["tracelet.run_path"])
+                  for r in _all_runs(harness.uri)) == [("P", "exp/r1"), ("Q", "r1")]

@@ -124,6 +124,10 @@ class RunRef:
     # path that is one of the two names' tail: ``identity.same_source_names``). "" for
     # manifest runs (``run_id`` is theirs) and plain runs whose first record is not whole yet.
     source_id: str = ""
+    # Where to look for ``source_id``: True when the project was not given (no manifest
+    # ``project``, no ``--project``: it is the LOGDIR folder's name, which changes with the
+    # level) — in every project; False — only in ``project`` (the project asked for wins).
+    source_anywhere: bool = False
     # Files the engine prepared for reproducibility (rel name -> local path, for this run's
     # sync only): the redacted manifest ``tracelet/tracelet.json`` and
     # ``tracelet/requirements.txt`` (installed packages). Each destination stores them where

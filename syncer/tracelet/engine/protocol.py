@@ -188,6 +188,7 @@ class RunSync:
                          ended_at=manifest_time(m.get("ended_at")),
                          status=m.get("status") if isinstance(m.get("status"), str) else None,
                          source_id=source_id_for(run, manifest),
+                         source_anywhere=not (m.get("project") or self.o.project),
                          **self._reproducibility(m))
         rr.run_id, rr.project = ctx.ref.run_id, project
         signature = source_signature(run, ctx.event_files, self.o.follow_artifact_links)

@@ -203,7 +203,7 @@ class MlflowDestination(Destination):
             self._tag_source(found[0], run)
             return RunHandle(identity={"run_id": found[0].info.run_id, "experiment_id": exp_id},
                              existed=True, identity_ignored=ignored)
-        same = self._find_by_source(run)
+        same = self._find_by_source(run, exp_id)
         if same is not None:
             r, where = same
             return RunHandle(identity={"run_id": r.info.run_id,
@@ -221,15 +221,21 @@ class MlflowDestination(Destination):
                          identity_ignored=ignored)
 
     # -- the same files synced from another LOGDIR level (tracelet.identity) --------------------
-    def _find_by_source(self, run: RunRef) -> tuple[Any, str] | None:
+    def _find_by_source(self, run: RunRef, exp_id: str | None) -> tuple[Any, str] | None:
         """The run created for the same plain-run files under another run path or experiment
         (``tracelet sync sub`` then ``sub/exp``): found by ``tracelet.source_id`` in every
-        active experiment, taken only if its run path and this one are two levels of one path.
-        Asked only when no run of this experiment has this run's ``tracelet.run_id`` (a run's
-        first sync or a lost state dir), never on the no-op path."""
+        active experiment (``run.source_anywhere``: the project was not given) or in this
+        one, taken only if its run path and this one are two levels of one path. Asked only
+        when no run of this experiment has this run's ``tracelet.run_id`` (a run's first sync
+        or a lost state dir), never on the no-op path."""
         if not run.source_id:
             return None
-        names = self._all_experiments()
+        if run.source_anywhere:
+            names = self._all_experiments()
+        elif exp_id:
+            names = {exp_id: run.project}
+        else:
+            return None
         exp_ids = list(names)
         for i in range(0, len(exp_ids), 100):
             for r in self.client.search_runs(
