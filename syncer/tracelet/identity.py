@@ -21,12 +21,18 @@ name is the other or ends with it (``exp/r1`` and ``r1``: the levels of one path
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 
+from .checkpoint import HEAD_HASH_BYTES
+from .errors import TraceletError
 from .reader import RunSource
+from .reader.events import open_event_file
 from .reader.records import FOOTER_BYTES, HEADER_BYTES, masked_crc32c
 
-FIRST_RECORD_MAX = 4096  # the file_version event is ~30 bytes; a bound against hostile input
+# One read of the file's first HEAD_HASH_BYTES (4 KiB): in object storage the same cached GET
+# as the file identity check. The file_version event is ~30 bytes; the bound is for hostile input.
+FIRST_RECORD_MAX = HEAD_HASH_BYTES - HEADER_BYTES - FOOTER_BYTES
 SOURCE_ID_TAG = "tracelet.source_id"  # the identity tag destinations store it in
 
 
@@ -38,8 +44,8 @@ def source_id_for(run: RunSource, manifest: dict | None) -> str:
         return ""
     first = run.event_files[0]
     try:
-        head = _head(run, first, HEADER_BYTES + FIRST_RECORD_MAX + FOOTER_BYTES)
-    except (OSError, ValueError):
+        head = _head(run, first, HEAD_HASH_BYTES)
+    except (OSError, ValueError, TraceletError):  # the events facet reports the file itself
         return ""
     data = _first_record(head)
     if data is None:
@@ -70,7 +76,7 @@ def _first_record(head: bytes) -> bytes | None:
 
 def _head(run: RunSource, path, n: int) -> bytes:
     if run.location is None:
-        with open(path, "rb") as f:
+        with open_event_file(os.fspath(path)) as f:  # refuses a FIFO or device put there since
             return f.read(n)
     entry = run.location.entry(path)  # object storage: one small ranged GET (cached)
     if entry is None:

@@ -54,21 +54,35 @@ def test_no_whole_first_record_no_id(tmp_path, content):
 
 
 def test_a_huge_first_record_is_read_only_up_to_the_bound(tmp_path, monkeypatch):
+    import tracelet.identity as identity
+
     big = frame_record(b"x" * (FIRST_RECORD_MAX * 4))
     (tmp_path / EVENT_NAME).write_bytes(big)
     read = []
-    real_open = open
+    real_open = identity.open_event_file
 
-    def counting_open(path, mode="r", *a, **kw):
-        f = real_open(path, mode, *a, **kw)
+    def counting_open(path):
+        f = real_open(path)
         real_read = f.read
         f.read = lambda n=-1: read.append(n) or real_read(n)  # type: ignore[method-assign]
         return f
 
-    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(identity, "open_event_file", counting_open)
     sid = source_id_for(_run(tmp_path), None)
-    monkeypatch.undo()
     assert sid and read and all(0 < n <= FIRST_RECORD_MAX + 16 for n in read), read
+    # a longer record with the same first FIRST_RECORD_MAX bytes: the same source (bounded)
+    (tmp_path / EVENT_NAME).write_bytes(frame_record(b"x" * (FIRST_RECORD_MAX * 8)))
+    assert source_id_for(_run(tmp_path), None) == sid
+
+
+def test_a_fifo_put_in_place_of_the_first_event_file_is_no_id_and_never_blocks(tmp_path):
+    import os
+
+    (tmp_path / EVENT_NAME).write_bytes(header_record())
+    run = _run(tmp_path)
+    os.remove(tmp_path / EVENT_NAME)
+    os.mkfifo(tmp_path / EVENT_NAME)  # swapped in after discovery: no writer will ever come
+    assert source_id_for(run, None) == ""
 
 
 def test_manifest_runs_have_none(tmp_path):
