@@ -11,6 +11,9 @@
     │   └── OutsideRunError            a link leading out of the run folder: not read
     ├── DestinationError               a destination failed (exit 1, other destinations go on)
     │   ├── TransientDestinationError  connection refused / 5xx / 429: retried with backoff
+    │   ├── RetriesExhaustedError      still transient after the whole retry policy: the
+    │   │                              destination is unreachable (its circuit breaker opens)
+    │   ├── DestinationDownError       its circuit breaker is open this pass: not even tried
     │   ├── PermanentDestinationError  the vendor refused a call (not transient): the engine
     │   │                              isolates the points, params or files that cause it
     │   └── MissingExtraError          the vendor SDK is not installed: install the extra
@@ -80,6 +83,24 @@ class DestinationError(TraceletError):
 
 class TransientDestinationError(DestinationError):
     """Connection refused, timeouts, HTTP 5xx/429: worth retrying with backoff."""
+
+
+class RetriesExhaustedError(DestinationError):
+    """A transient error outlasted the retry policy (``tracelet.retry``). ``cause`` is its
+    one-line cause ("connection refused at http://127.0.0.1:5000"), ``detail`` the whole
+    exception chain. The engine's circuit breaker opens for that destination target: its other
+    runs of the pass are skipped (``tracelet.engine.breaker``)."""
+
+    cause: str = ""
+    detail: str | None = None
+
+
+class DestinationDownError(DestinationError):
+    """The circuit breaker of this destination target is open this pass: the call was not made
+    (a run before it exhausted its retries). Nothing is marked done; the next pass tries again."""
+
+    cause: str = ""
+    detail: str | None = None
 
 
 class PermanentDestinationError(DestinationError):

@@ -73,6 +73,8 @@ class Output(Progress):
             for d in rr.destinations.values():
                 if d.state == "unchanged" or (self.quiet and d.state != "failed"):
                     continue
+                if d.state == "skipped" and not self.verbose:
+                    continue  # its destination is down: one line for the pass says it (runner)
                 line = f"tracelet: {rr.run} -> {d.destination}: {d.state}"
                 if d.points_sent:
                     line += " " + ", ".join(f"{k} {n}" for k, n in sorted(d.points_sent.items()))
@@ -85,6 +87,9 @@ class Output(Progress):
                 if d.error:
                     line += f": {d.error}"
                 print(scrub(line), file=sys.stderr, flush=True)
+                if self.verbose and d.error_detail:
+                    print(scrub(f"tracelet: {rr.run} -> {d.destination}: cause chain: "
+                                f"{d.error_detail}"), file=sys.stderr, flush=True)
                 for label, lines in (("quarantined", d.quarantine), ("key", d.keys)):
                     for text in lines[:MAX_PRINTED_LINES]:
                         print(scrub(f"tracelet: {rr.run} -> {d.destination}: {label}: {text}"),

@@ -130,7 +130,8 @@ def test_a_lagging_destination_catches_up_from_its_own_offset_reading_each_range
     r1 = sync(logdir, ("memory", "memory-b"), dest_config={"memory_b_down": "1"},
               batch_points=60)
     assert r1.exit_code == 1
-    assert {r.destinations["memory-b"].state for r in r1.runs} == {"failed"}
+    # the first run spends B's retries; its breaker then skips B for the other run
+    assert [r.destinations["memory-b"].state for r in r1.runs] == ["failed", "skipped"]
     assert stored(store_named("mem:default")) == truth_of(truth)
     assert stored(store_named("mem:b")) == {}
     # training goes on; B is back

@@ -119,6 +119,16 @@ class RunRef:
     system: Mapping[str, Any] = field(default_factory=dict)  # hostname, cpus, memory, gpus
     command: tuple[str, ...] = ()  # argv of the training (recorded, secret values redacted)
     user: str = ""  # who ran it (manifest ``user``), "" unknown
+    # A plain run's content identity (tracelet.identity): the same files give the same id
+    # whatever LOGDIR level they were synced from. Destinations store it in their identity tags
+    # (``tracelet.source_id``) and, when no run has this ``run_id``, find the run by it (a run
+    # path that is one of the two names' tail: ``identity.same_source_names``). "" for
+    # manifest runs (``run_id`` is theirs) and plain runs whose first record is not whole yet.
+    source_id: str = ""
+    # Where to look for ``source_id``: True when the project was not given (no manifest
+    # ``project``, no ``--project``: it is the LOGDIR folder's name, which changes with the
+    # level) — in every project; False — only in ``project`` (the project asked for wins).
+    source_anywhere: bool = False
     # Files the engine prepared for reproducibility (rel name -> local path, for this run's
     # sync only): the redacted manifest ``tracelet/tracelet.json`` and
     # ``tracelet/requirements.txt`` (installed packages). Each destination stores them where
@@ -170,6 +180,10 @@ class RunHandle:
     # the server", "recreated: the store was wiped"...), one line. The run was found again
     # or created anew; the engine then re-sends the WHOLE run with dedupe and reports it.
     drift: str | None = None
+    # Found by ``RunRef.source_id`` under another run path or project (the same files synced
+    # from another LOGDIR level): where, one phrase ("'exp/r1' in experiment 'sub'"). The
+    # engine warns with both names; points are sent with dedupe (``existed``).
+    same_source: str | None = None
     client: Any = None  # vendor objects; never persisted
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -10,6 +10,9 @@ Every destination call of the protocol goes through :class:`Delivery`:
   is never sent a kind it does not declare), send, isolate on refusal, then
   :meth:`Delivery.land` the batch (offset, counts) and commit.
 
+Every call passes the destination target's circuit breaker (:mod:`.breaker`): once a call ran
+out of retries, the target's other calls of the pass are not made (``DestinationDownError``).
+
 A send is retried with ``dedupe=True`` after its first attempt (a failed send may have landed in
 part), and every send after a crash point ``after_send`` is where a kill -9 test lands.
 """
@@ -20,7 +23,7 @@ import dataclasses
 from typing import Any, Callable
 
 from ..checkpoint import KEY_SCHEME, CheckpointStore, FileState
-from ..errors import DestinationError
+from ..errors import DestinationDownError, DestinationError, RetriesExhaustedError
 from ..faults import crash_point
 from ..quarantine import (MAX_LINES as QUARANTINE_LINES, Isolation, Suspect, cause_text,
                           describe_points, destination_wide, locate, merge, point, point_counts,
@@ -28,6 +31,7 @@ from ..quarantine import (MAX_LINES as QUARANTINE_LINES, Isolation, Suspect, cau
 from ..reader.points import HPARAMS, SCALAR, Batch, ScalarColumns
 from ..redact import scrub, scrubbed_logger
 from ..retry import call_with_retry
+from .breaker import Breakers
 from .plain import note_wall_time
 from .report import RunReport
 from .slot import Slot
@@ -74,14 +78,43 @@ class Delivery:
         self.dry_run = dry_run
         self.progress = progress
         self.sleep = sleep
+        self.breakers = Breakers()  # per destination target, shared by the worker threads
         # destinations that accepted a write in this sync: evidence, when a call is refused,
         # that the refused content is bad rather than the destination (tracelet.quarantine)
         self.wrote: set[str] = set()
 
     # -- calls ----------------------------------------------------------------------------------
     def retry(self, slot: Slot, fn: Callable, *args: Any, what: str, **kw: Any) -> Any:
-        return call_with_retry(fn, *args, what=f"{slot.name}: {what}", stop=self.stop,
-                               sleep=self.sleep, **kw)
+        """One call under the retry policy and the target's circuit breaker: raises
+        ``DestinationDownError`` without calling when the breaker is open, and opens it when
+        the call runs out of retries (or several runs' calls fail at once: ``breaker``)."""
+        breaker = self.breakers.get(slot.name, slot.target_key)
+        breaker.admit(self.stop)
+        what = f"{slot.name}: {what}"
+        try:
+            result = call_with_retry(
+                fn, *args, what=what, stop=self.stop, abort=breaker.down,
+                on_retry=breaker.failed_try,
+                sleep=self.sleep or (lambda s: breaker.wait(s, self.stop)), **kw)
+        except RetriesExhaustedError as e:
+            breaker.trip(e, what)
+            raise
+        except DestinationDownError as e:
+            # opened (by this run's failure or another's) while this call waited to try again:
+            # it did try, so it failed (not skipped), and says why it stopped trying
+            err = RetriesExhaustedError(
+                f"{what}: {breaker.cause} (gave up: the destination is down, {breaker.why}; it "
+                "is retried at the next sync)")
+            err.cause, err.detail = breaker.cause, breaker.detail
+            raise err from e
+        except DestinationError:
+            breaker.answered()  # it answered, with a refusal: the destination is up
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.answered()
+        return result
 
     def call(self, store: CheckpointStore, slot: Slot, fn: Callable, *args: Any, what: str,
              **kw: Any) -> tuple[bool, Any]:
@@ -97,6 +130,8 @@ class Delivery:
     def commit(self, store: CheckpointStore, slot: Slot) -> None:
         if self.dry_run or slot.dest is None:
             return
+        if slot.handle is None and slot.report.state == "skipped":
+            return  # its breaker was open before the run was opened: the checkpoint stays as is
         store.commit(slot.target_key, slot.run_path, slot.ck)
 
     def call_isolated(self, store: CheckpointStore, slot: Slot, fn: Callable, items: list,

@@ -25,7 +25,8 @@ from typing import Any
 
 from ..checkpoint import KEY_SCHEME, Checkpoint, CheckpointStore
 from ..destinations.base import RunRef
-from ..errors import InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
+from ..errors import DestinationDownError, InvalidCheckpointError, LockedError, SourceError, StateError, TraceletError
+from ..identity import same_source_line, source_id_for
 from ..manifest import manifest_time
 from ..reader import RunSource
 from ..redact import scrub, scrubbed_logger, strip_url_credentials
@@ -205,6 +206,8 @@ class RunSync:
                          started_at=started,
                          ended_at=manifest_time(m.get("ended_at")),
                          status=m.get("status") if isinstance(m.get("status"), str) else None,
+                         source_id=source_id_for(run, manifest),
+                         source_anywhere=not (m.get("project") or self.o.project),
                          display_name=shown,
                          **self._reproducibility(m))
         rr.run_id, rr.project = ctx.ref.run_id, project
@@ -263,6 +266,11 @@ class RunSync:
             dr.state = "dry-run"
             ctx.slots.append(Slot(name, None, ck or Checkpoint(name, tk, run.name), dr))  # type: ignore[arg-type]
             return
+        try:  # its circuit breaker: a target found down this pass is not tried again
+            engine.delivery.breakers.get(name, tk).admit(ctx.stop, probe=False)
+        except DestinationDownError as e:
+            dr.state, dr.error = "skipped", scrub(str(e))  # the checkpoint stays as it is
+            return
         try:
             dest = engine.pool.get(name)
         except TraceletError as e:
@@ -297,6 +305,8 @@ class RunSync:
             ck = slot.ck = Checkpoint(name, tk, run.name, run_id=ref.run_id)
             ck.reconcile = True
             fresh = False  # reconcile stays on whatever `existed` says
+        if slot.handle.same_source:  # the same files, synced before from another LOGDIR level
+            rr.note(same_source_line(name, run.name, ref.project, slot.handle.same_source))
         ck.identity = slot.handle.identity
         ck.last_error = None
         # Lost state dir but the run exists on the destination: everything we are about to

@@ -18,7 +18,9 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 class DestReport:
     destination: str
     target: str = ""
-    state: str = "synced"  # synced | unchanged | failed | locked | dry-run | interrupted
+    # synced | unchanged | failed | skipped (its circuit breaker was open: not tried this pass)
+    # | locked | dry-run | interrupted
+    state: str = "synced"
     points_sent: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)  # non-point records seen (graph, ...)
@@ -32,7 +34,8 @@ class DestReport:
     quarantine: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # tags/params renamed or kept apart (keys.py)
     drift: str | None = None  # the destination had lost the run: re-sent in full (dedupe)
-    error: str | None = None
+    error: str | None = None  # one line: what failed and its cause (retry.cause_line)
+    error_detail: str | None = None  # the whole exception chain behind ``error`` (scrubbed)
 
     def add(self, field_name: str, counts: dict[str, int]) -> None:
         add_counts(getattr(self, field_name), counts)
@@ -61,7 +64,8 @@ class RunReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors) or any(d.state == "failed" for d in self.destinations.values())
+        return bool(self.errors) or any(d.state in ("failed", "skipped")
+                                        for d in self.destinations.values())
 
     def note(self, problem: str) -> None:
         """Add a problem once (several destinations of a run meet the same file)."""
@@ -81,6 +85,9 @@ class SyncReport:
     errors: list[str] = field(default_factory=list)  # a logdir that could not be planned at all
     usage: list[str] = field(default_factory=list)  # configuration: exit 2 (see RunReport.usage)
     failed_destinations: dict[str, str] = field(default_factory=dict)
+    # destination targets whose circuit breaker was open at the end of the last pass: one dict
+    # each (destination, target_key, cause, error_detail, opened_by, runs_skipped, line)
+    destinations_down: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     passes: int = 0
     elapsed_s: float = 0.0
@@ -91,7 +98,8 @@ class SyncReport:
         # 2 (fix the configuration) > 1 (something failed; retried next sync) > 75 (locked)
         if self.usage or any(r.usage for r in self.runs):
             return EXIT_USAGE
-        if self.errors or self.failed_destinations or any(r.failed for r in self.runs):
+        if (self.errors or self.failed_destinations or self.destinations_down
+                or any(r.failed for r in self.runs)):
             return EXIT_PARTIAL
         if any(r.locked for r in self.runs):
             return EXIT_LOCKED
@@ -102,10 +110,11 @@ class SyncReport:
         for r in self.runs:
             for name, d in r.destinations.items():
                 t = per_dest.setdefault(name, {"points": 0, "runs_synced": 0, "runs_failed": 0,
-                                               "runs_unchanged": 0})
+                                               "runs_skipped": 0, "runs_unchanged": 0})
                 t["points"] += d.points
                 t["runs_synced"] += d.state == "synced"
                 t["runs_failed"] += d.state == "failed"
+                t["runs_skipped"] += d.state == "skipped"
                 t["runs_unchanged"] += d.state == "unchanged"
         return per_dest
 
@@ -121,6 +130,7 @@ class SyncReport:
             "errors": self.errors,
             "usage": self.usage,
             "failed_destinations": self.failed_destinations,
+            "destinations_down": self.destinations_down,
             "totals": self.totals(),
             "storage": self.storage,
             "runs": [asdict(r) for r in self.runs],
@@ -140,7 +150,7 @@ def merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
         prev.locked = r.locked
         for name, d in r.destinations.items():
             p = prev.destinations.get(name)
-            if p is None or d.state in ("synced", "failed", "interrupted"):
+            if p is None or d.state in ("synced", "failed", "skipped", "interrupted"):
                 if p is not None:
                     d.add("points_sent", p.points_sent)
                     d.add("unsupported", p.unsupported)

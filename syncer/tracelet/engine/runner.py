@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..reader import RunSource
-from ..redact import Redactor
+from ..redact import Redactor, scrub
 from .delivery import Delivery
 from .options import Progress, SyncOptions, parse_run_name
 from .plan import Planner
@@ -42,6 +42,7 @@ class SyncEngine:
     def run_pass(self, logdirs: list[str], report: SyncReport) -> None:
         for store in self.planner._stores.values():
             store.new_pass()
+        self.delivery.breakers.new_pass()  # a target found down last pass: one run probes it
         errors: list[str] = []
         work, problems = self.plan(logdirs, errors)
         for p in dict.fromkeys(problems):
@@ -64,8 +65,24 @@ class SyncEngine:
                 report.problems.append(store.problem)
                 self.progress.problem(store.problem)
         report.failed_destinations.update(self.pool.failed)
+        report.destinations_down = self.down_report(results)
+        for d in report.destinations_down:
+            self.progress.error(d["line"])
         report.storage = self.storage_stats()
         self.progress.end()
+
+    def down_report(self, results: list[RunReport]) -> list[dict]:
+        """One entry (and one line) per destination target whose breaker is open after this
+        pass, with the number of runs that skipped it."""
+        out = []
+        for b in self.delivery.breakers.open():
+            skipped = sum(1 for r in results for d in r.destinations.values()
+                          if d.destination == b.name and d.state == "skipped")
+            out.append(scrub({"destination": b.name, "target_key": b.target_key,
+                              "cause": b.cause, "error_detail": b.detail,
+                              "opened_by": b.opened_by, "runs_skipped": skipped,
+                              "line": b.line(skipped)}))
+        return out
 
     def sync_run(self, logdir: Path, run: RunSource) -> RunReport:
         """Sync one run inside its own error boundary (:class:`~.protocol.RunSync`)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from ..checkpoint import Checkpoint
 from ..destinations.base import Destination, RunHandle
 from ..destinations.keys import KeyLedger
+from ..errors import DestinationDownError
 from ..redact import scrub
 from .report import DestReport
 
@@ -45,6 +46,10 @@ class Slot:
 
     def fail(self, err: BaseException) -> None:
         self.failed = True
-        self.report.state = "failed"
+        # skipped: the target's circuit breaker was open (engine/breaker.py), nothing was tried
+        self.report.state = "skipped" if isinstance(err, DestinationDownError) else "failed"
         # vendor error text may carry the target URI with its credentials
         self.report.error = self.ck.last_error = scrub(str(err))
+        detail = getattr(err, "detail", None)  # the whole exception chain (retry.error_chain)
+        if detail and not isinstance(err, DestinationDownError):
+            self.report.error_detail = scrub(detail)

@@ -1,8 +1,10 @@
 """MLflow destination.
 
 Identity: experiment = ``--experiment``, else ``MLFLOW_EXPERIMENT_NAME``, else the
-project; run name = the run's name; tags ``tracelet.run_id`` and ``tracelet.run_path``. A run
-is found again by its ``tracelet.run_id`` tag, so a lost state dir never creates a second run.
+project; run name = the run's name; tags ``tracelet.run_id``, ``tracelet.run_path`` and, for
+plain runs, ``tracelet.source_id`` (:mod:`tracelet.identity`). A run is found again by its
+``tracelet.run_id`` tag, so a lost state dir never creates a second run; else by its source id
+(the same files synced from another LOGDIR level).
 ``open_run`` confirms the run its checkpoint names with one ``get_run``: deleted, gone (the
 store wiped) or carrying another tracelet run id is drift (``RunHandle.drift``); the run is
 then found by its tag or created anew, never restored. Tags (:func:`.mapping.run_tags`: MLflow's
@@ -53,12 +55,14 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ...errors import (DestinationError, PermanentDestinationError, TraceletError,
                        TransientDestinationError)
+from ...identity import SOURCE_ID_TAG, same_source_names
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
@@ -103,6 +107,8 @@ class MlflowDestination(Destination):
 
             self.uri = mlflow.get_tracking_uri()
         self._experiments: dict[str, tuple[str, int]] = {}  # name -> (id, creation time ms)
+        self._listed: dict[str, str] | None = None  # every experiment, for source-id lookups
+        self._listed_at = 0.0
 
     @property
     def target(self) -> str:
@@ -196,6 +202,8 @@ class MlflowDestination(Destination):
         else:
             exp = self.client.get_experiment(exp_id)
             self._experiments[name] = (exp_id, exp.creation_time)
+        if self._listed is not None:
+            self._listed.setdefault(self._experiments[name][0], name)
         return self._experiments[name]
 
     def _confirm(self, run: RunRef, identity: dict[str, Any] | None, exp) -> tuple[Any, str | None, bool]:
@@ -215,7 +223,7 @@ class MlflowDestination(Destination):
                 raise
             return None, self._missing_cause(run, identity, rid, exp), False
         owner = r.data.tags.get("tracelet.run_id")
-        if owner != run.run_id:
+        if not _ours(r.data.tags, run):
             # another run's (a crafted or mixed-up checkpoint, or the run id now names a run
             # someone made anew): never written to
             return None, (f"{_MISSING} replaced at {self.target}: MLflow run {rid} belongs to "
@@ -247,9 +255,11 @@ class MlflowDestination(Destination):
         name = self.experiment_name(run)
         exp = self._find_experiment(name)  # a wiped sqlite store: MLflow makes an empty one
         r, drift, ignored = self._confirm(run, identity, exp)
-        exp_id, exp_created = exp if exp is not None else self._experiment(name)
         tags = run_tags(run, _source_type_local())
+        if run.source_id:
+            tags[SOURCE_ID_TAG] = run.source_id
         if r is not None:  # the run the checkpoint names, confirmed: its state carries on
+            exp_id, exp_created = exp if exp is not None else (None, None)
             kept = {k: v for k, v in identity.items() if k in ("stamps", "repro")}  # type: ignore[union-attr]
             same = r.info.experiment_id == exp_id  # else --experiment changed since: it stays
             handle = RunHandle(identity={
@@ -257,23 +267,36 @@ class MlflowDestination(Destination):
                 "experiment": name if same else identity.get("experiment"),  # type: ignore[union-attr]
                 "experiment_created": exp_created if same else identity.get("experiment_created"),  # type: ignore[union-attr]
                 **kept}, existed=True)
-            self._update_tags(r, tags)
+            self._update_tags(r, tags, run)
         else:
             found = self.client.search_runs(
-                [exp_id], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'", max_results=2)
+                [exp[0]], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'",
+                max_results=2) if exp is not None else []
+            same_source = None if found else self._find_by_source(run, exp[0] if exp else None)
             if found:
                 r = found[0]
-                self._update_tags(r, tags)
+                self._update_tags(r, tags, run)
+            elif same_source is not None:  # the same files, synced from another LOGDIR level
+                r, where = same_source
+                self._update_tags(r, tags, run)
             else:
+                exp = exp if exp is not None else self._experiment(name)  # created only now
                 r = self.client.create_run(
-                    exp_id, start_time=_started_at_ms(run), run_name=run.name,
+                    exp[0], start_time=_started_at_ms(run), run_name=run.name,
                     tags={k: v for k, v in tags.items() if k != "mlflow.runName"})
             if drift:
                 drift += (f"; continued in run {r.info.run_id}, found by its tracelet.run_id tag"
-                          if found else f"; a new run {r.info.run_id} was created")
-            handle = RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id,
-                                         "experiment": name, "experiment_created": exp_created},
-                               existed=bool(found), identity_ignored=ignored, drift=drift)
+                          if found else f"; continued in run {r.info.run_id} ({where})"
+                          if same_source else f"; a new run {r.info.run_id} was created")
+            if same_source is not None:
+                handle = RunHandle(identity={"run_id": r.info.run_id,
+                                             "experiment_id": r.info.experiment_id},
+                                   existed=True, identity_ignored=ignored, drift=drift,
+                                   same_source=where)
+            else:
+                handle = RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp[0],
+                                             "experiment": name, "experiment_created": exp[1]},
+                                   existed=bool(found), identity_ignored=ignored, drift=drift)
         handle.extra["source_dir"] = str(run.source_dir)
         self._upload_repro(handle, run)
         return handle
@@ -299,11 +322,16 @@ class MlflowDestination(Destination):
         path = _sqlite_path(str(self.uri))
         return path is None or os.path.exists(path)
 
-    def _update_tags(self, r, tags: dict[str, str]) -> None:
-        """Set the tags that are missing or differ (one call; none when all are as wanted)."""
+    def _update_tags(self, r, tags: dict[str, str], run: RunRef) -> None:
+        """Set the tags that are missing or differ (one call; none when all are as wanted). A run
+        adopted by source id keeps the identity tags (run id, path, name) it was created with:
+        synced from either LOGDIR level, it is found again the same way."""
         from mlflow.entities import RunTag
 
         have = r.data.tags
+        if have.get("tracelet.run_id") != run.run_id:
+            tags = {k: v for k, v in tags.items()
+                    if k not in ("tracelet.run_id", "tracelet.run_path", "mlflow.runName")}
         todo = [RunTag(k, v) for k, v in tags.items() if have.get(k) != v]
         for i in range(0, len(todo), MAX_PARAMS_PER_CALL):
             self.client.log_batch(r.info.run_id, tags=todo[i: i + MAX_PARAMS_PER_CALL],
@@ -324,6 +352,50 @@ class MlflowDestination(Destination):
         self._upload(handle.identity["run_id"], [(p, rel) for p, rel, _ in todo])
         done.update({rel: digest for _, rel, digest in todo})
         handle.identity["repro"] = done
+
+    # -- the same files synced from another LOGDIR level (tracelet.identity) --------------------
+    def _find_by_source(self, run: RunRef, exp_id: str | None) -> tuple[Any, str] | None:
+        """The run created for the same plain-run files under another run path or experiment
+        (``tracelet sync sub`` then ``sub/exp``): found by ``tracelet.source_id`` in every
+        active experiment (``run.source_anywhere``: the project was not given) or in this
+        one, taken only if its run path and this one are two levels of one path. Asked only
+        when no run of this experiment has this run's ``tracelet.run_id`` (a run's first sync
+        or a lost state dir), never on the no-op path."""
+        if not run.source_id:
+            return None
+        if run.source_anywhere:
+            names = self._all_experiments()
+        elif exp_id:
+            names = {exp_id: run.project}
+        else:
+            return None
+        exp_ids = list(names)
+        for i in range(0, len(exp_ids), 100):
+            for r in self.client.search_runs(
+                    exp_ids[i:i + 100], order_by=["attributes.start_time ASC"], max_results=50,
+                    filter_string=f"tags.`{SOURCE_ID_TAG}` = '{run.source_id}'"):
+                path = r.data.tags.get("tracelet.run_path", "")
+                if same_source_names(path, run.run_path):
+                    exp = names.get(r.info.experiment_id, r.info.experiment_id)
+                    return r, f"'{path}' in experiment '{exp}'"
+        return None
+
+    def _all_experiments(self) -> dict[str, str]:
+        """Experiment id -> name of every active experiment, listed at most once a minute
+        (a pass over many new runs lists once; those this sync creates are added by
+        :meth:`_experiment`; ``--follow`` sees others' new experiments a minute later)."""
+        if self._listed is None or time.monotonic() - self._listed_at > 60:
+            self._listed_at = time.monotonic()
+            names: dict[str, str] = {}
+            token = None
+            while True:  # paged: a server may hold more experiments than one page
+                page = self.client.search_experiments(max_results=1000, page_token=token)
+                names.update((e.experiment_id, e.name) for e in page)
+                token = page.token
+                if not token:
+                    break
+            self._listed = names
+        return self._listed
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
@@ -482,6 +554,15 @@ class MlflowDestination(Destination):
             else:
                 end_ms = int(ended_at * 1000) if ended_at else None
                 self.client.set_terminated(run_id, status=mstatus, end_time=end_ms)
+
+
+def _ours(tags: Mapping[str, str], run: RunRef) -> bool:
+    """Whether an MLflow run's identity tags name this tracelet run: its run id, or its source
+    id under a run path that is another level of this one (tracelet.identity)."""
+    if tags.get("tracelet.run_id") == run.run_id:
+        return True
+    return bool(run.source_id) and tags.get(SOURCE_ID_TAG) == run.source_id \
+        and same_source_names(tags.get("tracelet.run_path", ""), run.run_path)
 
 
 def _quiet_mlflow_logging() -> None:
