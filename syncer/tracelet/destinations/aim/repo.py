@@ -98,6 +98,18 @@ def ensure_local_repo(root: str) -> list[str]:
         return missing
 
 
+def repo_token(aim_dir: str) -> str | None:
+    """What tells this repo from another one made at the same path after it was removed: the
+    unique id RocksDB wrote when the repo's index DB (``meta/index``) was created (its
+    ``IDENTITY`` file). None if it cannot be read."""
+    try:
+        with open(os.path.join(aim_dir, "meta", "index", "IDENTITY"), "rb") as f:
+            token = f.read(128).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
 def missing_pieces(aim_dir: str) -> list[str]:
     """What a usable repo has and this one lacks (cheap: stats, one small read, one sqlite
     query). A complete repo -> []."""
