@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from harness_aim import AimLocalHarness, find_aim_runs, read_aim_run
-from sources import SourceTruth, write_recorded_run, write_simple_run
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tests.destinations.harness_aim import AimLocalHarness, find_aim_runs, read_aim_run
 from tracelet.checkpoint import CheckpointStore
 from tracelet.destinations import target_key
 from tracelet.destinations.base import RunRef
 from tracelet.engine import state_dir_for
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.sources import SourceTruth, write_recorded_run, write_simple_run
 
 SIMPLE = ("run0", "run1")
 EVENTS = "events.out.tfevents.1700000000.host.1.0"  # write_simple_run's file

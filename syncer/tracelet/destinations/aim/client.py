@@ -125,7 +125,7 @@ from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, Syst
 from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distribution_bins,
                       manifest_record, media_groups, nest_params, system_params,
                       system_part_key, system_samples, tracelet_record)
-from .repo import aim_repo_root, ensure_local_repo, repo_name, repo_token
+from .repo import aim_repo_root, ensure_local_repo, open_local_repo, repo_name, repo_token
 from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RunIndex, _AimRun,
                       forget_run_listing)
 
@@ -152,7 +152,7 @@ class AimDestination(Destination):
                 else:
                     # what `aim init` makes, crash-safe and one sync at a time (repo.py)
                     ensure_local_repo(self.root)
-                    self.repo = Repo.from_path(self.root)
+                    self.repo = open_local_repo(self.root)
         except TraceletError:
             raise  # says what is wrong and what to do already
         except Exception as e:

@@ -110,6 +110,29 @@ def repo_token(aim_dir: str) -> str | None:
     return token or None
 
 
+def open_local_repo(root: str) -> Any:
+    """Aim's ``Repo.from_path(root)``, unless the repo Aim pooled for ``root`` in this process is
+    not the repo there now (removed and made anew since: its :func:`repo_token` differs).
+    Aim pools a ``Repo`` and its run metadata DB per path for as long as anything holds them
+    (Aim objects sit in reference cycles: until the garbage collector runs), and a pooled one
+    keeps the removed repo's files open: a sync in a long-lived process (the Python API, live
+    mode, a test) would write Aim's run records (name, experiment, creation time) into the
+    deleted sqlite file. Such a stale entry is dropped from both pools (its holders keep it)."""
+    from aim import Repo
+    from aim.sdk.utils import clean_repo_path
+    from aim.storage.structured.db import DB
+
+    token = repo_token(os.path.join(root, repo_name()))
+    key = clean_repo_path(root)
+    pooled = Repo._pool.get(key)
+    if pooled is not None and getattr(pooled, "_tracelet_repo_token", None) != token:
+        Repo._pool.pop(key, None)
+        DB._pool.pop(pooled.path, None)
+    repo = Repo.from_path(root)
+    repo._tracelet_repo_token = token
+    return repo
+
+
 def missing_pieces(aim_dir: str) -> list[str]:
     """What a usable repo has and this one lacks (cheap: stats, one small read, one sqlite
     query). A complete repo -> []."""
