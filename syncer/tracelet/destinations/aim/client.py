@@ -281,14 +281,15 @@ class AimDestination(Destination):
     def _lost(self, run: RunRef, run_hash: str, repo_made_anew: bool = False) -> str:
         """The drift line for a run the checkpoint names that the repo no longer has."""
         if not self.remote and not os.path.isdir(self._where()):
-            return (f"repo missing: {self._where()} does not exist (removed?); the next sync "
+            return (f"run missing: repo removed: {self._where()} does not exist; the next sync "
                     f"makes it anew and sends run '{run.run_path}' again")
         if repo_made_anew:
-            return (f"repo recreated: {self._where()} is not the repo of the last sync (removed "
-                    f"and made anew); run {run_hash} ('{run.run_path}') is not in it")
-        return (f"run missing: run {run_hash} ('{run.run_path}') is no longer in the Aim repo "
-                f"{self._where()} (deleted with `aim runs rm`, in Aim's UI or with "
-                "Repo.delete_run, or the repo was removed)")
+            return (f"run missing: repo removed: {self._where()} is not the repo of the last "
+                    f"sync (removed and made anew); run {run_hash} ('{run.run_path}') is not in "
+                    "it")
+        return (f"run missing: run deleted: run {run_hash} ('{run.run_path}') is no longer in "
+                f"the Aim repo {self._where()} (removed with `aim runs rm`, in Aim's UI or with "
+                "Repo.delete_run; or the repo was removed)")
 
     def _replaced(self, run: RunRef, run_hash: str) -> str:
         return (f"run replaced: run {run_hash} ('{run.run_path}') in the Aim repo {self._where()} "
@@ -363,7 +364,7 @@ class AimDestination(Destination):
         if want != tracelet:
             aim_run["tracelet"] = want
             changed = True
-        params = system_params(run.git, run.env, run.system, run.command)
+        params = system_params(run.git, run.env, run.system, run.command, run.user)
         if params and aim_run.get(SYSTEM_PARAMS) != params:
             aim_run[SYSTEM_PARAMS] = params  # Aim's run page: packages, git, CLI arguments
             changed = True

@@ -130,7 +130,7 @@ def _text(v: Any) -> str | None:
 
 
 def system_params(git: Mapping[str, Any], env: Mapping[str, Any], system: Mapping[str, Any],
-                  command: Sequence[str]) -> dict[str, Any]:
+                  command: Sequence[str], user: str = "") -> dict[str, Any]:
     """The run's ``run["__system_params"]`` in the shape Aim's own ``Run(log_system_params=True)``
     writes (``aim/sdk/run.py``, ``aim/ext/utils.py``), which Aim's run page shows as the
     Packages, Git Info and CLI Arguments cards, from the manifest's recorded sections:
@@ -139,16 +139,19 @@ def system_params(git: Mapping[str, Any], env: Mapping[str, Any], system: Mappin
     * ``git_info``: ``branch``, ``remote_origin_url`` (credentials already stripped), ``commit``
       ``{"hash", "timestamp", "author"}`` (the recorder keeps the full hash only: timestamp and
       author are None, Aim's own "unknown"), plus ``dirty``; absent outside a git repo;
-    * ``executable`` (the interpreter), ``arguments`` (the recorded argv, redacted: the whole
-      command line, interpreter first for ``start_logging`` runs);
-    * ``hostname`` (not one of Aim's keys: Aim records none).
+    * ``executable`` (the interpreter), ``arguments`` (the recorded argv, redacted, as Aim's
+      ``sys.argv``: without its first item when that is the executable, as ``start_logging``
+      records it; a ``tracelet record`` command whole);
+    * ``hostname``, ``user``, ``python``, ``platform`` (not Aim's keys: Aim records none of
+      them; they show in the run's params, not on a card).
 
-    ``env_variables`` is never written: Tracelet records no environment variable. Empty ({})
-    for a run without a manifest."""
+    ``env_variables`` is never written: Tracelet records no environment variable (and no value
+    of one may be sent: it may be a secret). Empty ({}) for a run without a manifest."""
     out: dict[str, Any] = {}
     packages = env.get("packages")
     if isinstance(packages, Mapping) and packages:
-        out["packages"] = {str(k): "" if v is None else str(v) for k, v in packages.items()}
+        out["packages"] = {str(k): "" if v is None else str(v) for k, v in packages.items()
+                           if str(k)}  # an empty key: not a name, and not one Aim's tree takes
     if any(_text(git.get(k)) for k in ("commit", "branch", "remote")):
         dirty = git.get("dirty")
         out["git_info"] = {
@@ -159,10 +162,15 @@ def system_params(git: Mapping[str, Any], env: Mapping[str, Any], system: Mappin
         }
     if _text(env.get("executable")):
         out["executable"] = _text(env.get("executable"))
-    if command:
-        out["arguments"] = [str(a) for a in command]
-    if _text(system.get("hostname")):
-        out["hostname"] = _text(system.get("hostname"))
+    argv = [str(a) for a in command]
+    if argv and argv[0] == out.get("executable"):
+        argv = argv[1:]
+    if argv:
+        out["arguments"] = argv
+    for key, value in (("hostname", system.get("hostname")), ("user", user),
+                       ("python", env.get("python")), ("platform", env.get("platform"))):
+        if _text(value):
+            out[key] = _text(value)
     return out
 
 
