@@ -92,11 +92,18 @@ def _ref(logdir: Path, run: str, project: str, run_id: str) -> RunRef:
     return RunRef(run_id=run_id, run_path=run, project=project, source_dir=logdir / run)
 
 
-def test_repo_removed_after_a_sync_is_made_again_and_filled(aim_h, tmp_path, project):
+@pytest.mark.parametrize("remake", ["by the sync", "with aim init"])
+def test_repo_removed_after_a_sync_is_made_again_and_filled(aim_h, tmp_path, project, remake):
+    """The repo removed; the next sync makes it anew, or the user made a new one at the same
+    path (``aim init``: another repo there, without the runs)."""
     logdir = tmp_path / "logs"
     truth = _logdir(logdir, project)
     assert sync_once(logdir, aim_h, project).exit_code == 0
     shutil.rmtree(Path(aim_h.root) / ".aim")  # the whole repo, after a sync
+    if remake == "with aim init":
+        done = subprocess.run([str(Path(sys.executable).with_name("aim")), "init", "--repo",
+                               aim_h.root], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
     _append(logdir, truth, project, range(40, 50))
     report = sync_once(logdir, aim_h, project)
     assert report.exit_code == 0, report.to_dict()
@@ -191,6 +198,21 @@ def test_check_run_names_the_drift_and_changes_nothing(aim_h, tmp_path, project)
     assert dest.check_run(refs["run1"], other).startswith("run replaced: ")
     dest.close()
     assert find_aim_runs(Repo(aim_h.root), project, "run0") == []  # nothing made
+    # the repo removed: named as such, and check_run does not make it again
+    repo = Path(aim_h.root) / ".aim"
+    dest = AimDestination(aim_h.config)
+    shutil.rmtree(repo)
+    line = dest.check_run(refs["run1"], ids["run1"])
+    assert line.startswith(f"run missing: repo removed: {repo} does not exist"), line
+    assert not repo.exists()
+    dest.close()
+    # another repo at the path now (a destination opened on it: one `tracelet status` makes)
+    dest = AimDestination(aim_h.config)
+    for run in SIMPLE:
+        line = dest.check_run(refs[run], ids[run])
+        assert line.startswith(f"run missing: repo removed: {repo} is not the repo of the last "
+                               "sync"), line
+    dest.close()
 
 
 def test_reset_and_resync_fill_a_deleted_run_exactly_once(aim_h, tmp_path, project):
@@ -260,6 +282,7 @@ def test_run_deleted_on_an_aim_server_is_sent_again(tmp_path, project):
         truth = SourceTruth()
         for k, run in enumerate(SIMPLE):
             write_simple_run(logdir / run, run, truth, ["loss"], list(range(30)), seed=k)
+        write_recorded_run(logdir / project / "rec", f"{project}/rec", truth, project)
         assert sync_once(logdir, h, project).exit_code == 0
         run_hash = _hash(h, project, "run0")
         remote = Repo.from_path(url)
@@ -281,6 +304,11 @@ def test_run_deleted_on_an_aim_server_is_sent_again(tmp_path, project):
             manager.index(h_)
         assert_exactly_once(h, truth, project_fn(project))
         assert read_aim_run(repo, run_hash).runs_found == 1
+        # no artifact storage on the server: the manifest is in the run's dict instead
+        rec = read_aim_run(repo, _hash(h, project, f"{project}/rec")).aim_run
+        manifest = rec["tracelet"]["manifest"]
+        assert manifest["run_id"] == f"rid-{project}-rec" and manifest["tags"] == {"team": "vision"}
+        assert list(rec.artifacts) == []
     finally:
         report = None
         gc.collect()  # Aim's remote objects release their server resources while it is up

@@ -6,7 +6,7 @@ Modules: ``client.py`` (this: the :class:`AimDestination` and Aim SDK glue), ``m
 (names, hashes, bins: no Aim import), ``storage.py`` (the write batches, the landed record, the
 index), ``repo.py`` (the repo folder).
 
-Identity: experiment = project; run name = run path;
+Identity: experiment = project; run name = the run's name (``RunRef.name``);
 ``run["tracelet"] = {"run_id", "run_path"}`` (plus ``status`` and the manifest ``tags`` when
 known). The Aim run hash is derived from (project, run_id) (:func:`.mapping.aim_run_hash`), so the same
 Aim run is found again in O(1) even with a lost state dir, and a sync killed between creating the
@@ -53,7 +53,22 @@ status              Aim only knows active/finished: ``running`` → active (no e
                     ``finished|failed|killed`` → end time = the manifest's ``ended_at``; the
                     exact status in ``run["tracelet"]["status"]``. No manifest status: the run
                     is closed like any Aim run (end time = end of the sync)
+manifest git, env,  ``run["__system_params"]`` in Aim's own shape (``Run(log_system_params=
+system, command,    True)``: ``git_info``, ``packages``, ``executable``, ``arguments``; no
+user                ``env_variables``), plus ``hostname``, ``user``, ``python``, ``platform``
+                    (:func:`.mapping.system_params`); creation time = ``started_at``
+repro files         ``tracelet/tracelet.json``, ``tracelet/requirements.txt`` as run artifacts,
+                    uploaded at close when their bytes changed (SHA-1 in meta
+                    ``__tracelet_repro``); without artifact storage the manifest goes to
+                    ``run["tracelet"]["manifest"]`` (:func:`.mapping.manifest_record`)
 ==================  =========================================================================
+
+Drift (``RunHandle.drift``, :meth:`AimDestination.check_run`): the checkpoint's identity holds
+the run hash, the repo's token (:func:`.repo.repo_token`, local only) and the run's token
+(meta ``__tracelet_incarnation``). A run hash the repo lacks is "run missing" (repo removed:
+the repo token differs; else run deleted); a run there with another token is "run replaced".
+Either way the run is found again or created at the same hash and the engine re-sends it whole
+with dedupe.
 
 Tag names are kept unchanged (Aim accepts any string); only an empty tag becomes ``_-<hash>``
 (:func:`.mapping.aim_key`).
