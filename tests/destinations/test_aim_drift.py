@@ -110,8 +110,8 @@ def test_repo_removed_after_a_sync_is_made_again_and_filled(aim_h, tmp_path, pro
     drift = _drift(report)
     repo = os.path.join(aim_h.root, ".aim")
     for run, line in drift.items():
-        assert line and line.startswith(f"run missing: repo removed: {repo} ") and f"('{run}')" in line, line
-        assert any(p.startswith("drift: aim: run missing: repo removed") for r in report.runs
+        assert line and line.startswith(f"run missing on aim: repo removed: {repo} ") and f"('{run}')" in line, line
+        assert any(p.startswith("drift: aim: run missing on aim: repo removed") for r in report.runs
                    if r.run == run for p in r.problems)
     # the whole run again, not only the appended points
     sent = {r.run: r.destinations["aim"].points for r in report.runs}
@@ -141,7 +141,7 @@ def test_run_deleted_with_aims_api_is_made_again_without_its_old_landed_record(
     drift = _drift(report)
     assert drift["run1"] is None
     for run, run_hash in gone.items():
-        assert drift[run].startswith(f"run missing: run deleted: run {run_hash} ('{run}') is no longer in "
+        assert drift[run].startswith(f"run missing on aim: run deleted: run {run_hash} ('{run}') is no longer in "
                                      f"the Aim repo {aim_h.root}/.aim"), drift[run]
         assert _hash(aim_h, project, run) == run_hash  # the same hash: (project, run id)
     _assert_all_once(aim_h, truth, project)
@@ -168,7 +168,7 @@ def test_run_replaced_at_the_same_hash_is_drift(aim_h, tmp_path, project):
     report = sync_once(logdir, aim_h, project)
     assert report.exit_code == 0, report.to_dict()
     assert _drift(report)["run0"].startswith(
-        f"run replaced: run {run_hash} ('run0') in the Aim repo {aim_h.root}/.aim is not the run "
+        f"run replaced on aim: run {run_hash} ('run0') in the Aim repo {aim_h.root}/.aim is not the run "
         "this checkpoint wrote to"), _drift(report)
     assert_exactly_once(aim_h, truth, project_fn(project))  # 70 steps, none twice
 
@@ -191,11 +191,11 @@ def test_check_run_names_the_drift_and_changes_nothing(aim_h, tmp_path, project)
     assert [dest.check_run(refs[r], ids[r]) for r in SIMPLE] == [None, None]
     assert Repo(aim_h.root).delete_run(ids["run0"]["run_hash"])
     line = dest.check_run(refs["run0"], ids["run0"])
-    assert line.startswith(f"run missing: run deleted: run {ids['run0']['run_hash']} ('run0')"), line
+    assert line.startswith(f"run missing on aim: run deleted: run {ids['run0']['run_hash']} ('run0')"), line
     assert dest.check_run(refs["run1"], ids["run1"]) is None
     # a token other than the checkpoint's: another run at the same hash
     other = dict(ids["run1"], incarnation="0" * 16)
-    assert dest.check_run(refs["run1"], other).startswith("run replaced: ")
+    assert dest.check_run(refs["run1"], other).startswith("run replaced on aim: ")
     dest.close()
     assert find_aim_runs(Repo(aim_h.root), project, "run0") == []  # nothing made
     # the repo removed: named as such, and check_run does not make it again
@@ -203,14 +203,14 @@ def test_check_run_names_the_drift_and_changes_nothing(aim_h, tmp_path, project)
     dest = AimDestination(aim_h.config)
     shutil.rmtree(repo)
     line = dest.check_run(refs["run1"], ids["run1"])
-    assert line.startswith(f"run missing: repo removed: {repo} does not exist"), line
+    assert line.startswith(f"run missing on aim: repo removed: {repo} does not exist"), line
     assert not repo.exists()
     dest.close()
     # another repo at the path now (a destination opened on it: one `tracelet status` makes)
     dest = AimDestination(aim_h.config)
     for run in SIMPLE:
         line = dest.check_run(refs[run], ids[run])
-        assert line.startswith(f"run missing: repo removed: {repo} is not the repo of the last "
+        assert line.startswith(f"run missing on aim: repo removed: {repo} is not the repo of the last "
                                "sync"), line
     dest.close()
 
@@ -295,7 +295,7 @@ def test_run_deleted_on_an_aim_server_is_sent_again(tmp_path, project):
         report = sync_once(logdir, h, project)
         assert report.exit_code == 0, report.to_dict()
         drift = _drift(report)
-        assert drift["run0"].startswith(f"run missing: run deleted: run {run_hash} ('run0') is no longer in "
+        assert drift["run0"].startswith(f"run missing on aim: run deleted: run {run_hash} ('run0') is no longer in "
                                         f"the Aim repo {url}"), drift
         assert drift["run1"] is None
         repo = Repo(str(server_repo))

@@ -178,7 +178,7 @@ def test_the_reproducibility_fields_come_back_after_the_run_is_deleted(recorded,
     manifest = json.loads((run_dir / "tracelet.json").read_text())
     (run_dir / "tracelet.json").write_text(json.dumps({**manifest, "user": "after-delete"}))
     dest = _sync(logdir, aim_root, *state)["runs"][0]["destinations"]["aim"]
-    assert dest["drift"].startswith(f"run missing: run deleted: run {first.hash} "), dest
+    assert dest["drift"].startswith(f"run missing on aim: run deleted: run {first.hash} "), dest
     run = _run(aim_root, "repro")
     assert run.hash == first.hash and run["__system_params"]["user"] == "after-delete"
     _assert_whole(run)

@@ -65,8 +65,8 @@ repro files         ``tracelet/tracelet.json``, ``tracelet/requirements.txt`` as
 
 Drift (``RunHandle.drift``, :meth:`AimDestination.check_run`): the checkpoint's identity holds
 the run hash, the repo's token (:func:`.repo.repo_token`, local only) and the run's token
-(meta ``__tracelet_incarnation``). A run hash the repo lacks is "run missing" (repo removed:
-the repo token differs; else run deleted); a run there with another token is "run replaced".
+(meta ``__tracelet_incarnation``). A run hash the repo lacks is "run missing on aim" (repo removed:
+the repo token differs; else run deleted); a run there with another token is "run replaced on aim".
 Either way the run is found again or created at the same hash and the engine re-sends it whole
 with dedupe.
 
@@ -296,18 +296,18 @@ class AimDestination(Destination):
     def _lost(self, run: RunRef, run_hash: str, repo_made_anew: bool = False) -> str:
         """The drift line for a run the checkpoint names that the repo no longer has."""
         if not self.remote and not os.path.isdir(self._where()):
-            return (f"run missing: repo removed: {self._where()} does not exist; the next sync "
+            return (f"run missing on aim: repo removed: {self._where()} does not exist; the next sync "
                     f"makes it anew and sends run '{run.run_path}' again")
         if repo_made_anew:
-            return (f"run missing: repo removed: {self._where()} is not the repo of the last "
+            return (f"run missing on aim: repo removed: {self._where()} is not the repo of the last "
                     f"sync (removed and made anew); run {run_hash} ('{run.run_path}') is not in "
                     "it")
-        return (f"run missing: run deleted: run {run_hash} ('{run.run_path}') is no longer in "
+        return (f"run missing on aim: run deleted: run {run_hash} ('{run.run_path}') is no longer in "
                 f"the Aim repo {self._where()} (removed with `aim runs rm`, in Aim's UI or with "
                 "Repo.delete_run; or the repo was removed)")
 
     def _replaced(self, run: RunRef, run_hash: str) -> str:
-        return (f"run replaced: run {run_hash} ('{run.run_path}') in the Aim repo {self._where()} "
+        return (f"run replaced on aim: run {run_hash} ('{run.run_path}') in the Aim repo {self._where()} "
                 "is not the run this checkpoint wrote to (deleted and made again, e.g. by a "
                 "sync with another state dir)")
 
