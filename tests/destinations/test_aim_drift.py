@@ -147,6 +147,31 @@ def test_run_deleted_with_aims_api_is_made_again_without_its_old_landed_record(
     _assert_all_once(aim_h, truth, project)
 
 
+def test_a_deleted_run_not_at_the_derived_hash_is_drift_not_a_foreign_identity(
+        aim_h, tmp_path, project):
+    """A run found by its run id (made by an older Tracelet or another tool: Aim's random hash)
+    and deleted since: the checkpoint's hash is in no repo listing. That is drift, not a
+    checkpoint naming another run's Aim run (which is set aside: test_foreign_identity.py)."""
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20)), seed=1)
+    assert sync_once(logdir, aim_h, project).exit_code == 0
+    (ck,) = (logdir / ".tracelet" / "checkpoints").glob("aim-*/run0.json")
+    doc = json.loads(ck.read_text())
+    gone = "0123456789abcdef01234567"  # the deleted run's hash, as Aim draws them
+    doc["identity"]["run_hash"] = gone
+    ck.write_text(json.dumps(doc))
+    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20, 25)), seed=2,
+                     append=True)
+    report = sync_once(logdir, aim_h, project)
+    assert report.exit_code == 0, report.to_dict()
+    assert _drift(report)["run0"].startswith(
+        f"run missing on aim: run deleted: run {gone} ('run0')"), _drift(report)
+    problems = [p for r in report.runs for p in r.problems]
+    assert not any("moved aside" in p for p in problems), problems
+    assert_exactly_once(aim_h, truth, project_fn(project))
+
+
 def test_run_replaced_at_the_same_hash_is_drift(aim_h, tmp_path, project):
     """Deleted, then made again by a sync of an older copy of the logdir with its own state
     dir: the run at the hash holds part of the points, not what this checkpoint sent."""

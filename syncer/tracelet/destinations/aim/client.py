@@ -124,6 +124,7 @@ import importlib
 import io
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -145,6 +146,7 @@ from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RunIndex, _AimRun,
                       forget_run_listing)
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
+AIM_HASH = re.compile(r"[0-9a-f]{24}")  # aim.sdk.base_run.generate_run_hash: uuid4().hex[:24]
 SYSTEM_PARAMS = "__system_params"  # Aim's own key (aim.sdk.run.Run, log_system_params=True)
 
 
@@ -253,7 +255,12 @@ class AimDestination(Destination):
             run_hash, ignored, drift = (identity or {}).get("run_hash"), False, None
             if run_hash and run_hash != aim_run_hash(run.project, run.run_id) \
                     and run_hash != self._find_by_run_id(run):
-                run_hash, ignored = None, True  # not this run's (a crafted checkpoint)
+                # a hash not derived from this run and no run carrying its run id there: a
+                # run of this one deleted since (drift, below), or another run's (a crafted
+                # checkpoint: ignored)
+                if not (isinstance(run_hash, str) and AIM_HASH.fullmatch(run_hash)) \
+                        or self._run_exists(run_hash):
+                    run_hash, ignored = None, True
             if run_hash and self._run_exists(run_hash):
                 existed = True
             else:

@@ -117,7 +117,8 @@ def open_local_repo(root: str) -> Any:
     (Aim objects sit in reference cycles: until the garbage collector runs), and a pooled one
     keeps the removed repo's files open: a sync in a long-lived process (the Python API, live
     mode, a test) would write Aim's run records (name, experiment, creation time) into the
-    deleted sqlite file. Such a stale entry is dropped from both pools (its holders keep it)."""
+    deleted sqlite file. Such a stale entry (one this function pooled, for another token) is
+    dropped from both pools (its holders keep it)."""
     from aim import Repo
     from aim.sdk.utils import clean_repo_path
     from aim.storage.structured.db import DB
@@ -125,7 +126,10 @@ def open_local_repo(root: str) -> Any:
     token = repo_token(os.path.join(root, repo_name()))
     key = clean_repo_path(root)
     pooled = Repo._pool.get(key)
-    if pooled is not None and getattr(pooled, "_tracelet_repo_token", None) != token:
+    # only one Tracelet pooled itself is known stale: a Repo other code pooled (the user's
+    # aim.Run in this process) shares its open run DBs with us; a second Repo on the same run
+    # would fail on RocksDB's lock ("lock hold by current process")
+    if pooled is not None and getattr(pooled, "_tracelet_repo_token", token) != token:
         Repo._pool.pop(key, None)
         DB._pool.pop(pooled.path, None)
     repo = Repo.from_path(root)
