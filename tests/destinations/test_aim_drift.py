@@ -172,6 +172,26 @@ def test_a_deleted_run_not_at_the_derived_hash_is_drift_not_a_foreign_identity(
     assert_exactly_once(aim_h, truth, project_fn(project))
 
 
+def test_a_checkpoint_from_before_the_tokens_is_not_drift(aim_h, tmp_path, project):
+    """Checkpoints written before the repo and run tokens (identity = the run hash alone): the
+    run is there, so no drift; the tokens are added for the next comparison."""
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20)), seed=1)
+    assert sync_once(logdir, aim_h, project).exit_code == 0
+    (ck,) = (logdir / ".tracelet" / "checkpoints").glob("aim-*/run0.json")
+    doc = json.loads(ck.read_text())
+    tokens = {k: doc["identity"].pop(k) for k in ("incarnation", "repo")}
+    ck.write_text(json.dumps(doc))
+    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20, 25)), seed=2,
+                     append=True)
+    report = sync_once(logdir, aim_h, project)
+    assert report.exit_code == 0 and _drift(report) == {"run0": None}, report.to_dict()
+    assert report.runs[0].destinations["aim"].points == 5  # only what is new
+    assert {k: json.loads(ck.read_text())["identity"][k] for k in tokens} == tokens
+    assert_exactly_once(aim_h, truth, project_fn(project))
+
+
 def test_run_replaced_at_the_same_hash_is_drift(aim_h, tmp_path, project):
     """Deleted, then made again by a sync of an older copy of the logdir with its own state
     dir: the run at the hash holds part of the points, not what this checkpoint sent."""
