@@ -108,7 +108,8 @@ class RunRef:
     manifest: Mapping[str, Any] | None = None  # validated, tags redacted
     started_at: float | None = None  # unix seconds: manifest ``started_at``, else the first
     #                                  event's wall time (plain TensorBoard runs)
-    ended_at: float | None = None  # manifest ``ended_at``; a finished plain run: last event
+    ended_at: float | None = None  # manifest ``ended_at`` (a plain run finished by
+    #                                ``--finish-idle`` gets its last event's wall time in finish())
     status: str | None = None  # running | finished | failed | killed | None (no manifest)
     display_name: str = ""  # the run's name on the destination (``--run-name``); "" = run_path
     # What reproduces the run (manifest ``git``/``env``/``system``/``command``; redacted, the
@@ -364,7 +365,9 @@ class Option:
 
     ``flag`` is the click declaration (``--mlflow-uri`` or ``--clearml-offline/--no-...``);
     ``key`` the config key the destination reads; ``env`` the vendor's own variable that is the
-    default when the option is not given (shown in ``--help``)."""
+    default when the option is not given (shown in ``--help``); ``aliases`` other spellings
+    (``--experiment`` for ``--mlflow-experiment``), dropped when another destination's option
+    already uses them (built-in destinations come first)."""
 
     key: str
     flag: str
@@ -372,6 +375,7 @@ class Option:
     env: str | None = None
     choices: tuple[str, ...] = ()
     is_flag: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 class DestinationFactory:
