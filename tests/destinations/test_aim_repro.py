@@ -120,7 +120,8 @@ def test_a_recorded_run_carries_what_reproduces_it_in_aims_fields(recorded, tmp_
     assert not run.active and run["tracelet"]["status"] == "finished"
     assert run["hparams"]["lr"] == 0.1 and run["hparams"]["batch_size"] == 32
     assert run["hparams"]["api_key"] == "***REDACTED***"
-    assert run.name == run["tracelet"]["run_path"] == run_dir.relative_to(logdir).as_posix()
+    assert run["tracelet"]["run_path"] == run_dir.relative_to(logdir).as_posix() == "repro/baseline"
+    assert run.name == "baseline"  # the display name: less its project (README: Run names)
     (loss,) = [m for m in run.metrics() if m.name == "Loss/train"]
     assert list(loss.data.view(["val"]).items_list()[0]) == list(range(5))
 
