@@ -210,3 +210,58 @@ def test_public_names_resolve_from_the_package():
 
     for name in mapping.__all__:
         assert getattr(aim_pkg, name) is getattr(mapping, name)
+
+
+GIT = {"commit": "a" * 40, "branch": "main", "dirty": True, "remote": "https://h/o/r.git",
+       "root": "/src"}
+ENV = {"python": "3.11.7", "platform": "Linux-x", "executable": "/venv/bin/python",
+       "packages": {"torch": "2.3.0", "numpy": "1.26.4"}}
+
+
+def test_system_params_in_aims_own_shape():
+    sp = mapping.system_params(GIT, ENV, {"hostname": "gpu-7", "cpus": 8},
+                               ("/venv/bin/python", "train.py", "--lr", "0.1"), "alice")
+    assert sp == {
+        "packages": {"torch": "2.3.0", "numpy": "1.26.4"},
+        "git_info": {"branch": "main", "remote_origin_url": "https://h/o/r.git",
+                     "commit": {"hash": "a" * 40, "timestamp": None, "author": None},
+                     "dirty": True},
+        "executable": "/venv/bin/python",
+        "arguments": ["train.py", "--lr", "0.1"],  # Aim's sys.argv: without the interpreter
+        "hostname": "gpu-7", "user": "alice", "python": "3.11.7", "platform": "Linux-x"}
+    assert "env_variables" not in sp
+    # a `tracelet record` command (not this interpreter first) is kept whole
+    assert mapping.system_params({}, ENV, {}, ("./run.sh", "-x"))["arguments"] == ["./run.sh", "-x"]
+
+
+@pytest.mark.parametrize("git,env,system,command", [
+    ({}, {}, {}, ()),  # a plain run: no manifest
+    ({"is_repo": False}, {"packages_error": "boom"}, {"hostname": ""}, ()),
+    ({"commit": None, "branch": None, "remote": None, "dirty": "yes"}, {"packages": []},
+     {"hostname": None}, ()),
+])
+def test_system_params_leave_out_what_the_manifest_lacks(git, env, system, command):
+    assert mapping.system_params(git, env, system, command) == {}
+
+
+def test_system_params_of_odd_values_are_text_or_none():
+    """The manifest is untrusted: a number, list or mapping where text belongs is shown as its
+    text; a dirty flag that is not a bool is unknown (None); versions are text."""
+    sp = mapping.system_params({"commit": 12345, "branch": ["x"], "dirty": "true"},
+                               {"executable": 7, "packages": {"a": None, "b": 2, "": "1"}},
+                               {"hostname": {"n": 1}}, (1, 2.5))
+    assert sp["git_info"] == {"branch": "['x']", "remote_origin_url": None,
+                              "commit": {"hash": "12345", "timestamp": None, "author": None},
+                              "dirty": None}
+    assert sp["packages"] == {"a": "", "b": "2"} and sp["executable"] == "7"
+    assert sp["arguments"] == ["1", "2.5"] and sp["hostname"] == "{'n': 1}"
+
+
+def test_manifest_record_leaves_the_packages_to_system_params():
+    doc = {"run_id": "r", "env": {"python": "3.11", "packages": {"torch": "2"}}, "git": GIT}
+    rec = mapping.manifest_record(doc)
+    assert rec == {"run_id": "r", "env": {"python": "3.11"}, "git": GIT}
+    assert doc["env"]["packages"] == {"torch": "2"}  # the caller's document is not changed
+    assert mapping.manifest_record(["not", "an", "object"]) is None
+    assert mapping.tracelet_record({"status": "finished"}, "r", "p/run", {}, rec) == {
+        "status": "finished", "run_id": "r", "run_path": "p/run", "manifest": rec}

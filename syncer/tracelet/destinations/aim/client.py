@@ -6,7 +6,7 @@ Modules: ``client.py`` (this: the :class:`AimDestination` and Aim SDK glue), ``m
 (names, hashes, bins: no Aim import), ``storage.py`` (the write batches, the landed record, the
 index), ``repo.py`` (the repo folder).
 
-Identity: experiment = project; run name = run path;
+Identity: experiment = project; run name = the run's name (``RunRef.name``);
 ``run["tracelet"] = {"run_id", "run_path"}`` (plus ``status`` and the manifest ``tags`` when
 known). The Aim run hash is derived from (project, run_id) (:func:`.mapping.aim_run_hash`), so the same
 Aim run is found again in O(1) even with a lost state dir, and a sync killed between creating the
@@ -53,7 +53,22 @@ status              Aim only knows active/finished: ``running`` → active (no e
                     ``finished|failed|killed`` → end time = the manifest's ``ended_at``; the
                     exact status in ``run["tracelet"]["status"]``. No manifest status: the run
                     is closed like any Aim run (end time = end of the sync)
+manifest git, env,  ``run["__system_params"]`` in Aim's own shape (``Run(log_system_params=
+system, command,    True)``: ``git_info``, ``packages``, ``executable``, ``arguments``; no
+user                ``env_variables``), plus ``hostname``, ``user``, ``python``, ``platform``
+                    (:func:`.mapping.system_params`); creation time = ``started_at``
+repro files         ``tracelet/tracelet.json``, ``tracelet/requirements.txt`` as run artifacts,
+                    uploaded at close when their bytes changed (SHA-1 in meta
+                    ``__tracelet_repro``); without artifact storage the manifest goes to
+                    ``run["tracelet"]["manifest"]`` (:func:`.mapping.manifest_record`)
 ==================  =========================================================================
+
+Drift (``RunHandle.drift``, :meth:`AimDestination.check_run`): the checkpoint's identity holds
+the run hash, the repo's token (:func:`.repo.repo_token`, local only) and the run's token
+(meta ``__tracelet_incarnation``). A run hash the repo lacks is "run missing on aim" (repo removed:
+the repo token differs; else run deleted); a run there with another token is "run replaced on aim".
+Either way the run is found again or created at the same hash and the engine re-sends it whole
+with dedupe.
 
 Tag names are kept unchanged (Aim accepts any string); only an empty tag becomes ``_-<hash>``
 (:func:`.mapping.aim_key`).
@@ -104,10 +119,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib
 import io
+import json
 import os
+import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -120,12 +139,15 @@ from ...redact import scrubbed_logger
 from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
                     classify_error, http_status)
 from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distribution_bins,
-                      media_groups, nest_params, system_part_key, system_samples,
-                      tracelet_record)
-from .repo import aim_repo_root, ensure_local_repo
-from .storage import _AIM_LOCK, RunIndex, _AimRun, forget_run_listing
+                      manifest_record, media_groups, nest_params, system_params,
+                      system_part_key, system_samples, tracelet_record)
+from .repo import aim_repo_root, ensure_local_repo, open_local_repo, repo_name, repo_token
+from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RunIndex, _AimRun,
+                      forget_run_listing)
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
+AIM_HASH = re.compile(r"[0-9a-f]{24}")  # aim.sdk.base_run.generate_run_hash: uuid4().hex[:24]
+SYSTEM_PARAMS = "__system_params"  # Aim's own key (aim.sdk.run.Run, log_system_params=True)
 
 
 class AimDestination(Destination):
@@ -147,7 +169,7 @@ class AimDestination(Destination):
                 else:
                     # what `aim init` makes, crash-safe and one sync at a time (repo.py)
                     ensure_local_repo(self.root)
-                    self.repo = Repo.from_path(self.root)
+                    self.repo = open_local_repo(self.root)
         except TraceletError:
             raise  # says what is wrong and what to do already
         except Exception as e:
@@ -165,6 +187,7 @@ class AimDestination(Destination):
         index = self.config.get("aim_index", os.environ.get("TRACELET_AIM_INDEX", "1"))
         self.index_runs = not self.remote and str(index).lower() not in ("0", "false", "no", "off")
         self._indexer: RunIndex | None = RunIndex(self.repo, self.classify) if self.index_runs else None
+        self.repo_token = None if self.remote else repo_token(self.repo.path)
 
     @property
     def target(self) -> str:
@@ -229,29 +252,106 @@ class AimDestination(Destination):
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         with _AIM_LOCK:
-            run_hash, ignored = (identity or {}).get("run_hash"), False
+            run_hash, ignored, drift = (identity or {}).get("run_hash"), False, None
             if run_hash and run_hash != aim_run_hash(run.project, run.run_id) \
                     and run_hash != self._find_by_run_id(run):
-                run_hash, ignored = None, True  # not this run's (a crafted checkpoint)
+                # a hash not derived from this run and no run carrying its run id there: a
+                # run of this one deleted since (drift, below), or another run's (a crafted
+                # checkpoint: ignored)
+                if not (isinstance(run_hash, str) and AIM_HASH.fullmatch(run_hash)) \
+                        or self._run_exists(run_hash):
+                    run_hash, ignored = None, True
             if run_hash and self._run_exists(run_hash):
                 existed = True
             else:
+                if run_hash:  # the checkpoint's run is gone: deleted, or the repo removed
+                    drift = self._lost(run, run_hash, self._repo_replaced(identity))
                 run_hash = aim_run_hash(run.project, run.run_id)
                 existed = self._run_exists(run_hash)
                 if not existed:
                     found = self._find_by_run_id(run)
                     if found:
                         run_hash, existed = found, True
-            aim_run = self._open(run, run_hash, existed)
+            aim_run, changed = self._open(run, run_hash, existed)
+            incarnation = self._incarnation(aim_run)
+        known = (identity or {}).get("incarnation") if not (ignored or drift) else None
+        if isinstance(known, str) and known != incarnation:
+            drift = self._replaced(run, aim_run.hash)
+        # status/end time describe the run the checkpoint knew: not a run made anew
         keep = {k: v for k, v in (identity or {}).items() if k in ("status", "end_time")
-                and not ignored}
+                and not (ignored or drift)}
         st = _AimRun(aim_run, run.source_dir)
-        self._index_if(st, not existed)  # listed at once, even if this sync is killed later
+        self._index_if(st, changed or not existed)  # listed at once, even if killed later
         crash_point("aim_run_open")  # 4: indexed
-        return RunHandle(identity={"run_hash": aim_run.hash, **keep}, existed=existed, client=st,
-                         identity_ignored=ignored)
+        ident = {"run_hash": aim_run.hash, "incarnation": incarnation, **keep}
+        if self.repo_token:
+            ident["repo"] = self.repo_token
+        handle = RunHandle(identity=ident, existed=existed, client=st, identity_ignored=ignored,
+                           drift=drift)
+        handle.extra["repro_files"] = dict(run.repro_files)
+        return handle
 
-    def _open(self, run: RunRef, run_hash: str, existed: bool) -> Any:
+    # -- drift ----------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return self.root if self.remote else os.path.join(self.root, repo_name())
+
+    def _repo_replaced(self, identity: dict[str, Any] | None) -> bool:
+        """The checkpoint was written to another repo at this path (one removed since)."""
+        known = (identity or {}).get("repo")
+        return isinstance(known, str) and bool(self.repo_token) and known != self.repo_token
+
+    def _lost(self, run: RunRef, run_hash: str, repo_made_anew: bool = False) -> str:
+        """The drift line for a run the checkpoint names that the repo no longer has."""
+        if not self.remote and not os.path.isdir(self._where()):
+            return (f"run missing on aim: repo removed: {self._where()} does not exist; the next sync "
+                    f"makes it anew and sends run '{run.run_path}' again")
+        if repo_made_anew:
+            return (f"run missing on aim: repo removed: {self._where()} is not the repo of the last "
+                    f"sync (removed and made anew); run {run_hash} ('{run.run_path}') is not in "
+                    "it")
+        return (f"run missing on aim: run deleted: run {run_hash} ('{run.run_path}') is no longer in "
+                f"the Aim repo {self._where()} (removed with `aim runs rm`, in Aim's UI or with "
+                "Repo.delete_run; or the repo was removed)")
+
+    def _replaced(self, run: RunRef, run_hash: str) -> str:
+        return (f"run replaced on aim: run {run_hash} ('{run.run_path}') in the Aim repo {self._where()} "
+                "is not the run this checkpoint wrote to (deleted and made again, e.g. by a "
+                "sync with another state dir)")
+
+    @staticmethod
+    def _incarnation(aim_run: Any) -> str:
+        """The run's token (:data:`.storage.INCARNATION_KEY`); written when it has none (a run
+        made now, or by an older Tracelet or another tool)."""
+        tree = aim_run.meta_run_tree
+        token = tree.get(INCARNATION_KEY)
+        if not isinstance(token, str) or not token:
+            token = uuid.uuid4().hex[:16]
+            tree[INCARNATION_KEY] = token
+        return token
+
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        """None if the run ``identity`` names is in the repo as the checkpoint knew it, else the
+        drift line :meth:`open_run` would give. Local: a ``stat`` of the run's folder and one
+        read of its meta DB; remote: Aim's run listing and one read. Creates nothing."""
+        run_hash = (identity or {}).get("run_hash")
+        if not isinstance(run_hash, str) or not run_hash:
+            run_hash = aim_run_hash(run.project, run.run_id)
+        try:
+            with _AIM_LOCK:
+                if not self._run_exists(run_hash):
+                    return self._lost(run, run_hash, self._repo_replaced(identity))
+                known = (identity or {}).get("incarnation")
+                if not isinstance(known, str):
+                    return None  # a checkpoint from before the token: nothing to compare
+                tree = self.repo.request_tree("meta", run_hash, read_only=True,
+                                              skip_read_optimization=True)
+                token = tree.subtree(("meta", "chunks", run_hash)).get(INCARNATION_KEY)
+        except Exception as e:  # the repo itself cannot be read: say so, never raise here
+            return f"cannot check: {self._where()}: {type(e).__name__}: {e}"
+        return None if token == known else self._replaced(run, run_hash)
+
+    def _open(self, run: RunRef, run_hash: str, existed: bool) -> tuple[Any, bool]:
+        """The Aim run, and whether what Aim's index holds about it changed."""
         from aim import Run
 
         kw = dict(repo=self.repo, experiment=run.project, system_tracking_interval=None,
@@ -275,16 +375,25 @@ class AimDestination(Destination):
                     f"host), release it: aim runs --repo {self.root} close --force {run_hash}"
                 ) from e
             raise
-        if aim_run.name != run.run_path:
-            aim_run.name = run.run_path
+        changed = False
+        if aim_run.name != run.name:
+            aim_run.name = run.name
+            changed = True
         tracelet = aim_run.get("tracelet") or {}
-        want = tracelet_record(tracelet, run.run_id, run.run_path, run.tags)
+        # no artifact storage: the manifest goes into the run's dict instead (README)
+        manifest = None if self.artifacts_uri else _manifest_of(run)
+        want = tracelet_record(tracelet, run.run_id, run.run_path, run.tags, manifest)
         if want != tracelet:
             aim_run["tracelet"] = want
+            changed = True
+        params = system_params(run.git, run.env, run.system, run.command, run.user)
+        if params and aim_run.get(SYSTEM_PARAMS) != params:
+            aim_run[SYSTEM_PARAMS] = params  # Aim's run page: packages, git, CLI arguments
+            changed = True
         if self.artifacts_uri and aim_run.artifacts_uri is None:
             aim_run.set_artifacts_uri(self.artifacts_uri)
         crash_point("aim_run_open")  # 3: identity set, not indexed yet
-        return aim_run
+        return aim_run, changed
 
     def _create_props(self, run_hash: str, run: RunRef) -> None:
         """Aim's run record (sqlite) with the creation time = the manifest's ``started_at``."""
@@ -405,6 +514,28 @@ class AimDestination(Destination):
             return
         aim_run = st.run
         handle.client = None
+        try:
+            if self.artifacts_uri:
+                self._store_repro_files(aim_run, handle.extra.get("repro_files") or {})
+        finally:  # the run is closed (its lock released) whatever the upload did
+            self._close_aim_run(handle, st)
+
+    @staticmethod
+    def _store_repro_files(aim_run: Any, files: Mapping[str, Path]) -> None:
+        """``tracelet/tracelet.json`` and ``tracelet/requirements.txt`` as run artifacts (Aim's
+        Artifacts tab), uploaded again only when their bytes changed (their SHA-1 is kept in
+        the run's meta, :data:`.storage.REPRO_KEY`)."""
+        tree = aim_run.meta_run_tree
+        done = tree.get(REPRO_KEY) or {}
+        for name, path in sorted(files.items()):
+            digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            if isinstance(done, dict) and done.get(name) == digest:
+                continue
+            aim_run.log_artifact(str(path), name=name, block=True)
+            tree[REPRO_KEY, name] = digest
+
+    def _close_aim_run(self, handle: RunHandle, st: _AimRun) -> None:
+        aim_run = st.run
         with _AIM_LOCK:
             if "end_time" in handle.identity:
                 # Aim's close stamps "now" as the end; keep the run's own end (or none: active).
@@ -414,6 +545,7 @@ class AimDestination(Destination):
                     res.set_run_end_time = lambda: res.meta_run_tree.__setitem__("end_time", end)
             run_hash = aim_run.hash
             aim_run.close()
+            st.close_containers()
             if self.index_runs:
                 self._index(run_hash)
 
@@ -435,6 +567,19 @@ class AimDestination(Destination):
         # collected, which must happen while the server is still reachable.
         self._index_ids = self._indexer = None
         self.repo = None
+
+
+def _manifest_of(run: RunRef) -> dict[str, Any] | None:
+    """The redacted manifest the engine prepared (``tracelet/tracelet.json``), as kept in
+    ``run["tracelet"]["manifest"]`` (:func:`.mapping.manifest_record`); None without one."""
+    path = run.repro_files.get("tracelet/tracelet.json")
+    if path is None:
+        return None
+    try:
+        return manifest_record(json.loads(Path(path).read_bytes()))
+    except (OSError, ValueError) as e:  # the engine's own file: not expected
+        log.warning("aim: %s: %s; the manifest is not stored in run['tracelet']", path, e)
+        return None
 
 
 def _create_run_with_hash(run_cls: Any, run_hash: str, kw: dict) -> Any:

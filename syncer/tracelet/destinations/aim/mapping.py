@@ -2,7 +2,8 @@
 
 Run identity (:func:`aim_run_hash`), metric names (:func:`aim_key`), system metric names
 (:func:`aim_system_metric`), the context of a repeated step (:func:`repeat_context`), params as
-Aim's nested tree (:func:`nest_params`), histograms as ``aim.Distribution``'s equal-width bins
+Aim's nested tree (:func:`nest_params`), the run's reproducibility facts in Aim's own shape
+(:func:`system_params`, :func:`manifest_record`), histograms as ``aim.Distribution``'s equal-width bins
 (:func:`distribution_bins`), status and times (:func:`aim_end_time`, :func:`creation_time`),
 and how the points of one send are grouped (:func:`media_groups`, :func:`system_samples`).
 The mapping table itself is in ``client.py``'s docstring.
@@ -106,14 +107,85 @@ def _aim_value(v: Any) -> Any:
 
 
 def tracelet_record(current: Any, run_id: str, run_path: str,
-                    tags: Mapping[str, str]) -> dict[str, Any]:
-    """The run's ``run["tracelet"]`` dict: what is there (``status``...) with the identity and
-    the manifest's tags (when it has any) set."""
+                    tags: Mapping[str, str], manifest: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """The run's ``run["tracelet"]`` dict: what is there (``status``...) with the identity, the
+    manifest's tags (when it has any) and, given one, the manifest (:func:`manifest_record`)
+    set."""
     want = {**(current if isinstance(current, dict) else {}), "run_id": run_id,
             "run_path": run_path}
     if tags:
         want["tags"] = dict(tags)
+    if manifest is not None:
+        want["manifest"] = dict(manifest)
     return want
+
+
+def _text(v: Any) -> str | None:
+    """A manifest field as text (None when absent or empty); anything not a string, number or
+    bool (the manifest is untrusted) as its ``str``."""
+    if v is None or v == "":
+        return None
+    return v if isinstance(v, str) else str(v)
+
+
+def system_params(git: Mapping[str, Any], env: Mapping[str, Any], system: Mapping[str, Any],
+                  command: Sequence[str], user: str = "") -> dict[str, Any]:
+    """The run's ``run["__system_params"]`` in the shape Aim's own ``Run(log_system_params=True)``
+    writes (``aim/sdk/run.py``, ``aim/ext/utils.py``), which Aim's run page shows as the
+    Packages, Git Info and CLI Arguments cards, from the manifest's recorded sections:
+
+    * ``packages``: distribution name -> version, as recorded;
+    * ``git_info``: ``branch``, ``remote_origin_url`` (credentials already stripped), ``commit``
+      ``{"hash", "timestamp", "author"}`` (the recorder keeps the full hash only: timestamp and
+      author are None, Aim's own "unknown"), plus ``dirty``; absent outside a git repo;
+    * ``executable`` (the interpreter), ``arguments`` (the recorded argv, redacted, as Aim's
+      ``sys.argv``: without its first item when that is the executable, as ``start_logging``
+      records it; a ``tracelet record`` command whole);
+    * ``hostname``, ``user``, ``python``, ``platform`` (not Aim's keys: Aim records none of
+      them; they show in the run's params, not on a card).
+
+    ``env_variables`` is never written: Tracelet records no environment variable (and no value
+    of one may be sent: it may be a secret). Empty ({}) for a run without a manifest."""
+    out: dict[str, Any] = {}
+    packages = env.get("packages")
+    if isinstance(packages, Mapping) and packages:
+        out["packages"] = {str(k): "" if v is None else str(v) for k, v in packages.items()
+                           if str(k)}  # an empty key: not a name, and not one Aim's tree takes
+    if any(_text(git.get(k)) for k in ("commit", "branch", "remote")):
+        dirty = git.get("dirty")
+        out["git_info"] = {
+            "branch": _text(git.get("branch")),
+            "remote_origin_url": _text(git.get("remote")),
+            "commit": {"hash": _text(git.get("commit")), "timestamp": None, "author": None},
+            "dirty": dirty if isinstance(dirty, bool) else None,
+        }
+    if _text(env.get("executable")):
+        out["executable"] = _text(env.get("executable"))
+    argv = [str(a) for a in command]
+    if argv and argv[0] == out.get("executable"):
+        argv = argv[1:]
+    if argv:
+        out["arguments"] = argv
+    for key, value in (("hostname", system.get("hostname")), ("user", user),
+                       ("python", env.get("python")), ("platform", env.get("platform"))):
+        if _text(value):
+            out[key] = _text(value)
+    return out
+
+
+def manifest_record(doc: Any) -> dict[str, Any] | None:
+    """The redacted manifest (``tracelet/tracelet.json``) as kept in ``run["tracelet"]["manifest"]``
+    where the run has no artifact storage: without ``env.packages``, which
+    ``run["__system_params"]["packages"]`` holds already. None for a document that is not an
+    object."""
+    if not isinstance(doc, dict):
+        return None
+    out = dict(doc)
+    env = out.get("env")
+    if isinstance(env, dict) and "packages" in env:
+        out["env"] = {k: v for k, v in env.items() if k != "packages"}
+    return out
 
 
 def aim_end_time(status: str, ended_at: float | None, now: float) -> float | None:
@@ -218,5 +290,6 @@ def landed_source_key(path: str, source_dir: str) -> str:
 
 
 __all__ = ["aim_run_hash", "aim_key", "aim_system_metric", "repeat_context", "nest_params",
-           "tracelet_record", "aim_end_time", "creation_time", "distribution_bins",
-           "media_groups", "system_part_key", "system_samples", "landed_source_key"]
+           "tracelet_record", "system_params", "manifest_record", "aim_end_time",
+           "creation_time", "distribution_bins", "media_groups", "system_part_key",
+           "system_samples", "landed_source_key"]

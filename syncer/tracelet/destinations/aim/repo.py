@@ -98,6 +98,45 @@ def ensure_local_repo(root: str) -> list[str]:
         return missing
 
 
+def repo_token(aim_dir: str) -> str | None:
+    """What tells this repo from another one made at the same path after it was removed: the
+    unique id RocksDB wrote when the repo's index DB (``meta/index``) was created (its
+    ``IDENTITY`` file). None if it cannot be read."""
+    try:
+        with open(os.path.join(aim_dir, "meta", "index", "IDENTITY"), "rb") as f:
+            token = f.read(128).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def open_local_repo(root: str) -> Any:
+    """Aim's ``Repo.from_path(root)``, unless the repo Aim pooled for ``root`` in this process is
+    not the repo there now (removed and made anew since: its :func:`repo_token` differs).
+    Aim pools a ``Repo`` and its run metadata DB per path for as long as anything holds them
+    (Aim objects sit in reference cycles: until the garbage collector runs), and a pooled one
+    keeps the removed repo's files open: a sync in a long-lived process (the Python API, live
+    mode, a test) would write Aim's run records (name, experiment, creation time) into the
+    deleted sqlite file. Such a stale entry (one this function pooled, for another token) is
+    dropped from both pools (its holders keep it)."""
+    from aim import Repo
+    from aim.sdk.utils import clean_repo_path
+    from aim.storage.structured.db import DB
+
+    token = repo_token(os.path.join(root, repo_name()))
+    key = clean_repo_path(root)
+    pooled = Repo._pool.get(key)
+    # only one Tracelet pooled itself is known stale: a Repo other code pooled (the user's
+    # aim.Run in this process) shares its open run DBs with us; a second Repo on the same run
+    # would fail on RocksDB's lock ("lock hold by current process")
+    if pooled is not None and getattr(pooled, "_tracelet_repo_token", token) != token:
+        Repo._pool.pop(key, None)
+        DB._pool.pop(pooled.path, None)
+    repo = Repo.from_path(root)
+    repo._tracelet_repo_token = token
+    return repo
+
+
 def missing_pieces(aim_dir: str) -> list[str]:
     """What a usable repo has and this one lacks (cheap: stats, one small read, one sqlite
     query). A complete repo -> []."""

@@ -40,6 +40,12 @@ log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 # Run meta subtree (not params: Aim's UI does not show it): source file -> bytes of it in Aim,
 # sidecar part digest -> 1. Written in the same write batch as the points it covers.
 LANDED_KEY = "__tracelet_landed"
+# Run meta (not params either): a random token written when Tracelet first opens the run and
+# kept in the checkpoint's identity. A run at the same hash with another token (or none) is
+# another run than the one the checkpoint describes: deleted and made again (drift).
+INCARNATION_KEY = "__tracelet_incarnation"
+# Run meta: reproducibility file name -> SHA-1 of the bytes last uploaded as its artifact.
+REPRO_KEY = "__tracelet_repro"
 # Aim's RPC client retries a vanished server forever; bound the wait for our writes to land.
 REMOTE_WRITE_TIMEOUT_S = float(os.environ.get("TRACELET_AIM_REMOTE_TIMEOUT_S", "120"))
 INDEX_LOCK_TRIES = 20  # `aim up` holds the index DB only while indexing one run: short waits
@@ -204,6 +210,18 @@ class _AimRun:
     @property
     def tracker(self) -> Any:
         return self.run._tracker
+
+    def close_containers(self) -> None:
+        """Close the run's RocksDB containers now, after ``Run.close()`` (which leaves them to
+        the garbage collector: Aim objects sit in reference cycles). A handle kept open past
+        the sync holds the run's RocksDB lock, and, if the run is deleted and made again at the
+        same path meanwhile (drift, in a long-lived process: live mode, the Python API), its
+        late flush and cleanup would write into and delete files of the new run's DB."""
+        for c in self._containers or ():
+            try:
+                c.close()
+            except Exception as e:  # the run is closed; its data was flushed with each send
+                log.debug("aim: closing a container of run %s: %s", self.run.hash, e)
 
     @contextmanager
     def writes(self) -> Iterator[None]:
