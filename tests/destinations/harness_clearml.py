@@ -161,10 +161,13 @@ class ClearmlOfflineHarness(Harness):
     def sessions(self, project: str, run_path: str) -> list[Session]:
         # names as the README maps them (ClearML wants 3+ characters: "r" -> "r__")
         from tracelet.destinations.clearml import clearml_name
+        from tracelet.engine.naming import display_name
 
-        project, run_path = clearml_name(project, nested=True), clearml_name(run_path)
+        # the task name is the display name: the run path, less "<project>/" for a recorded run
+        names = {clearml_name(run_path), clearml_name(display_name(run_path, project))}
+        project = clearml_name(project, nested=True)
         return [s for s in offline_sessions(self.offline)
-                if s.doc.get("name") == run_path and s.doc.get("project_name") == project]
+                if s.doc.get("name") in names and s.doc.get("project_name") == project]
 
     def read_back(self, project: str, run_path: str) -> ReadBack:
         rb = ReadBack()
