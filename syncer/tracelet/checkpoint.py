@@ -112,6 +112,9 @@ class Checkpoint:
     last_sync: float | None = None
     last_error: str | None = None
     version: int = CHECKPOINT_VERSION
+    # the destination's target as reports show it (no credentials): `tracelet status` names
+    # the target of a checkpoint folder with it (the folder's name is only a hash)
+    target: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,7 +158,8 @@ _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 # become its default (offset 0: the whole file re-sent, without dedupe). Fields added since are
 # optional (checkpoints written before them lack them; their defaults are safe). Unknown fields
 # (a newer Tracelet's) are dropped.
-_ADDED_LATER = {"incomplete_tail", "etag", "quarantined", "quarantine", "keys", "key_scheme"}
+_ADDED_LATER = {"incomplete_tail", "etag", "quarantined", "quarantine", "keys", "key_scheme",
+                "target"}
 FILE_STATE_SCHEMA = {
     "type": "object",
     "required": [f for f in FileState.__dataclass_fields__ if f not in _ADDED_LATER],
@@ -194,6 +198,7 @@ CHECKPOINT_SCHEMA = {
         "key_scheme": {"type": "integer", "minimum": 1, "maximum": KEY_SCHEME},
         "reconcile": {"type": "boolean"},
         "source_signature": _STR, "last_sync": _OPT_NUM, "last_error": _OPT_STR,
+        "target": {"type": "string", "maxLength": 2000},
     },
 }
 

@@ -178,16 +178,9 @@ class RunSync:
         ctx.manifest = manifest
         ctx.event_files = list(run.event_files) + planner.linked_event_files(self.logdir, run,
                                                                               manifest, rr)
-        m = manifest or {}
-        project = str(m.get("project") or self.o.project or self.logdir.resolve().name)
-        ctx.ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
-                         project=project, source_dir=run.path,
-                         manifest=self._redact_tags(manifest),
-                         started_at=manifest_time(m.get("started_at")),
-                         ended_at=manifest_time(m.get("ended_at")),
-                         status=m.get("status") if isinstance(m.get("status"), str) else None,
-                         **self._reproducibility(m))
-        rr.run_id, rr.project = ctx.ref.run_id, project
+        ctx.ref = run_ref(self.o.project, self.engine.redactor, self.logdir, run, manifest,
+                          **self._reproducibility(manifest or {}))
+        rr.run_id, rr.project = ctx.ref.run_id, ctx.ref.project
         signature = source_signature(run, ctx.event_files, self.o.follow_artifact_links)
         for name in names:
             self._open(name, signature)
@@ -206,7 +199,7 @@ class RunSync:
         engine, ref = self.engine, ctx.ref
         ctx.at(f"opening the run on {name}")
         tk = engine.target_keys[name]
-        dr = DestReport(name, target=tk)
+        dr = DestReport(name, target=engine.target_keys.label(name))
         rr.destinations[name] = dr
         try:  # this (run, target): another sync of it is running, the others go on
             self.locks.enter_context(store.lock(run.name, f"run '{run.name}' on {name}",
@@ -247,6 +240,7 @@ class RunSync:
         dr.target = scrub(dest.target)
         fresh = ck is None
         ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
+        ck.target = strip_url_credentials(dr.target)  # tracelet status names the target
         slot = Slot(name, dest, ck, dr, run_dir=str(run.path),
                     legacy_keys=ck.key_scheme < KEY_SCHEME and ck.total_points > 0,
                     target_key=tk, run_path=run.name)
@@ -372,13 +366,31 @@ class RunSync:
             self.scratch = Path(tempfile.mkdtemp(prefix="tracelet-run-"))
         return self.scratch
 
-    def _redact_tags(self, manifest: dict | None) -> dict | None:
-        """The manifest as destinations see it: its tags under the redaction rule (params are
-        redacted by the params facet, together with the hparams of the event files)."""
-        tags = (manifest or {}).get("tags")
-        if not isinstance(tags, dict) or not tags:
-            return manifest
-        return {**manifest, "tags": self.engine.redactor.params(tags)}  # type: ignore[dict-item]
+
+
+def run_ref(project: str | None, redactor, logdir, run: RunSource, manifest: dict | None,
+            **extra: Any) -> RunRef:
+    """The run as destinations see it: run id, name, project (manifest, else ``--project``, else
+    the logdir's name), times and status from the manifest, its tags redacted. The protocol
+    adds the reproducibility fields (``extra``); ``tracelet status --check`` uses it as is."""
+    m = manifest or {}
+    project = str(m.get("project") or project or logdir.resolve().name)
+    return RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
+                  project=project, source_dir=run.path,
+                  manifest=_redact_tags(redactor, manifest),
+                  started_at=manifest_time(m.get("started_at")),
+                  ended_at=manifest_time(m.get("ended_at")),
+                  status=m.get("status") if isinstance(m.get("status"), str) else None,
+                  **extra)
+
+
+def _redact_tags(redactor, manifest: dict | None) -> dict | None:
+    """The manifest as destinations see it: its tags under the redaction rule (params are
+    redacted by the params facet, together with the hparams of the event files)."""
+    tags = (manifest or {}).get("tags")
+    if not isinstance(tags, dict) or not tags:
+        return manifest
+    return {**manifest, "tags": redactor.params(tags)}  # type: ignore[dict-item]
 
 
 def _write(path: Path, data: bytes) -> Path:

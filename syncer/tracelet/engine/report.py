@@ -20,6 +20,9 @@ class DestReport:
     target: str = ""
     state: str = "synced"  # synced | unchanged | failed | locked | dry-run | interrupted
     points_sent: dict[str, int] = field(default_factory=dict)
+    # of the points sent with dedupe, those the destination said it already held (not stored
+    # again: a resync that only confirmed what had landed); 0 where it cannot tell
+    points_present: int = 0
     unsupported: dict[str, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)  # non-point records seen (graph, ...)
     skipped_records: int = 0
@@ -148,5 +151,6 @@ def merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
                     d.quarantine[:0] = p.quarantine
                     d.keys[:0] = p.keys
                     d.skipped_records += p.skipped_records
+                    d.points_present += p.points_present
                 prev.destinations[name] = d
     return list(by_key.values())

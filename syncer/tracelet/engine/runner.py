@@ -52,7 +52,7 @@ class SyncEngine:
             if e not in report.errors:
                 report.errors.append(e)
                 self.progress.error(e)
-        self.progress.begin(len(work))
+        self.progress.begin(len(work), lambda: self.planner.bytes_behind(work))
         if self.o.workers > 1 and len(work) > 1:
             with ThreadPoolExecutor(self.o.workers, thread_name_prefix="tracelet-sync") as ex:
                 results = list(ex.map(lambda w: self.sync_run(*w), work))
@@ -65,7 +65,7 @@ class SyncEngine:
                 self.progress.problem(store.problem)
         report.failed_destinations.update(self.pool.failed)
         report.storage = self.storage_stats()
-        self.progress.end()
+        self.progress.end(interrupted=self.stop.is_set())
 
     def sync_run(self, logdir: Path, run: RunSource) -> RunReport:
         """Sync one run inside its own error boundary (:class:`~.protocol.RunSync`)."""
