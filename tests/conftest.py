@@ -1,10 +1,13 @@
 """Suite-wide fixtures. Destination and server fixtures live beside the tests that use them."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+# The conformance suite lives in the package (tracelet.testing, for plugin authors too): its
+# asserts get pytest's detailed messages only if registered before anything imports it.
+pytest.register_assert_rewrite("tracelet.testing")
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-import json
 import math
 import os
 import re
@@ -41,14 +40,12 @@ from pathlib import Path
 
 import pytest
 
+import tracelet  # noqa: F401
+from tests.recorder.recorder_helpers import read_run  # the recorder tests' reader of a run
+from tracelet.redact import REDACTED
+
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "training.md"
-sys.path.insert(0, str(REPO / "tests" / "recorder"))  # read_run: the recorder tests' reader
-
-from recorder_helpers import read_run  # noqa: E402
-
-import tracelet  # noqa: E402
-from tracelet.redact import REDACTED  # noqa: E402
 
 MARKER = re.compile(r"^<!-- example: (?P<name>[\w-]+)(?: file=(?P<file>[\w./-]+))? -->$")
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\s*$")

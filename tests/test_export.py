@@ -12,12 +12,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import event_pb2
 
 import tracelet.export as export_mod
 from tracelet.cli import main
 from tracelet.export import export_logdir, read_scalars
-from tracelet.reader import EventFileReader, discover_runs, frame_record
+from tracelet.reader import EventFileReader, discover_runs
+from tracelet.testing.events import T0, scalar_event, version_event, write_frames
 
 EXPORT_SCHEMA = pa.schema([
     ("run", pa.string()), ("tag", pa.string()), ("kind", pa.string()), ("step", pa.int64()),
@@ -26,31 +27,6 @@ EXPORT_SCHEMA = pa.schema([
 
 
 # -- logdir builders ------------------------------------------------------------------------------
-
-def scalar_event(tag: str, step: int, value: float, wall: float | None = None) -> bytes:
-    ev = event_pb2.Event(wall_time=1_700_000_000.0 + step if wall is None else wall, step=step,
-                         summary=summary_pb2.Summary(
-                             value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]))
-    return ev.SerializeToString()
-
-
-def version_event() -> bytes:
-    ev = event_pb2.Event(wall_time=1_700_000_000.0, file_version="brain.Event:2")
-    return ev.SerializeToString()
-
-
-def write_frames(path: Path, payloads: list[bytes]) -> list[int]:
-    """Write framed records; return each record's start offset."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    offsets, pos, frames = [], 0, []
-    for p in payloads:
-        fr = frame_record(p)
-        offsets.append(pos)
-        pos += len(fr)
-        frames.append(fr)
-    path.write_bytes(b"".join(frames))
-    return offsets
-
 
 @pytest.fixture(scope="module")
 def torch_logdir(tmp_path_factory) -> Path:
@@ -329,7 +305,7 @@ def test_tf2_hparams_export_as_json(tmp_path):
     from tensorboard.plugins.hparams import summary_v2
 
     summ = summary_v2.hparams_pb({"lr": 0.1, "opt": "adam", "layers": 3})
-    ev = event_pb2.Event(wall_time=1_700_000_000.0, step=0, summary=summ).SerializeToString()
+    ev = event_pb2.Event(wall_time=T0, step=0, summary=summ)
     write_frames(tmp_path / "logs" / "run" / "events.out.tfevents.1.host",
                  [version_event(), ev, scalar_event("loss", 0, 1.0)])
     summary = export_logdir(tmp_path / "logs", tmp_path / "p.parquet")

@@ -26,34 +26,24 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tensorboard.compat.proto import event_pb2
 
-from tracelet.reader import frame_record, masked_crc32c
+from tests.reader.helpers import fastscan_available
+from tests.reader.hostile import HOSTILE_VALUES, hostile_event_file
+from tests.test_sync_cli import mlflow_points
+from tracelet.reader import masked_crc32c
 from tracelet.reader.records import MAX_RECORD_BYTES
+from tracelet.testing.events import EVENT_NAME, event_bytes, framed, scalar_event
+from tracelet.testing.harness import canon
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "reader"))
-sys.path.insert(0, str(HERE / "destinations"))
-from harness import canon  # noqa: E402
-from hostile import HOSTILE_VALUES, hostile_event_file, scalar_event  # noqa: E402
-from test_sync_cli import mlflow_points  # noqa: E402
 
 MEMORY_LIMIT = 8 << 30
-EVENT_NAME = "events.out.tfevents.1700000000.host.1.0"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _fastscan_built() -> bool:
-    try:
-        from tracelet.reader import _fastscan  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(params=["python", "fastscan"])
 def read_path(request):
-    if request.param == "fastscan" and not _fastscan_built():
+    if request.param == "fastscan" and not fastscan_available():
         pytest.skip("tracelet.reader._fastscan is not built here")
     return request.param
 
@@ -98,13 +88,6 @@ def sync(logdir: Path, uri: str, read_path: str, **kw) -> tuple[subprocess.Compl
 
 def runs_of(report: dict) -> dict[str, dict]:
     return {r["run"]: r for r in report["runs"]}
-
-
-def event_bytes(steps, tag: str, scale: float = 0.5) -> bytes:
-    """An event file's bytes: file_version, then one simple_value record per step."""
-    head = event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")
-    return frame_record(head.SerializeToString()) + b"".join(
-        frame_record(scalar_event(k, scale * k, tag).SerializeToString()) for k in steps)
 
 
 def good_run(folder: Path, steps=range(20), tag: str = "acc") -> Counter:
@@ -184,7 +167,7 @@ def test_impossible_record_length_is_corruption_reported_with_offset(tmp_path, r
         f.parent.mkdir(parents=True)
         before = event_bytes(range(30), "loss")
         header = struct.pack("<Q", length)
-        after = b"".join(frame_record(scalar_event(100 + k, 1.0).SerializeToString())
+        after = b"".join(framed(scalar_event("loss", 100 + k, 1.0))
                          for k in range(150))  # stay unread, by design, after a corruption
         f.write_bytes(before + header + struct.pack("<I", masked_crc32c(header)) + b"xx" + after)
         where[name] = (f, len(before), length)
@@ -243,7 +226,7 @@ def test_stuck_incomplete_tail_is_a_warning_on_the_next_pass(tmp_path, read_path
     f = logdir / "stuck" / EVENT_NAME
     f.parent.mkdir(parents=True)
     body = event_bytes(range(20), "loss")
-    last = frame_record(scalar_event(20, 10.0).SerializeToString())
+    last = framed(scalar_event("loss", 20, 10.0))
     f.write_bytes(body + last[:15])  # the writer died 15 bytes into its last record
     growing = logdir / "growing" / EVENT_NAME
     growing.parent.mkdir(parents=True)

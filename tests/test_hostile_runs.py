@@ -20,15 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "destinations"))
-from harness import canon  # noqa: E402
-from sources import SourceTruth, write_simple_run  # noqa: E402
+from tracelet.errors import OutsideRunError, SourceError
+from tracelet.manifest import MAX_DEPTH, json_depth, load_manifest, validate_manifest
+from tracelet.runfiles import RunFiles
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import SourceTruth, write_simple_run
 
-from tracelet.errors import OutsideRunError, SourceError  # noqa: E402
-from tracelet.manifest import (MAX_DEPTH, json_depth, load_manifest,  # noqa: E402
-                               validate_manifest)
-from tracelet.runfiles import RunFiles  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 PROJECT = "hostile"
 TAGS = ["Loss/train", "acc"]
@@ -509,7 +507,7 @@ def _link_test_other(harness_cls, tmp_path, monkeypatch, store: Path):
 
 
 def test_artifact_links_out_of_the_run_are_not_uploaded_aim(tmp_path, monkeypatch):
-    from harness_aim import AimLocalHarness
+    from tests.destinations.harness_aim import AimLocalHarness
 
     rb, leaked = _link_test_other(AimLocalHarness, tmp_path, monkeypatch, tmp_path / "aim-repo")
     assert sorted(rb.artifacts) == INSIDE
@@ -517,7 +515,7 @@ def test_artifact_links_out_of_the_run_are_not_uploaded_aim(tmp_path, monkeypatc
 
 
 def test_artifact_links_out_of_the_run_are_not_uploaded_wandb(tmp_path, monkeypatch):
-    from harness_wandb import WandbOfflineHarness
+    from tests.destinations.harness_wandb import WandbOfflineHarness
 
     rb, leaked = _link_test_other(WandbOfflineHarness, tmp_path, monkeypatch, tmp_path / "wandb-root")
     assert sorted(a for a in rb.artifacts if a.startswith("artifacts/")) == \

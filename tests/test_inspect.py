@@ -7,37 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from tracelet.cli import main
 from tracelet.inspect import inspect_path, iso_utc
-from tracelet.reader import frame_record
-
-T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-
-
-def scalar_event(tag: str, step: int, value: float) -> bytes:
-    return event_pb2.Event(wall_time=T0 + step, step=step, summary=summary_pb2.Summary(
-        value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])).SerializeToString()
-
-
-def write_frames(path: Path, payloads: list[bytes]) -> list[int]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    offsets, frames, pos = [], [], 0
-    for p in payloads:
-        fr = frame_record(p)
-        offsets.append(pos)
-        pos += len(fr)
-        frames.append(fr)
-    path.write_bytes(b"".join(frames))
-    return offsets
+from tracelet.testing.events import T0, scalar_event, version_event, write_frames
 
 
 @pytest.fixture
 def damaged(tmp_path) -> tuple[Path, dict]:
     """Three runs: healthy, a truncated second file, a corrupt length CRC; with the offsets."""
     root = tmp_path / "logs"
-    version = event_pb2.Event(wall_time=T0, file_version="brain.Event:2").SerializeToString()
+    version = version_event()
     events = [version] + [scalar_event("loss", i, 10.0 - i) for i in range(10)] \
         + [scalar_event("acc", i, i / 10) for i in range(0, 10, 2)]
     write_frames(root / "exp" / "run1" / "events.out.tfevents.1.host", events)

@@ -11,7 +11,6 @@ sync exits 0 and sends nothing again, and nothing raises.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -30,21 +29,17 @@ import pyarrow.parquet as pq
 import pytest
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-DEST_TESTS = Path(__file__).resolve().parent / "destinations"
-if str(DEST_TESTS) not in sys.path:
-    sys.path.insert(0, str(DEST_TESTS))
-
-from harness import canon  # noqa: E402
-from harness_aim import AimLocalHarness  # noqa: E402
-from harness_clearml import ClearmlOfflineHarness  # noqa: E402
-from harness_mlflow import (MlflowFileStoreHarness, MlflowLocalHarness, MlflowServer,  # noqa: E402
-                            _MlflowHarness)
-from harness_wandb import WandbOfflineHarness  # noqa: E402
-
-from tracelet.destinations.keys import KeyLedger, tag_hash  # noqa: E402
-from tracelet.destinations.mlflow import mlflow_accepts, mlflow_key  # noqa: E402
-from tracelet.engine import SyncOptions, run_sync  # noqa: E402
-from tracelet.reader import frame_record  # noqa: E402
+from tests.destinations.harness_aim import AimLocalHarness
+from tests.destinations.harness_clearml import ClearmlOfflineHarness
+from tests.destinations.harness_mlflow import (MlflowFileStoreHarness, MlflowLocalHarness,
+                                               MlflowServer, _MlflowHarness)
+from tests.destinations.harness_wandb import WandbOfflineHarness
+from tracelet.destinations.keys import KeyLedger, tag_hash
+from tracelet.destinations.mlflow import mlflow_accepts, mlflow_key
+from tracelet.engine import SyncOptions, run_sync
+from tracelet.reader import frame_record
+from tracelet.testing.events import image_bytes
+from tracelet.testing.harness import canon
 
 T0 = 1_700_000_000.0
 REPO = Path(__file__).resolve().parent.parent
@@ -97,17 +92,8 @@ class EventFile:
         return self.path
 
 
-def _encode(fmt: str, w: int = 8, h: int = 6, seed: int = 0) -> bytes:
-    from PIL import Image
-
-    arr = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def png(seed: int = 0) -> bytes:
-    return _encode("PNG", 16, 12, seed)
+    return image_bytes(16, 12, seed, "PNG")
 
 
 def truncated_png() -> bytes:
@@ -123,7 +109,7 @@ def png_bad_crc() -> bytes:
 
 
 def jpeg_cut_short() -> bytes:
-    data = _encode("JPEG", 16, 12, 3)
+    data = image_bytes(16, 12, 3, "JPEG")
     return data[: len(data) * 2 // 3]
 
 
@@ -394,8 +380,8 @@ def _image_run(path: Path) -> tuple[EventFile, dict[str, tuple[int, int, int]]]:
         where[name] = (step, *ev.image("samples", step, data, w, h_, valid=False))
         step += 1
     ev.scalar("loss", step, step)
-    ev.image("samples", step, _encode("JPEG", 16, 12, 20))
-    ev.image("samples", step + 1, _encode("GIF", 16, 12, 21))
+    ev.image("samples", step, image_bytes(16, 12, 20, "JPEG"))
+    ev.image("samples", step + 1, image_bytes(16, 12, 21, "GIF"))
     ev.scalar("loss", step + 1, step + 1)
     ev.write()
     return ev, where
@@ -445,7 +431,7 @@ def test_image_checks_cover_the_class(tmp_path):
     from tracelet.media import image_problem
 
     for fmt in ("PNG", "JPEG", "GIF"):
-        good = _encode(fmt, 40, 30, 5)
+        good = image_bytes(40, 30, 5, fmt)
         assert image_problem(good) is None and image_problem(good, decode=True) is None
         for cut in (len(good) // 3, len(good) - 1):
             assert image_problem(good[:cut]), (fmt, cut)

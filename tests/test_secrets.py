@@ -20,18 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.destinations.harness_aim import AimLocalHarness
+from tests.destinations.harness_clearml import ClearmlOfflineHarness
+from tests.destinations.harness_mlflow import MlflowLocalHarness, MlflowServer
+from tests.destinations.harness_wandb import WandbOfflineHarness
+from tests.recorder.recorder_helpers import read_run
 from tracelet.destinations import target_key
 from tracelet.redact import DEFAULT_SECRET_PATTERNS, REDACTED, Redactor, scrub
+from tracelet.testing.sources import SourceTruth, write_simple_run
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "destinations"))
-sys.path.insert(0, str(HERE / "recorder"))
-from harness_aim import AimLocalHarness  # noqa: E402
-from harness_clearml import ClearmlOfflineHarness  # noqa: E402
-from harness_mlflow import MlflowLocalHarness, MlflowServer, free_port  # noqa: E402
-from harness_wandb import WandbOfflineHarness  # noqa: E402
-from recorder_helpers import read_run  # noqa: E402
-from sources import SourceTruth, write_simple_run  # noqa: E402
 
 
 def _shape(prefix: str, n: int, seed: str) -> str:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import stat
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from tracelet.checkpoint import CheckpointStore
 from tracelet.cli import main
 from tracelet.engine import source_signature, state_dir_for
 from tracelet.reader import discover_runs
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import (SourceTruth, build_kill_logdir, write_recorded_run,
+                                      write_simple_run)
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "destinations"))
-from harness import canon  # noqa: E402
-from sources import SourceTruth, build_kill_logdir, write_recorded_run, write_simple_run  # noqa: E402
 
 EVIL = "../../evil"  # from any state folder: lands inside tmp_path, where the snapshot sees it
 

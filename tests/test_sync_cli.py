@@ -19,11 +19,10 @@ from tracelet._fs import exclusive_lock
 from tracelet.checkpoint import CheckpointStore
 from tracelet.cli import main
 from tracelet.engine import state_dir_for
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import SourceTruth, build_kill_logdir, write_simple_run
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "destinations"))
-from harness import canon  # noqa: E402
-from sources import SourceTruth, build_kill_logdir, write_simple_run  # noqa: E402
 
 REPO = HERE.parent
 FIXTURES = REPO / "fixtures"
@@ -162,18 +161,18 @@ def test_writer_appending_while_syncs_run(tmp_path, mlflow_uri):
     run = logdir / "live"
     run.mkdir(parents=True)
     writer = subprocess.Popen([sys.executable, "-c", f"""
-import sys, time, random
-sys.path.insert(0, {str(HERE / 'destinations')!r})
-from sources import _event, _header
+import time, random
+from tracelet.testing.events import event_record, header_record
 from tensorboard.compat.proto import summary_pb2
 random.seed(1)
 with open({str(run / 'events.out.tfevents.1.host')!r}, 'ab', buffering=0) as f:
-    f.write(_header())
+    f.write(header_record())
     for i in range(1500):
-        rec = _event(i, 1.7e9 + i, [summary_pb2.Summary.Value(tag='loss', simple_value=float(i))])
+        rec = event_record(i, 1.7e9 + i, [summary_pb2.Summary.Value(tag='loss', simple_value=float(i))])
         cut = random.randrange(len(rec))
         f.write(rec[:cut]); time.sleep(0.0005); f.write(rec[cut:])
-"""])
+"""], env=dict(os.environ, PYTHONPATH=os.pathsep.join(  # this checkout's tracelet.testing
+        [str(REPO / "syncer"), *filter(None, [os.environ.get("PYTHONPATH")])])))
     codes = []
     while writer.poll() is None and not (run / 'events.out.tfevents.1.host').exists():
         time.sleep(0.01)  # a logdir with no run yet is a usage error (exit 2): start with one

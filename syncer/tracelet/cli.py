@@ -116,8 +116,11 @@ def _destination_params() -> list[click.Parameter]:
                 continue
             seen.add(opt.key)
             kind = click.Choice(list(opt.choices)) if opt.choices else None
+            # "--x/--no-x" is a boolean pair by its spelling; a lone "--x" flag needs is_flag
+            extra = {"is_flag": True, "flag_value": True} \
+                if opt.is_flag and "/" not in opt.flag else {}
             params.append(click.Option([opt.flag, opt.key], default=None, type=kind,
-                                       help=opt.help))
+                                       help=opt.help, **extra))
     return params
 
 

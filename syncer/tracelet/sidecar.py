@@ -1,6 +1,6 @@
 """System-metrics sidecar: immutable parquet parts in ``<run>/sysmetrics/part-NNNNNN.parquet``.
 
-Long format (DESIGN §2): ``timestamp`` float64 unix seconds, ``name`` string with its unit in it
+Long format (README "Training side"): ``timestamp`` float64 unix seconds, ``name`` string with its unit in it
 (``cpu/utilization_percent``, ``gpu/0/power_watts`` ...), ``value`` float64. A part is written to
 a temporary name and renamed, so a part that exists is complete and never changes: the sync
 engine tracks parts done by name.

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.destinations.harness_mlflow import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent / "destinations"))
 AZURITE_VERSION = "3.37.0"  # keep in step with scripts/_env.sh
 AZURITE_DIR = REPO / ".venv" / "azurite"
 AZURITE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
@@ -34,12 +35,6 @@ AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
 # gcsfs' experimental zonal/HNS probe talks gRPC to the real service: off against an emulator.
 # Read when gcsfs is first imported, so it is set before any test imports it.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
@@ -269,7 +264,7 @@ def project() -> str:
 @pytest.fixture
 def mlflow(mlflow_uri, tmp_path, monkeypatch):
     """MLflow's harness (read back with MlflowClient) on the session's store."""
-    from harness_mlflow import MlflowLocalHarness
+    from tests.destinations.harness_mlflow import MlflowLocalHarness
 
     monkeypatch.chdir(tmp_path)  # MLflow's artifact root for a sqlite store: ./mlruns
     h = MlflowLocalHarness()

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from sources import build_kill_logdir, write_simple_run
-from test_cloud_sync import sync
-from test_conformance import assert_exactly_once, project_fn
+from tests.cloud.test_cloud_sync import sync
+from tracelet.testing.conformance import assert_exactly_once, project_fn
+from tracelet.testing.sources import build_kill_logdir, write_simple_run
 
 pytestmark = pytest.mark.slow
 EV = "events.out.tfevents.1700000000.host.1.0"

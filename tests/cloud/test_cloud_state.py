@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sources import SourceTruth, write_recorded_run
-from test_cloud_sync import stats, sync
-
+from tests.cloud.test_cloud_sync import stats, sync
 from tracelet.engine import state_dir_for
 from tracelet.storage import open_location
+from tracelet.testing.sources import SourceTruth, write_recorded_run
 
 
 def _setup(s3, mlflow, tmp_path, project):

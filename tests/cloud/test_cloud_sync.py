@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import canon
-from sources import (SourceTruth, _event, _header, build_conformance_logdir, write_simple_run)
-from test_conformance import assert_exactly_once, project_fn
-from tensorboard.compat.proto import summary_pb2
-
 from tracelet.engine import SyncOptions, run_sync
+from tracelet.testing.conformance import assert_exactly_once, project_fn
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import SourceTruth, build_conformance_logdir, write_simple_run
 
 EV = "events.out.tfevents.1700000000.host.1.0"
 

@@ -1,40 +1,12 @@
-"""Collects every destination harness (``harness_*.py``) into the ``harness`` fixture."""
+"""The ``harness`` fixture over every destination harness (``harnesses.py``), for the
+conformance, kill -9 and foreign-identity suites; servers the harnesses started are stopped
+at the end of the session."""
 from __future__ import annotations
 
-import importlib
-import sys
-import uuid
-from pathlib import Path
+from tests.destinations.harnesses import HARNESS_CLASSES
+from tracelet.testing.conformance import harness_fixture, project  # noqa: F401  fixtures
 
-import pytest
-
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-
-def _all_harnesses():
-    out = []
-    for path in sorted(HERE.glob("harness_*.py")):
-        mod = importlib.import_module(path.stem)
-        out.extend(getattr(mod, "HARNESSES", []))
-    return out
-
-
-HARNESS_CLASSES = _all_harnesses()
-
-
-@pytest.fixture(params=HARNESS_CLASSES, ids=[h.label for h in HARNESS_CLASSES])
-def harness(request, tmp_path, monkeypatch):
-    h = request.param()
-    h.config = h.setup(tmp_path, monkeypatch)
-    yield h
-    h.teardown()
-
-
-@pytest.fixture
-def project() -> str:
-    return f"p{uuid.uuid4().hex[:10]}"
+harness = harness_fixture(*HARNESS_CLASSES)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness import Harness, ReadBack
+from tracelet.testing.harness import Harness, ReadBack
 
 SYSTEM_PREFIXES = ("__system__", "system/")
 REPEAT_CONTEXT_KEY = "tracelet_repeat"

@@ -28,7 +28,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from harness import Harness, ReadBack
+from tracelet.testing.harness import Harness, ReadBack
 
 _FLOAT32_MAX = 3.4028234663852886e38
 _COPY = re.compile(r"^(.*) #(\d+)$")

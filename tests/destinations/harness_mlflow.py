@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Harness, ReadBack
+from tracelet.testing.harness import Harness, ReadBack
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import Harness, ReadBack
+from tracelet.testing.harness import Harness, ReadBack
 
 STEP_RULE = os.environ.get("TRACELET_TEST_WANDB_STEP_RULE", "renumber")  # or "drop"
 BLOCK, HEADER = 32768, 7

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from harness_aim import AimLocalHarness, find_aim_runs, read_aim_run
-from sources import (T0, SourceTruth, _event, _header, build_conformance_logdir, build_kill_logdir,
-                     write_simple_run)
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tests.destinations.harness_aim import AimLocalHarness, find_aim_runs, read_aim_run
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.events import T0, event_record, header_record
+from tracelet.testing.sources import (SourceTruth, build_conformance_logdir, build_kill_logdir,
+                                      write_simple_run)
 
 
 AIM_CLI = str(Path(sys.executable).with_name("aim"))  # Aim's console script, beside python
@@ -121,10 +122,10 @@ def _restarted_run(path: Path, truth: SourceTruth, copies: int) -> None:
     """Training restarted ``copies`` times from step 0: the same steps, new values and times."""
     path.mkdir(parents=True, exist_ok=True)
     for c in range(copies):
-        chunks = [_header(T0 + 1000 * c)]
+        chunks = [header_record(T0 + 1000 * c)]
         for step in range(10):
             v, wall = float(100 * c + step), T0 + 1000 * c + step
-            chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag="loss", simple_value=v)]))
+            chunks.append(event_record(step, wall, [summary_pb2.Summary.Value(tag="loss", simple_value=v)]))
             truth.add("restarts", "loss", step, v, wall)
         (path / f"events.out.tfevents.{1700000000 + c}.host.1.0").write_bytes(b"".join(chunks))
 
@@ -211,7 +212,6 @@ def test_status_creation_time_and_params(aim_h, tmp_path, project):
 
 
 def test_images_histograms_text_and_artifacts_in_native_form(aim_h, tmp_path, project):
-    import numpy as np
     from aim.storage.context import Context
 
     from tracelet.reader import EventFileReader

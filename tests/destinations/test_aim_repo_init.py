@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from harness_aim import AimLocalHarness
-from sources import SourceTruth, build_kill_logdir, write_simple_run
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tests.destinations.harness_aim import AimLocalHarness
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.sources import SourceTruth, build_kill_logdir, write_simple_run
 
 AIM_CLI = str(Path(sys.executable).with_name("aim"))
 KILL_TRIALS = 20

@@ -17,12 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness_clearml import ClearmlOfflineHarness, offline_sessions
-from sources import T0, SourceTruth, _event, _header, build_conformance_logdir, write_simple_run
-from tensorboard.compat.proto import summary_pb2
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tests.destinations.harness_clearml import ClearmlOfflineHarness, offline_sessions
 from tracelet.destinations.clearml import (_Copies, clearml_key, plan_offline_import,
                                            series_name, split_tag, system_series)
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.events import T0
+from tracelet.testing.sources import (SourceTruth, build_conformance_logdir, write_points,
+                                      write_simple_run)
 
 
 @pytest.fixture
@@ -42,18 +43,6 @@ def scalar_series(session) -> dict[tuple[str, str], list[tuple[int, float]]]:
         if e["type"] == "training_stats_scalar":
             out.setdefault((e["metric"], e["variant"]), []).append((e["iter"], e["value"]))
     return out
-
-
-def write_values(path: Path, run: str, truth: SourceTruth, points, name: str,
-                 append: bool = False) -> None:
-    """(tag, step, value, wall) events into one file (raw protos: any value, any step order)."""
-    path.mkdir(parents=True, exist_ok=True)
-    chunks = [] if append else [_header()]
-    for tag, step, value, wall in points:
-        chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=value)]))
-        truth.add(run, tag, step, float(np.float32(value)), wall)
-    with open(path / name, "ab" if append else "wb") as f:
-        f.write(b"".join(chunks))
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -98,13 +87,13 @@ def test_wall_time_is_the_event_timestamp(cml, tmp_path):
 def test_repeated_steps_and_non_finite_values(cml, tmp_path):
     logdir = tmp_path / "logs"
     truth = SourceTruth()
-    write_values(logdir / "r", "r", truth, [("m/x", s, float(s), T0 + s) for s in range(5)],
-                 "events.out.tfevents.1.h.1.0")
+    write_points(logdir / "r", [("m/x", s, float(s), T0 + s) for s in range(5)],
+                 file_name="events.out.tfevents.1.h.1.0", truth=truth, run="r")
     # a restart: steps 0..2 again, and values Elasticsearch's float field rejects
-    write_values(logdir / "r", "r", truth,
+    write_points(logdir / "r",
                  [("m/x", 0, 10.0, T0 + 10), ("m/x", 1, float("nan"), T0 + 11),
                   ("m/x", 2, float("inf"), T0 + 12), ("m/x", 9, float("-inf"), T0 + 13)],
-                 "events.out.tfevents.2.h.1.0")
+                 file_name="events.out.tfevents.2.h.1.0", truth=truth, run="r")
     assert sync_once(logdir, cml, "p").exit_code == 0
     (session,) = cml.sessions("p", "r")
     got = scalar_series(session)

@@ -7,9 +7,8 @@ import sys
 
 import pyarrow as pa
 import pytest
-
-from sources import T0, SourceTruth, _event, _header, write_simple_run
 from tensorboard.compat.proto import summary_pb2
+
 from tracelet.destinations.base import RunRef, SystemRows
 from tracelet.destinations.clearml.mapping import (
     _SESSION_RE, FLOAT32_MAX, STATUS, _Copies, _finite_or_marker, _media_id, _media_specs,
@@ -17,6 +16,8 @@ from tracelet.destinations.clearml.mapping import (
     series_name, server_error_class, session_id, split_tag, system_series)
 from tracelet.errors import DestinationError, PermanentDestinationError, TransientDestinationError
 from tracelet.reader import EventFileReader
+from tracelet.testing.events import T0, event_record, header_record
+from tracelet.testing.sources import SourceTruth, write_simple_run
 
 
 def test_mapping_imports_no_vendor_sdk():
@@ -123,7 +124,7 @@ def test_scalar_rows_from_a_real_event_file(tmp_path):
     f = write_simple_run(tmp_path / "r", "r", truth, ["a/b", "loss"], [0, 1, 2])
     with open(f, "ab") as fh:  # a restart writing steps 1..2 again, then NaN and +Inf
         for step, value in ((1, 5.0), (2, float("nan")), (7, float("inf"))):
-            fh.write(_event(step, T0 + 100 + step,
+            fh.write(event_record(step, T0 + 100 + step,
                             [summary_pb2.Summary.Value(tag="a/b", simple_value=value)]))
     (batch,) = _batches(f)
     state: dict = {}
@@ -145,14 +146,14 @@ def test_scalar_rows_from_a_real_event_file(tmp_path):
 
 
 def test_media_specs_take_copy_numbers_and_skip_refused_images(tmp_path):
-    from sources import _png
+    from tracelet.testing.events import image_bytes
 
     f = tmp_path / "events.out.tfevents.1.h"
-    recs = [_header()]
+    recs = [header_record()]
     for i, step in enumerate((0, 0, 1)):  # step 0 twice
         img = summary_pb2.Summary.Image(height=4, width=4, colorspace=3,
-                                        encoded_image_string=_png(4, 4, i))
-        recs.append(_event(step, T0 + i, [summary_pb2.Summary.Value(tag="samples", image=img)]))
+                                        encoded_image_string=image_bytes(4, 4, i))
+        recs.append(event_record(step, T0 + i, [summary_pb2.Summary.Value(tag="samples", image=img)]))
     f.write_bytes(b"".join(recs))
     (batch,) = _batches(f)
     assert len(batch.images) == 3

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
 
-from conftest import HARNESS_CLASSES
-from harness import canon
-from sources import build_conformance_logdir
-from test_conformance import assert_exactly_once, project_fn
+from tests.destinations.harnesses import HARNESS_CLASSES
 from tracelet.engine import SyncOptions, run_sync
+from tracelet.testing.conformance import assert_exactly_once, project_fn
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import build_conformance_logdir
 
 # one embedded-default harness per destination name (MLflow: the local store)
 FANOUT = {}

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from sources import build_kill_logdir, write_simple_run
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.sources import build_kill_logdir, write_simple_run
 
 
 def test_identity_of_another_run_is_never_used(harness, tmp_path, project):

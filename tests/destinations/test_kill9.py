@@ -12,8 +12,8 @@ import zlib
 
 import pytest
 
-from sources import build_kill_logdir, write_simple_run
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.sources import build_kill_logdir, write_simple_run
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from harness_mlflow import MlflowServer, free_port
-from sources import build_kill_logdir
-from test_conformance import assert_exactly_once, project_fn
+from tests.destinations.harness_mlflow import MlflowServer, free_port
 from tracelet.destinations.mlflow import mlflow_key
+from tracelet.testing.conformance import assert_exactly_once, project_fn
+from tracelet.testing.sources import build_kill_logdir
 
 pytestmark = pytest.mark.server
 
@@ -27,7 +26,7 @@ class _ServerHarness:
     label = "mlflow-own-server"
 
     def __init__(self, uri: str):
-        from harness_mlflow import MlflowServerHarness
+        from tests.destinations.harness_mlflow import MlflowServerHarness
 
         self._h = MlflowServerHarness()
         self._h.uri = uri

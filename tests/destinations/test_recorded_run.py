@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import tracelet
-from conftest import HARNESS_CLASSES
+from tests.destinations.harnesses import HARNESS_CLASSES
 from tracelet.engine import SyncOptions, run_sync
 
 FAST = {"metrics_interval": 0.05, "metrics_flush_interval": 0.2, "metrics_part_samples": 3,

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from harness import canon
-from harness_wandb import WandbOfflineHarness, load_fragment, upload
-from sources import (T0, SourceTruth, _event, _f32, _header, build_conformance_logdir,
-                     write_simple_run)
-from test_conformance import assert_exactly_once, project_fn, sync_once
+from tests.destinations.harness_wandb import WandbOfflineHarness, load_fragment, upload
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.events import T0, event_record, header_record
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import (SourceTruth, build_conformance_logdir, f32, write_points,
+                                      write_simple_run)
 
 
 @pytest.fixture
@@ -48,20 +49,10 @@ def assert_steps_only_grow(h, project, run_path):
     return frags
 
 
-def write_points(path, points, file_name="events.out.tfevents.1700000000.host.1.0", append=False):
-    """Events from ``(tag, step, value)``, one value per event (PyTorch layout)."""
-    path.mkdir(parents=True, exist_ok=True)
-    chunks = [] if append else [_header()]
-    for k, (tag, step, value) in enumerate(points):
-        chunks.append(_event(step, T0 + k, [summary_pb2.Summary.Value(tag=tag, simple_value=value)]))
-    with open(path / file_name, "ab" if append else "wb") as f:
-        f.write(b"".join(chunks))
-
-
 def truth_of(run, points, truth=None):
     truth = truth or SourceTruth()
     for k, (tag, step, value) in enumerate(points):
-        truth.add(run, tag, step, _f32(value), T0 + k)
+        truth.add(run, tag, step, f32(value), T0 + k)
     return truth
 
 
@@ -133,7 +124,7 @@ def test_histogram_over_512_bins_is_rebinned(wb, tmp_path, project):
                                        bucket=counts.tolist())
     (logdir / "h").mkdir(parents=True)
     (logdir / "h" / "events.out.tfevents.1700000000.host.1.0").write_bytes(
-        _header() + _event(3, T0, [summary_pb2.Summary.Value(tag="w", histo=histo)]))
+        header_record() + event_record(3, T0, [summary_pb2.Summary.Value(tag="w", histo=histo)]))
     assert sync_once(logdir, wb, project).exit_code == 0
     (frag,) = run_fragments(wb, project, "h")
     (hist,) = [row["w"] for _, row in frag.rows if "w" in row]
@@ -169,7 +160,7 @@ def test_identical_points_survive_a_crash_resend(wb, tmp_path, project):
     Dedupe by source position, not by value, keeps both across a kill -9 + resync, even when the
     crashed batch ended inside a step and the file grew before the resync."""
     logdir = tmp_path / "logs"
-    run = [(t, s, float(_f32(math.sin(s) + i))) for s in range(40) for i, t in enumerate("xy")]
+    run = [(t, s, float(f32(math.sin(s) + i))) for s in range(40) for i, t in enumerate("xy")]
     again = run[40:]  # steps 20..39 logged again, identical values
     write_points(logdir / "d", run + again)
     crash_sync(wb, logdir, project, "after_send:3", batch_points=7)  # odd: batches split steps
@@ -180,7 +171,7 @@ def test_identical_points_survive_a_crash_resend(wb, tmp_path, project):
     assert_exactly_once(wb, truth, project_fn(project))
     assert_steps_only_grow(wb, project, "d")
     loss = Counter((s, canon(v)) for s, v in wb.read_back(project, "d").scalars["x"])
-    assert loss[(25, canon(_f32(math.sin(25))))] == 2
+    assert loss[(25, canon(f32(math.sin(25))))] == 2
 
 
 def test_killed_sync_leftovers_are_repaired(wb, tmp_path, project):
@@ -259,7 +250,7 @@ def test_kill_while_the_service_still_writes_then_resync_at_once(wb, tmp_path, p
     """kill -9 with rows handed to W&B's service (a separate process, alive ~1.5 s more and
     still writing) and an immediate resync: the resync waits for that writer before it reads
     or cuts the fragment, so every point lands exactly once."""
-    from sources import build_kill_logdir
+    from tracelet.testing.sources import build_kill_logdir
 
     logdir = tmp_path / "logs"
     truth = build_kill_logdir(logdir, runs=2, steps=1500)

@@ -15,13 +15,12 @@ from wandb.proto.wandb_api_pb2 import ApiErrorResponse
 from wandb.sdk.lib.service.service_connection import WandbApiFailedError
 from wandb.sdk.mailbox import HandleAbandonedError, MailboxClosedError
 
-from harness_wandb import WandbOfflineHarness
-from sources import T0
-
+from tests.destinations.harness_wandb import WandbOfflineHarness
 from tracelet.destinations.base import RunRef, classify_error
 from tracelet.destinations.wandb.client import _not_on_server, classify_wandb
 from tracelet.errors import (DestinationError, PermanentDestinationError,
                              TransientDestinationError)
+from tracelet.testing.events import T0
 
 TRANSIENT, CONTENT, DESTINATION = (TransientDestinationError, PermanentDestinationError,
                                    DestinationError)

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from sources import T0, _event, _header
-
 from tracelet.destinations.base import SystemRows
 from tracelet.destinations.keys import tag_hash
 from tracelet.destinations.wandb.landed import Landed
@@ -29,6 +27,7 @@ from tracelet.destinations.wandb.mapping import (
 from tracelet.reader import EventFileReader
 from tracelet.reader.points import (HISTOGRAM, IMAGE, TEXT, AUDIO, Batch, HistogramPoint,
                                     ImagePoint, TextPoint)
+from tracelet.testing.events import T0, event_record, header_record
 
 
 def test_mapping_imports_no_sdk():
@@ -137,8 +136,8 @@ def test_landed_merges_and_covers():
 # -- rows -------------------------------------------------------------------------------------
 def _scalar_batches(tmp_path, points, max_points):
     path = tmp_path / "events.out.tfevents.1700000000.host.1.0"
-    path.write_bytes(_header() + b"".join(
-        _event(step, T0 + k, [summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+    path.write_bytes(header_record() + b"".join(
+        event_record(step, T0 + k, [summary_pb2.Summary.Value(tag=tag, simple_value=value)])
         for k, (tag, step, value) in enumerate(points)))
     return list(EventFileReader(str(path)).batches(max_points=max_points))
 
@@ -178,7 +177,6 @@ def test_scalar_rows_name_each_point_once_whatever_the_batches(tmp_path):
         landed.finish()
         for batch in batches:
             n = len(batch.scalars)
-            skip = landed.covered("f", "s", base, n)
             rows = scalar_rows(batch, "f", base, landed)
             named += _ordinals(rows)
             for row, _ in rows:  # one step per row, each key once

@@ -9,14 +9,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from harness import canon
-from sources import build_kill_logdir, write_simple_run
 from tracelet._fs import exclusive_lock
 from tracelet.checkpoint import CheckpointStore
 from tracelet.destinations import register, target_key, unregister
-from tracelet.destinations.memory.factory import MemoryFactory
 from tracelet.destinations.memory import MemoryDestination, MemoryStore, store_named
+from tracelet.destinations.memory.factory import MemoryFactory
 from tracelet.engine import EXIT_LOCKED, SyncOptions, run_sync, state_dir_for
+from tracelet.testing.harness import canon
+from tracelet.testing.sources import build_kill_logdir, write_simple_run
 
 
 @pytest.fixture(autouse=True)
@@ -230,7 +230,7 @@ def test_journaled_store_survives_a_new_process_view(tmp_path):
 def test_kinds_a_destination_lacks_are_filtered_out_and_counted_unsupported(tmp_path):
     """The engine sends a destination only the kinds its Capabilities declare (the memory
     destination refuses any other kind), and reports the rest as unsupported, per kind."""
-    from sources import build_conformance_logdir
+    from tracelet.testing.sources import build_conformance_logdir
 
     logdir = tmp_path / "logs"
     truth = build_conformance_logdir(logdir, "p")

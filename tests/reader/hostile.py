@@ -4,37 +4,12 @@ that a reader trusting the shape would allocate far more than the record holds.
 """
 from __future__ import annotations
 
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+from tensorboard.compat.proto import summary_pb2
 
-from tracelet.reader import frame_record
+from tracelet.testing.events import (DT_BFLOAT16, DT_DOUBLE, DT_FLOAT, DT_HALF, DT_STRING, DT_UINT8,
+                                     T0, Value, event_bytes, framed, scalar_event, summary_event,
+                                     tensor, tensor_value)
 
-Value = summary_pb2.Summary.Value
-
-
-def scalar_event(step: int, value: float, tag: str = "loss") -> event_pb2.Event:
-    return event_pb2.Event(step=step, wall_time=1000.0 + step,
-                           summary=summary_pb2.Summary(value=[Value(tag=tag, simple_value=value)]))
-
-
-def tensor(dtype: int, dims, **fields) -> tensor_pb2.TensorProto:
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
-    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, **fields)
-
-
-def value_event(step: int, value: Value) -> event_pb2.Event:
-    return event_pb2.Event(step=step, wall_time=1000.0 + step,
-                           summary=summary_pb2.Summary(value=[value]))
-
-
-def tensor_value(tag: str, t: tensor_pb2.TensorProto, plugin: str = "") -> Value:
-    v = Value(tag=tag, tensor=t)
-    if plugin:
-        v.metadata.plugin_data.plugin_name = plugin
-    return v
-
-
-DT_FLOAT, DT_DOUBLE, DT_UINT8, DT_STRING, DT_BFLOAT16, DT_HALF = 1, 2, 4, 7, 14, 19
 # Each would make the old reader allocate from the shape (64 GiB to 256 GiB and beyond, or an
 # int64 product that wraps), or holds data its shape contradicts. Sizes are far beyond this
 # machine's memory on purpose: a regression fails at once with MemoryError, it cannot thrash.
@@ -77,14 +52,11 @@ HOSTILE_VALUES = {
 def hostile_event_file(path, value: Value) -> int:
     """file_version, scalars 0..4, the hostile value at step 5, scalars 6..9 (and a text after
     it). Returns the byte offset of the hostile record."""
-    events = [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")]
-    events += [scalar_event(k, 0.5 * k) for k in range(5)]
-    data = b"".join(frame_record(e.SerializeToString()) for e in events)
+    data = event_bytes(range(5))
     at = len(data)
-    data += frame_record(value_event(5, value).SerializeToString())
-    data += b"".join(frame_record(scalar_event(k, 0.5 * k).SerializeToString())
-                     for k in range(6, 10))
+    data += framed(summary_event(5, T0 + 5, [value]))
+    data += b"".join(framed(scalar_event("loss", k, 0.5 * k)) for k in range(6, 10))
     text = tensor_value("after", tensor(DT_STRING, [], string_val=[b"still read"]), "text")
-    data += frame_record(value_event(10, text).SerializeToString())
+    data += framed(summary_event(10, T0 + 10, [text]))
     path.write_bytes(data)
     return at

@@ -19,8 +19,8 @@ import textwrap
 import threading
 
 import pytest
-from conftest import KINDS, oracle_points, points_of_batches
 
+from tests.reader.helpers import KINDS, oracle_points, points_of_batches
 from tracelet.reader import EventFileReader
 
 WRITER = textwrap.dedent('''

@@ -5,20 +5,10 @@ from __future__ import annotations
 import io
 import wave
 
-import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
 
 from tracelet.reader import EventFileReader, frame_record
-
-
-def _wav(frames: int, rate: int) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.zeros(frames, "<i2").tobytes())
-    return buf.getvalue()
+from tracelet.testing.events import wav_bytes
 
 
 def _read(path):
@@ -44,7 +34,7 @@ def test_torch_add_audio(tmp_path):
 
 
 def test_tf2_audio_tensor_with_labels(tmp_path):
-    clips = [_wav(100, 8000), b"first", _wav(50, 22050), b"second"]
+    clips = [wav_bytes(100, 8000), b"first", wav_bytes(50, 22050), b"second"]
     t = tensor_pb2.TensorProto(dtype=7, string_val=clips, tensor_shape=tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=2), tensor_shape_pb2.TensorShapeProto.Dim(size=2)]))
     md = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="audio"))

@@ -16,29 +16,26 @@ import struct
 import tracemalloc
 
 import pytest
-from conftest import CORRUPTIONS, FIXTURES, fixture_id, read_points, record_ends
-from hostile import (DT_BFLOAT16, DT_DOUBLE, DT_FLOAT, DT_HALF, DT_STRING, HOSTILE_VALUES, Value,
-                     hostile_event_file, scalar_event, tensor, value_event)
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
+from tests.reader.helpers import (CORRUPTIONS, FIXTURES, damaged_fixtures, fixture_id, read_points,
+                                  record_ends)
+from tests.reader.hostile import HOSTILE_VALUES, hostile_event_file
 from tracelet.errors import CorruptFileError, NotRegularFileError
 from tracelet.export import FileScan
-from tracelet.reader import EventFileReader, frame_record, tensor_to_ndarray
+from tracelet.reader import EventFileReader, frame_record, masked_crc32c, tensor_to_ndarray
 from tracelet.reader import records as records_mod
 from tracelet.reader.events import MAX_EXPANDED_ELEMENTS, MalformedValue
 from tracelet.reader.records import MAX_RECORD_BYTES
-
-
-def _damaged(kind):
-    return [pytest.param(FIXTURES / rel, info, id=rel)
-            for rel, info in CORRUPTIONS.items() if info["kind"] == kind]
+from tracelet.testing.events import (DT_BFLOAT16, DT_DOUBLE, DT_FLOAT, DT_HALF, DT_STRING, T0, Value,
+                                     framed, scalar_event, summary_event, tensor)
 
 
 def _steps(points, tag="loss"):
     return [s for t, s, _, _ in points["scalar"] if t == tag]
 
 
-@pytest.mark.parametrize("path,info", _damaged("bad_data_crc"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_data_crc"))
 def test_bad_data_crc_skips_one_record_and_counts_it(path, info, read_path):
     got, reader, batches = read_points(path)
     st = reader.status
@@ -53,14 +50,14 @@ def test_bad_data_crc_skips_one_record_and_counts_it(path, info, read_path):
     assert len(set(range(40)) - set(steps)) == 1
 
 
-@pytest.mark.parametrize("path,info", _damaged("bad_data_crc"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_data_crc"))
 def test_bad_data_crc_is_counted_in_the_batch_that_covers_it(path, info, read_path):
     _, _, batches = read_points(path, max_points=1)
     (b,) = [b for b in batches if b.skipped_records]
     assert b.start_offset <= info["record_start"] and info["record_end"] <= b.end_offset
 
 
-@pytest.mark.parametrize("path,info", _damaged("bad_data_crc"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_data_crc"))
 def test_bad_data_crc_status_names_the_record_offset(path, info, read_path):
     _, reader, _ = read_points(path)
     fields = dataclasses.asdict(reader.status)
@@ -70,7 +67,7 @@ def test_bad_data_crc_status_names_the_record_offset(path, info, read_path):
     assert named, f"no status field holds byte {info['record_start']}: {fields}"
 
 
-@pytest.mark.parametrize("path,info", _damaged("bad_length_crc") + _damaged("garbage"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_length_crc") + damaged_fixtures("garbage"))
 def test_bad_length_crc_stops_there_and_names_the_offset(path, info, read_path):
     at = info.get("record_start", info.get("corrupt_offset"))
     got, reader, _ = read_points(path)
@@ -90,7 +87,7 @@ def test_bad_length_crc_stops_there_and_names_the_offset(path, info, read_path):
     assert all(b.points == 0 for b in batches2)
 
 
-@pytest.mark.parametrize("path,info", _damaged("bad_length_crc"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_length_crc"))
 def test_bad_length_crc_reads_every_record_before(path, info, read_path):
     got, _, _ = read_points(path)
     # records: file_version, then per step a scalar (and a text at steps 0, 10, 20, ...)
@@ -99,7 +96,7 @@ def test_bad_length_crc_reads_every_record_before(path, info, read_path):
     assert _steps(got) == list(range(len(got["scalar"])))
 
 
-@pytest.mark.parametrize("path,info", _damaged("truncated_tail"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("truncated_tail"))
 def test_truncated_tail_is_not_yet(path, info, read_path):
     got, reader, _ = read_points(path)
     st = reader.status
@@ -133,15 +130,7 @@ def clean_copy(tmp_path):
 
 
 def _masked_crc(b: bytes) -> bytes:
-    from crc32c import crc32c
-
-    c = crc32c(b)
-    return struct.pack("<I", (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
-def _frame(data: bytes) -> bytes:
-    header = struct.pack("<Q", len(data))
-    return header + _masked_crc(header) + data + _masked_crc(data)
+    return struct.pack("<I", masked_crc32c(b))
 
 
 @pytest.mark.parametrize("keep", [1, 8, 11, 12, 13])
@@ -169,7 +158,7 @@ def test_zero_filled_tail_is_not_yet(clean_copy, read_path):
 def test_unparsable_payload_with_valid_crcs_is_skipped(clean_copy, read_path):
     ends = record_ends(clean_copy)
     data = clean_copy.read_bytes()
-    junk = _frame(b"\xff\xff\xff\xff not a protobuf")
+    junk = frame_record(b"\xff\xff\xff\xff not a protobuf")
     clean_copy.write_bytes(data[: ends[5]] + junk + data[ends[5]:])
     got, reader, batches = read_points(clean_copy)
     assert sum(b.skipped_records for b in batches) == 1
@@ -198,8 +187,7 @@ def test_impossible_length_with_valid_crc_is_corrupt_not_a_tail(clean_copy, leng
     corruption), and a re-read from the checkpoint reports the same and returns."""
     size = clean_copy.stat().st_size
     header = struct.pack("<Q", length)
-    after = b"".join(frame_record(scalar_event(100 + k, 1.0).SerializeToString())
-                     for k in range(150))
+    after = b"".join(framed(scalar_event("loss", 100 + k, 1.0)) for k in range(150))
     with open(clean_copy, "ab") as f:
         f.write(header + _masked_crc(header) + b"partial payload" + after)
     with _bounded_memory():
@@ -272,7 +260,7 @@ def test_hostile_value_next_to_good_values_keeps_them(tmp_path, read_path):
 
 
 def test_many_refused_records_are_all_counted_and_notes_bounded(tmp_path, read_path):
-    bad = frame_record(value_event(1, HOSTILE_VALUES["negative_dimension"]()).SerializeToString())
+    bad = framed(summary_event(1, T0 + 1, [HOSTILE_VALUES["negative_dimension"]()]))
     path = tmp_path / "events.out.tfevents.1.host"
     path.write_bytes(bad * (records_mod.MAX_NOTED + 50))
     _, reader, batches = read_points(path, max_points=7)
@@ -296,7 +284,7 @@ def test_hparams_with_nan_inside_a_list_keep_every_hparam(tmp_path, read_path):
     v.metadata.plugin_data.plugin_name = "hparams"
     v.metadata.plugin_data.content = data.SerializeToString()
     path = tmp_path / "events.out.tfevents.1.host"
-    path.write_bytes(frame_record(value_event(0, v).SerializeToString()))
+    path.write_bytes(framed(summary_event(0, T0, [v])))
     _, reader, batches = read_points(path)
     (hp,) = [h for b in batches for h in b.hparams]
     assert hp.hparams["lr"] == 0.5 and "nan" in hp.hparams["betas"]
@@ -310,7 +298,7 @@ def test_audio_with_an_impossible_sample_rate_reads_it_as_unknown(tmp_path, rate
     v = Value(tag="clip", audio=summary_pb2.Summary.Audio(sample_rate=rate,
                                                           encoded_audio_string=wav))
     path = tmp_path / "events.out.tfevents.1.host"
-    path.write_bytes(frame_record(value_event(0, v).SerializeToString()))
+    path.write_bytes(framed(summary_event(0, T0, [v])))
     _, _, batches = read_points(path)
     (a,) = [a for b in batches for a in b.audio]
     assert a.sample_rate == 8000.0

@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 import shutil
 
-import pytest
-from conftest import FIXTURES
 
+from tests.reader.helpers import FIXTURES
 from tracelet.reader import discover_runs
 
 

@@ -13,16 +13,16 @@ import random
 import shutil
 import struct
 import sysconfig
-from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboard.compat.proto import event_pb2, graph_pb2, summary_pb2, tensor_pb2
-from tensorboard.compat.proto import tensor_shape_pb2
+from tensorboard.compat.proto import event_pb2, graph_pb2, summary_pb2
 
 from tracelet.reader import EventFileReader, frame_record, masked_crc32c
 from tracelet.reader import events as events_mod
 from tracelet.reader import records as records_mod
+from tracelet.testing.events import (DT_FLOAT, Value, framed, scalar_event, summary_event, tensor,
+                                     tensor_value, version_event, write_frames)
 
 try:
     from tracelet.reader import _fastscan
@@ -30,7 +30,6 @@ except ImportError:  # reported by test_extension_is_built; the comparisons need
     _fastscan = None
 
 needs_ext = pytest.mark.skipif(_fastscan is None, reason="C extension not built (no compiler?)")
-Value = summary_pb2.Summary.Value
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -106,26 +105,9 @@ def assert_same_everywhere(path, max_points_list=(1, 2, 3, 7, 20_000)):
     return batches
 
 
-def write_records(path, payloads):
-    with open(path, "wb") as f:
-        for p in payloads:
-            f.write(frame_record(p if isinstance(p, bytes) else p.SerializeToString()))
-    return path
-
-
-def scalar_event(step, wall, *pairs):
-    return event_pb2.Event(
-        step=step, wall_time=wall,
-        summary=summary_pb2.Summary(value=[Value(tag=t, simple_value=v) for t, v in pairs]),
-    )
-
-
-def tensor_scalar(tag, step, value, plugin=None):
-    t = tensor_pb2.TensorProto(dtype=1, float_val=[value], tensor_shape=tensor_shape_pb2.TensorShapeProto())
-    v = Value(tag=tag, tensor=t)
-    if plugin:
-        v.metadata.plugin_data.plugin_name = plugin
-    return event_pb2.Event(step=step, wall_time=1.5, summary=summary_pb2.Summary(value=[v]))
+def tensor_scalar(tag, step, value, plugin=""):
+    t = tensor(DT_FLOAT, [], float_val=[value])
+    return summary_event(step, 1.5, [tensor_value(tag, t, plugin)])
 
 
 def varint(n: int) -> bytes:
@@ -188,8 +170,10 @@ def test_crc32c_matches_reference_in_both_implementations():
 
 @needs_ext
 def test_simple_values_never_reach_python(tmp_path, monkeypatch):
-    p = write_records(tmp_path / "ev", [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2")]
-                      + [scalar_event(k, 1.0 + k, ("loss", k * 0.5), ("acc", 1.0)) for k in range(50)])
+    p = tmp_path / "ev"
+    write_frames(p, [version_event(1.0)]
+                 + [scalar_event(step=k, wall=1.0 + k, pairs=[("loss", k * 0.5), ("acc", 1.0)])
+                    for k in range(50)])
     calls = []
     orig = EventFileReader._decode_event
     monkeypatch.setattr(EventFileReader, "_decode_event",
@@ -207,13 +191,14 @@ def test_simple_values_never_reach_python(tmp_path, monkeypatch):
 def test_simple_values_steps_and_special_floats(tmp_path):
     steps = [0, 1, -1, -(2**63), 2**40, 2**63 - 1, 127, 128, 300, -300]
     vals = [0.0, -0.0, math.nan, math.inf, -math.inf, 1e-45, 3.4e38, 1.0 / 3.0, -2.5]
-    evs = [event_pb2.Event(wall_time=1e9, file_version="brain.Event:2")]
+    evs = [version_event(1e9)]
     for k, s in enumerate(steps):
-        evs.append(scalar_event(s, 1.6e9 + k / 7, *[(f"t{j}", v) for j, v in enumerate(vals)]))
-    evs.append(scalar_event(3, math.nan, ("nan_wall", 1.0)))
+        evs.append(scalar_event(step=s, wall=1.6e9 + k / 7, pairs=[(f"t{j}", v) for j, v in enumerate(vals)]))
+    evs.append(scalar_event("nan_wall", 3, 1.0, math.nan))
     evs.append(event_pb2.Event(step=9, wall_time=3.0))  # no `what` at all
     evs.append(event_pb2.Event(step=9, wall_time=3.0, summary=summary_pb2.Summary()))  # empty
-    p = write_records(tmp_path / "ev", evs)
+    p = tmp_path / "ev"
+    write_frames(p, evs)
     (b,) = assert_same_everywhere(p)
     assert dict(b[1:])["records"] == len(evs)
 
@@ -222,9 +207,10 @@ def test_simple_values_steps_and_special_floats(tmp_path):
 def test_unicode_and_many_tags(tmp_path):
     tags = ["loss/train", "ünïcödé/λ", "日本語/損失", "emoji/🚀", "nul\x00inside", "x" * 3000]
     tags += [f"many/{k}" for k in range(5000)]  # past the C tag cache's capacity: it starts over
-    evs = [scalar_event(k, float(k), (t, float(k))) for k, t in enumerate(tags)]
-    evs += [scalar_event(k, float(k), (t, 2.0)) for k, t in enumerate(tags[:10])]
-    p = write_records(tmp_path / "ev", evs)
+    evs = [scalar_event(t, k, float(k), float(k)) for k, t in enumerate(tags)]
+    evs += [scalar_event(t, k, 2.0, float(k)) for k, t in enumerate(tags[:10])]
+    p = tmp_path / "ev"
+    write_frames(p, evs)
     for mp in (999, 20_000):
         assert_same(p, max_points=mp)
 
@@ -274,7 +260,8 @@ def test_wire_format_edge_cases(tmp_path):
         raw_event([]),  # summary present but empty
         raw_event([field(1, 2, b"") for _ in range(3)]),  # three empty Values
     ]
-    p = write_records(tmp_path / "ev", payloads)
+    p = tmp_path / "ev"
+    write_frames(p, payloads)
     for mp in (1, 2, 20_000):
         assert_same(p, max_points=mp)
     batches, status, (unparsable, _, notes), _ = _read(p, fast=True)
@@ -285,7 +272,7 @@ def test_wire_format_edge_cases(tmp_path):
 def test_random_mutations(tmp_path):
     """Seeded fuzz: corrupt payload bytes (CRCs recomputed) so C sees every kind of bad proto."""
     rng = random.Random(7)
-    base = [scalar_event(k, 1.0 + k, ("a/b", 0.5), ("ü", -1.0)).SerializeToString()
+    base = [scalar_event(step=k, wall=1.0 + k, pairs=[("a/b", 0.5), ("ü", -1.0)]).SerializeToString()
             for k in range(40)]
     base += [tensor_scalar("t", 1, 2.0, "scalars").SerializeToString()]
     payloads = []
@@ -301,7 +288,8 @@ def test_random_mutations(tmp_path):
             else:
                 d.insert(j, rng.getrandbits(8))
         payloads.append(bytes(d))
-    p = write_records(tmp_path / "ev", payloads)
+    p = tmp_path / "ev"
+    write_frames(p, payloads)
     for mp in (5, 20_000):
         assert_same(p, max_points=mp)
 
@@ -329,10 +317,10 @@ def test_mixed_writers(tmp_path):
         w.add_hparams({"lr": 0.1, "opt": "sgd", "layers": 3}, {"hp/acc": 0.9})
         w.close()
     # TF2-style tensor scalars whose plugin metadata comes only with the first value
-    write_records(tmp_path / "tf2.tfevents",
-                  [tensor_scalar("tf2", 0, 1.0, "scalars"), scalar_event(0, 1.0, ("s", 1.0)),
-                   tensor_scalar("tf2", 1, 2.0), scalar_event(1, 1.0, ("s", 2.0)),
-                   tensor_scalar("hist_like", 1, 3.0, "histograms")])
+    write_frames(tmp_path / "tf2.tfevents",
+                 [tensor_scalar("tf2", 0, 1.0, "scalars"), scalar_event("s", 0, 1.0, 1.0),
+                  tensor_scalar("tf2", 1, 2.0), scalar_event("s", 1, 2.0, 1.0),
+                  tensor_scalar("hist_like", 1, 3.0, "histograms")])
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "tfevents" in p.name)
     assert len(files) >= 5
     for f in files:
@@ -341,9 +329,9 @@ def test_mixed_writers(tmp_path):
 
 # -- framing ---------------------------------------------------------------------------------
 def _mixed_payloads(n=60):
-    out = [event_pb2.Event(wall_time=1.0, file_version="brain.Event:2").SerializeToString()]
+    out = [version_event(1.0).SerializeToString()]
     for k in range(n):
-        out.append(scalar_event(k, 1.0 + k, ("loss", k / 3), ("acc", 0.5)).SerializeToString())
+        out.append(scalar_event(step=k, wall=1.0 + k, pairs=[("loss", k / 3), ("acc", 0.5)]).SerializeToString())
         if k % 9 == 4:
             out.append(tensor_scalar("t", k, 2.0, "scalars").SerializeToString())
     return out
@@ -376,7 +364,7 @@ def test_framing_errors_and_chunk_boundaries(tmp_path, monkeypatch, chunk_bytes)
 @needs_ext
 def test_truncated_tail_at_every_byte(tmp_path):
     frames = [frame_record(p) for p in _mixed_payloads(8)]
-    frames.append(frame_record(scalar_event(99, 9.0, ("last", 1.0), ("last2", 2.0)).SerializeToString()))
+    frames.append(framed(scalar_event(step=99, wall=9.0, pairs=[("last", 1.0), ("last2", 2.0)])))
     full = b"".join(frames)
     head = len(full) - len(frames[-1])
     whole = tmp_path / "whole"
@@ -421,11 +409,12 @@ def test_end_bound_and_resume_offsets(tmp_path):
 
 @needs_ext
 def test_big_event_many_values(tmp_path):
-    evs = [scalar_event(k, 1.0, *[(f"v{j}", float(j)) for j in range(700)]) for k in range(5)]
+    evs = [scalar_event(step=k, wall=1.0, pairs=[(f"v{j}", float(j)) for j in range(700)]) for k in range(5)]
     evs.insert(2, event_pb2.Event(step=1, summary=summary_pb2.Summary(
         value=[Value(tag="h", histo=summary_pb2.HistogramProto(min=0, max=1, num=1,
                                                              bucket_limit=[1.0], bucket=[1.0]))])))
-    p = write_records(tmp_path / "ev", evs)
+    p = tmp_path / "ev"
+    write_frames(p, evs)
     assert_same_everywhere(p, max_points_list=(1, 500, 701, 20_000))
 
 

@@ -2,7 +2,7 @@
 
 For each intact file: every scalar (value, step, wall time, NaN-aware and bit-exact), every
 histogram, image, text and hparams point must equal what ``EventFileLoader`` yields, decoded in
-conftest.py with ``make_ndarray``. Damaged files cannot be read by the oracle as they are; for
+helpers.py with ``make_ndarray``. Damaged files cannot be read by the oracle as they are; for
 those the oracle reads a repaired copy (the bad record cut out, or the file cut at the bad
 length) and the reader must yield exactly that, plus the documented status.
 """
@@ -12,8 +12,10 @@ import functools
 import math
 
 import pytest
-from conftest import (CORRUPTIONS, FIXTURES, KINDS, all_event_files, assert_same_as_oracle,
-                      fixture_id, intact_event_files, is_nan_hex, oracle_points, read_points)
+
+from tests.reader.helpers import (CORRUPTIONS, FIXTURES, KINDS, all_event_files,
+                                  assert_same_as_oracle, damaged_fixtures, fixture_id,
+                                  intact_event_files, is_nan_hex, oracle_points, read_points)
 
 INTACT = intact_event_files()
 
@@ -140,12 +142,7 @@ def test_typed_and_content_tensor_scalars_agree(read_path):
 
 
 # -- damaged files: the oracle reads a repaired copy ---------------------------------------
-def _damaged(kind):
-    return [pytest.param(FIXTURES / rel, info, id=rel)
-            for rel, info in CORRUPTIONS.items() if info["kind"] == kind]
-
-
-@pytest.mark.parametrize("path,info", _damaged("bad_data_crc"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_data_crc"))
 def test_bad_data_crc_equals_tensorboard_without_that_record(path, info, read_path, tmp_path):
     """The reader skips exactly the damaged record and reads every later one."""
     data = path.read_bytes()
@@ -157,7 +154,7 @@ def test_bad_data_crc_equals_tensorboard_without_that_record(path, info, read_pa
     assert reader.status.offset == len(data)
 
 
-@pytest.mark.parametrize("path,info", _damaged("bad_length_crc"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("bad_length_crc"))
 def test_bad_length_crc_equals_tensorboard_up_to_there(path, info, read_path, tmp_path):
     cut = tmp_path / path.name
     cut.write_bytes(path.read_bytes()[: info["record_start"]])
@@ -167,7 +164,7 @@ def test_bad_length_crc_equals_tensorboard_up_to_there(path, info, read_path, tm
     assert reader.status.offset == info["record_start"]
 
 
-@pytest.mark.parametrize("path,info", _damaged("truncated_tail"))
+@pytest.mark.parametrize("path,info", damaged_fixtures("truncated_tail"))
 def test_truncated_tail_equals_tensorboard(path, info, read_path):
     """TensorBoard also stops before a half-written record; both read the same records."""
     got, reader, _ = read_points(path)

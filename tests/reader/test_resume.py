@@ -12,9 +12,9 @@ import random
 from collections import Counter
 
 import pytest
-from conftest import (FIXTURES, KINDS, fixture_id, intact_event_files, points_of_batches,
-                      read_points, record_ends)
 
+from tests.reader.helpers import (FIXTURES, KINDS, fixture_id, intact_event_files,
+                                  points_of_batches, read_points, record_ends)
 from tracelet.reader import EventFileReader
 
 INTACT = intact_event_files()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tracelet
-from recorder_helpers import FAST, read_run
+from tests.recorder.recorder_helpers import FAST, read_run
 from tracelet.errors import UsageError
 from tracelet.redact import REDACTED
 
@@ -302,7 +302,7 @@ def test_live_sync_calls_engine_and_survives_failures(logdir, monkeypatch, caplo
     monkeypatch.setattr(tracelet, "engine", fake, raising=False)
     cfg = {**FAST, "track_system": False, "sync": "live", "sync_interval": 0.05}
     with caplog.at_level(logging.WARNING, logger="tracelet.recorder"):
-        with tracelet.start_logging("live", backend="mlflow", config=cfg) as exp:
+        with tracelet.start_logging("live", backend="mlflow", config=cfg):
             import time
 
             deadline = time.monotonic() + 5

@@ -2,7 +2,6 @@
 ``tracelet record`` (exit codes, signal forwarding, TRACELET_RUN_DIR)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder_helpers import child_env, read_run, run_dirs, wait_for_line
+from tests.recorder.recorder_helpers import child_env, read_run, run_dirs, wait_for_line
 from tracelet.redact import REDACTED
 
 

@@ -14,7 +14,7 @@ from collections import namedtuple
 import pytest
 
 import tracelet
-from recorder_helpers import FAST, read_run
+from tests.recorder.recorder_helpers import FAST, read_run
 from tracelet.recorder.capture import nvml_static_info
 from tracelet.recorder.sysmetrics import SystemSampler, loss_bound_samples
 from tracelet.sidecar import SCHEMA, list_parts, next_part_index, read_part, write_part

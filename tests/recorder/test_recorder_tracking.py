@@ -10,7 +10,7 @@ import tensorboardX
 from torch.utils.tensorboard import SummaryWriter
 
 import tracelet
-from recorder_helpers import FAST, read_run
+from tests.recorder.recorder_helpers import FAST, read_run
 
 ORIGINAL_TORCH_INIT = SummaryWriter.__init__
 ORIGINAL_TBX_INIT = tensorboardX.SummaryWriter.__init__

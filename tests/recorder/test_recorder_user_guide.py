@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import tracelet
-from recorder_helpers import read_run, run_dirs
+from tests.recorder.recorder_helpers import read_run, run_dirs
 from tracelet.redact import REDACTED
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,10 @@ group ``tracelet.destinations`` (the entry point names a factory object or class
     [project.entry-points."tracelet.destinations"]
     mytracker = "mypkg.tracelet_dest:FACTORY"
 
-Entry points are read only when a name is not built in, or when every name is needed (the
-command line's options and ``--help``): a cron pass to built-in destinations never scans them.
+Entry points are read only when a name is not built in, or when every name is needed: the
+command line builds the options of ``sync``/``status``/``reset`` from every factory (one scan,
+~20-30 ms, per command), the library API (``run_sync``, ``tracelet.sync``) with built-in names
+never scans.
 """
 from __future__ import annotations
 

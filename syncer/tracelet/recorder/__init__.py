@@ -10,7 +10,7 @@
     exp.writer.add_scalar("acc", 0.9, 0)      # or torch's SummaryWriter(): lands in the run
     tracelet.stop_logging()
 
-Layout (DESIGN §2): ``<logdir>/<project>/<name>/`` with ``events.out.tfevents.*``,
+Layout (README "Training side"): ``<logdir>/<project>/<name>/`` with ``events.out.tfevents.*``,
 ``tracelet.json``, ``sysmetrics/part-NNNNNN.parquet`` and ``artifacts/``. Modules:
 
 * :mod:`.experiment` lifecycle, exit statuses, signals · :mod:`.writer` event file + images

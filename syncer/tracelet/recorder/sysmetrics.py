@@ -1,4 +1,4 @@
-"""System metrics sampler: a daemon thread writing immutable parquet parts (DESIGN §2).
+"""System metrics sampler: a daemon thread writing immutable parquet parts (README "Training side": the metric names).
 
 Every ``interval_s`` one *sample* is taken: one timestamp, one row per metric::
 

@@ -27,7 +27,7 @@ from .paths import Entry, ObjectPath
 __all__ = ["Entry", "ObjectPath", "is_object_url", "open_location", "read_block_bytes",
            "READ_BLOCK_ENV", "SCHEMES"]
 
-# URL scheme -> the extra that serves it (`pip install 'tracelet[<extra>]'`)
+# URL scheme -> the extra that serves it (Tracelet's `[<extra>]`, installed from a checkout)
 SCHEMES = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure",
            "abfss": "azure"}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

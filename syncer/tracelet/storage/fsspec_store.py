@@ -31,8 +31,9 @@ class FsspecLocation(ObjectLocation):
             importlib.import_module(_MODULES[extra])
         except ImportError:
             raise UsageError(f"{url}: {url.partition('://')[0]}:// logdirs need "
-                             f"{_MODULES[extra]}. Install it with: pip install "
-                             f"'tracelet[{extra}]'") from None
+                             f"{_MODULES[extra]}. Install it (pip install {_MODULES[extra]}), or "
+                             f"Tracelet's extra from your checkout or wheel: pip install "
+                             f"'./[{extra}]'") from None
         try:
             # A fresh instance: fsspec caches filesystems and their listings per process;
             # each pass must see the store as it is now.

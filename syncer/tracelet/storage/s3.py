@@ -1,4 +1,4 @@
-"""``s3://bucket/prefix`` logdirs through boto3, the AWS SDK (``pip install 'tracelet[s3]'``).
+"""``s3://bucket/prefix`` logdirs through boto3, the AWS SDK (Tracelet's ``[s3]`` extra).
 
 Credentials and endpoint are found the way every AWS tool finds them: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, instance and
@@ -26,8 +26,9 @@ class S3Location(ObjectLocation):
             import boto3
             from botocore.config import Config
         except ImportError:
-            raise UsageError(f"{url}: s3:// logdirs need boto3. Install it with: "
-                             "pip install 'tracelet[s3]'") from None
+            raise UsageError(f"{url}: s3:// logdirs need boto3. Install it (pip install "
+                             "boto3), or Tracelet's extra from your checkout or wheel: "
+                             "pip install './[s3]'") from None
         self.bucket = self.root.anchor.partition("://")[2]
         self.prefix = self.root.key
         # Standard retry mode: bounded exponential backoff on throttling and 5xx, as the

@@ -1,25 +1,23 @@
 """Deterministic source logdirs for the destination tests, with the truth they must produce.
 
-Built from raw protos (``frame_record``), so the tests know every point that must land: each
-destination test compares what the vendor's own client reads back with ``SourceTruth``.
+Built from raw protos (:mod:`tracelet.testing.events`), so the tests know every point that
+must land: each destination test compares what the vendor's own client reads back with
+:class:`SourceTruth`.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2
+from tensorboard.compat.proto import summary_pb2
 
-from tracelet.reader import frame_record
-
-T0 = 1_700_000_000.0
+from .events import (DT_DOUBLE, DT_FLOAT, DT_STRING, EVENT_NAME, T0, event_record, header_record,
+                     image_bytes, plugin_metadata, tensor, tensor_value, wav_bytes)
 
 
 @dataclass
@@ -42,70 +40,47 @@ class SourceTruth:
         return sorted({r for r, _ in self.scalars})
 
 
-def _event(step: int, wall: float, values) -> bytes:
-    return frame_record(event_pb2.Event(step=step, wall_time=wall,
-                                        summary=summary_pb2.Summary(value=values)).SerializeToString())
-
-
-def _header(wall: float = T0) -> bytes:
-    return frame_record(event_pb2.Event(wall_time=wall, file_version="brain.Event:2").SerializeToString())
-
-
-def _f32(x: float) -> float:
+def f32(x: float) -> float:
+    """``x`` as a float32 ``simple_value`` stores it."""
     return float(np.float32(x))
 
 
 def write_simple_run(path: Path, run: str, truth: SourceTruth, tags: list[str], steps: list[int],
-                     seed: int = 0, file_name: str = "events.out.tfevents.1700000000.host.1.0",
+                     seed: int = 0, file_name: str = EVENT_NAME,
                      append: bool = False) -> Path:
     """PyTorch layout: one simple_value per event."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     f = path / file_name
-    chunks = [] if append else [_header()]
+    chunks = [] if append else [header_record()]
     for i, step in enumerate(steps):
         for tag in tags:
-            v = _f32(rng.standard_normal())
+            v = f32(rng.standard_normal())
             wall = T0 + seed * 1000 + i * 0.5
-            chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=v)]))
+            chunks.append(event_record(step, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=v)]))
             truth.add(run, tag, step, v, wall)
     with open(f, "ab" if append else "wb") as fh:
         fh.write(b"".join(chunks))
     return f
 
 
-def _scalar_tensor(value, dtype_enum: int, np_dtype) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(dtype=dtype_enum, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-                                  tensor_content=np.asarray(value, np_dtype).tobytes())
-
-
-def _string_tensor(values: list[bytes], shape: list[int]) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(
-        dtype=7, string_val=values,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
-
-
-def _png(w: int, h: int, seed: int) -> bytes:
-    from PIL import Image
-
-    arr = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _wav(frames: int, rate: int, seed: int) -> bytes:
-    import wave
-
-    pcm = (np.sin(np.arange(frames) * (0.05 + seed / 100)) * 20000).astype("<i2").tobytes()
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
+def write_points(path: Path, points, *, file_name: str = EVENT_NAME, append: bool = False,
+                 truth: SourceTruth | None = None, run: str = "") -> Path:
+    """``(tag, step, value)`` or ``(tag, step, value, wall)`` points, one ``simple_value`` per
+    event, into one file (raw protos: any value, any step order; ``wall`` defaults to ``T0`` +
+    the point's index). With ``truth``, each point is added to it for ``run``."""
+    path.mkdir(parents=True, exist_ok=True)
+    chunks = [] if append else [header_record()]
+    for k, (tag, step, value, *wall) in enumerate(points):
+        wall = wall[0] if wall else T0 + k
+        chunks.append(event_record(step, wall, [summary_pb2.Summary.Value(tag=tag,
+                                                                          simple_value=value)]))
+        if truth is not None:
+            truth.add(run, tag, step, f32(value), wall)
+    f = path / file_name
+    with open(f, "ab" if append else "wb") as fh:
+        fh.write(b"".join(chunks))
+    return f
 
 
 def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
@@ -115,58 +90,47 @@ def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     from google.protobuf import struct_pb2
 
     path.mkdir(parents=True, exist_ok=True)
-    chunks = [_header()]
+    chunks = [header_record()]
 
-    def md(plugin: str, content: bytes = b"") -> summary_pb2.SummaryMetadata:
-        return summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content))
+    def content(value, dtype: int, np_dtype):  # a scalar tensor in tensor_content
+        return tensor(dtype, [], tensor_content=np.asarray(value, np_dtype).tobytes())
 
     for i in range(40):
         wall = T0 + 5000 + i
         v = 0.5 ** i
-        val = summary_pb2.Summary.Value(tag="epoch_loss", tensor=_scalar_tensor(v, 1, np.float32))
-        if i == 0:
-            val.metadata.CopyFrom(md("scalars"))
-        chunks.append(_event(i, wall, [val]))
-        truth.add(run, "epoch_loss", i, _f32(v), wall)
-        acc = summary_pb2.Summary.Value(tag="epoch_accuracy", tensor=_scalar_tensor(i / 40, 2, np.float64))
-        if i == 0:
-            acc.metadata.CopyFrom(md("scalars"))
-        chunks.append(_event(i, wall, [acc]))
+        val = tensor_value("epoch_loss", content(v, DT_FLOAT, np.float32), "scalars" if i == 0 else "")
+        chunks.append(event_record(i, wall, [val]))
+        truth.add(run, "epoch_loss", i, f32(v), wall)
+        acc = tensor_value("epoch_accuracy", content(i / 40, DT_DOUBLE, np.float64),
+                           "scalars" if i == 0 else "")
+        chunks.append(event_record(i, wall, [acc]))
         truth.add(run, "epoch_accuracy", i, i / 40, wall)
     for i in range(3):
         wall = T0 + 6000 + i
         edges = np.linspace(-1, 1, 6)
         hist = np.stack([edges[:-1], edges[1:], np.arange(5, dtype=np.float64) + i], axis=1)
-        t = tensor_pb2.TensorProto(dtype=2, tensor_content=hist.astype(np.float64).tobytes(),
-                                   tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
-                                       tensor_shape_pb2.TensorShapeProto.Dim(size=5),
-                                       tensor_shape_pb2.TensorShapeProto.Dim(size=3)]))
-        hv = summary_pb2.Summary.Value(tag="dense/kernel", tensor=t)
-        if i == 0:
-            hv.metadata.CopyFrom(md("histograms"))
-        chunks.append(_event(i, wall, [hv]))
-        iv = summary_pb2.Summary.Value(tag="samples", tensor=_string_tensor([b"8", b"6", _png(8, 6, i)], [3]),
-                                       metadata=md("images"))
-        chunks.append(_event(i, wall, [iv]))
-        tv = summary_pb2.Summary.Value(tag="notes", tensor=_string_tensor([f"note {i}".encode()], []),
-                                       metadata=md("text"))
-        chunks.append(_event(i, wall, [tv]))
+        t = tensor(DT_DOUBLE, [5, 3], tensor_content=hist.astype(np.float64).tobytes())
+        hv = tensor_value("dense/kernel", t, "histograms" if i == 0 else "")
+        chunks.append(event_record(i, wall, [hv]))
+        iv = tensor_value("samples", tensor(DT_STRING, [3], string_val=[b"8", b"6", image_bytes(8, 6, i)]),
+                          "images")
+        chunks.append(event_record(i, wall, [iv]))
+        tv = tensor_value("notes", tensor(DT_STRING, [], string_val=[f"note {i}".encode()]), "text")
+        chunks.append(event_record(i, wall, [tv]))
     truth.histograms[run] = 3
     truth.images[run] = 3
     truth.texts[run] = 3
     # tf.summary.audio: a [k, 2] string tensor of (WAV clip, label), plugin "audio"
     for i in range(2):
-        clips = [_wav(400, 8000, i), b"clip a", _wav(300, 8000, i + 5), b"clip b"]
-        av = summary_pb2.Summary.Value(tag="speech", tensor=_string_tensor(clips, [2, 2]),
-                                       metadata=md("audio"))
-        chunks.append(_event(i, T0 + 6500 + i, [av]))
+        clips = [wav_bytes(400, 8000, i), b"clip a", wav_bytes(300, 8000, i + 5), b"clip b"]
+        av = tensor_value("speech", tensor(DT_STRING, [2, 2], string_val=clips), "audio")
+        chunks.append(event_record(i, T0 + 6500 + i, [av]))
     truth.audio[run] = 4
     hp = plugin_data_pb2.HParamsPluginData(version=0, session_start_info=plugin_data_pb2.SessionStartInfo(
         hparams={"optimizer": struct_pb2.Value(string_value="adam"),
                  "units": struct_pb2.Value(number_value=64)}))
-    chunks.append(_event(0, T0 + 7000, [summary_pb2.Summary.Value(
-        tag="_hparams_/session_start_info", metadata=md("hparams", hp.SerializeToString()))]))
+    chunks.append(event_record(0, T0 + 7000, [summary_pb2.Summary.Value(
+        tag="_hparams_/session_start_info", metadata=plugin_metadata("hparams", hp.SerializeToString()))]))
     truth.params.setdefault(run, {}).update({"optimizer": "adam", "units": "64"})
     (path / "events.out.tfevents.1700000000.tfhost.2.v2").write_bytes(b"".join(chunks))
 
@@ -213,26 +177,26 @@ def build_conformance_logdir(root: Path, project: str = "conformance") -> Source
     write_simple_run(a, "torch/resnet", truth, ["Loss/train", "Accuracy/val"], list(range(0, 300, 3)), seed=1)
     # awkward values and steps in a second file of the same run (a restart)
     f = a / "events.out.tfevents.1700000500.host.1.1"
-    chunks = [_header(T0 + 500)]
+    chunks = [header_record(T0 + 500)]
     odd = [(-5, float("nan")), (0, float("inf")), (2**40, float("-inf")), (7, 1e-30), (7, 3.5)]
     # ... and writers with a broken clock: NaN / absurd wall times (sent with wall time 0)
     odd += [(8, 0.25), (9, 0.5), (10, 0.75)]
     bad_walls = {5: float("nan"), 6: 1e300, 7: float("-inf")}
     for k, (step, v) in enumerate(odd):
         wall = bad_walls.get(k, T0 + 500 + k)
-        chunks.append(_event(step, wall, [summary_pb2.Summary.Value(tag="Loss/train", simple_value=v)]))
-        truth.add("torch/resnet", "Loss/train", step, _f32(v) if math.isfinite(v) else v, wall)
+        chunks.append(event_record(step, wall, [summary_pb2.Summary.Value(tag="Loss/train", simple_value=v)]))
+        truth.add("torch/resnet", "Loss/train", step, f32(v) if math.isfinite(v) else v, wall)
     # PyTorch / tensorboardX add_audio: Summary.Audio with the WAV bytes
     for k in range(2):
         au = summary_pb2.Summary.Audio(sample_rate=16000, num_channels=1, length_frames=500,
-                                       encoded_audio_string=_wav(500, 16000, k),
+                                       encoded_audio_string=wav_bytes(500, 16000, k),
                                        content_type="audio/wav")
-        chunks.append(_event(k, T0 + 590 + k, [summary_pb2.Summary.Value(tag="audio/out", audio=au)]))
+        chunks.append(event_record(k, T0 + 590 + k, [summary_pb2.Summary.Value(tag="audio/out", audio=au)]))
     truth.audio["torch/resnet"] = 2
     long_tag = "very/long/" + "x" * 300  # over MLflow's 250 characters and W&B's 128 for projects
     for k, tag in enumerate(["ünïcode/损失", "weird tag:with%chars", "a//b/./c", long_tag]):
         wall = T0 + 600 + k
-        chunks.append(_event(k, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=float(k))]))
+        chunks.append(event_record(k, wall, [summary_pb2.Summary.Value(tag=tag, simple_value=float(k))]))
         truth.add("torch/resnet", tag, k, float(k), wall)
     f.write_bytes(b"".join(chunks))
     write_tf2_run(root / "keras" / "train", "keras/train", truth)

@@ -1,11 +1,12 @@
-"""The memory destination's harness: a journal folder (so the kill -9 tests can use it too),
-read back by replaying the journal in a fresh store."""
+"""The memory destination's harness (the reference example of a :class:`Harness`): a journal
+folder, so that subprocess syncs and kill -9 tests can use it too, read back by replaying the
+journal into a fresh store (not through the destination's client)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from harness import Harness, ReadBack
+from .harness import Harness, ReadBack
 
 
 class MemoryHarness(Harness):
@@ -23,19 +24,18 @@ class MemoryHarness(Harness):
         return {"TRACELET_MEMORY_STORE": self.root}
 
     def read_back(self, project: str, run_path: str) -> ReadBack:
-        from tracelet.destinations.memory import MemoryStore
+        from ..destinations.memory import MemoryStore
 
         store = MemoryStore(self.root)
         found = [r for r in store.runs.values() if r.project == project and r.run_path == run_path]
         if not found:
             return ReadBack()
         run = found[0]
-        rb = ReadBack(runs_found=len(found), scalars=run.scalars(), params=dict(run.params),
-                      system_points=len(run.system), histograms=run.count("histogram"),
-                      images=run.count("image"), texts=run.count("text"),
-                      audio=run.count("audio"), artifacts=sorted(run.artifacts),
-                      status=run.status)
-        return rb
+        return ReadBack(runs_found=len(found), scalars=run.scalars(), params=dict(run.params),
+                        system_points=len(run.system), histograms=run.count("histogram"),
+                        images=run.count("image"), texts=run.count("text"),
+                        audio=run.count("audio"), artifacts=sorted(run.artifacts),
+                        status=run.status)
 
 
 HARNESSES = [MemoryHarness]

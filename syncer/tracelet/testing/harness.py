@@ -1,9 +1,11 @@
 """The destination test harness: how a test configures a destination and reads it back.
 
-Every destination registers one or more harnesses in ``harness_<name>.py`` (a module-level
-``HARNESSES`` list); ``conftest.py`` collects them and the conformance suite runs each test
-against each harness. Reading back uses the vendor's OWN client or on-disk format, never
-Tracelet code: the question is what the vendor will show, not what we think we sent.
+A destination's tests subclass :class:`Harness` once per way of running it (MLflow: a local
+store, a real server): ``setup`` returns the destination's config, ``read_back`` reads one run
+back into a :class:`ReadBack`. The conformance suite (:mod:`tracelet.testing.conformance`)
+runs each test against each harness. Reading back uses the vendor's OWN client or on-disk
+format, never the destination's code: the question is what the vendor will show, not what we
+think we sent. :class:`tracelet.testing.memory.MemoryHarness` is the smallest example.
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ class ReadBack:
 class Harness:
     name = ""  # destination name for --to
     label = ""  # pytest id
-    kill_trials = 10
+    kill_trials = 10  # kill -9 trials of Tracelet's own crash suite
+    # what the destination stores and read_back reads: the conformance suite checks these
+    # (a kind missing here must be reported by the sync as unsupported)
     supports = frozenset({"scalar", "histogram", "image", "text", "params", "system", "artifacts",
                           "status"})
 
@@ -49,9 +53,11 @@ class Harness:
         return []
 
     def read_back(self, project: str, run_path: str) -> ReadBack:
+        """The run ``run_path`` of ``project`` as the vendor shows it (``ReadBack()`` if none)."""
         raise NotImplementedError
 
     def metric_key(self, tag: str) -> str:
+        """The destination's name for a tag (its ``Destination.metric_key``)."""
         import importlib
 
         from tracelet.destinations import get_factory
@@ -64,6 +70,8 @@ class Harness:
 
 
 def canon(v: float) -> Any:
+    """A value as every destination can compare it: NaN and infinities by name, floats
+    rounded to what a float32 round trip keeps."""
     if isinstance(v, float) and math.isnan(v):
         return "nan"
     if isinstance(v, float) and math.isinf(v):
