@@ -347,5 +347,8 @@ def _check(row: StatusRow, root, run, manifest: dict | None, known: bool, ck: Ch
         row.problems.append(f"not checked: {row.destination} cannot tell")
     else:
         row.state, row.checked = "drifted", "drifted"
-        row.last_error = scrub(f"{drift}; the next sync re-sends the whole run (dedupe: "
-                               "nothing lands twice)")
+        # an unchanged run takes the no-op fast path (no call to the destination): say how
+        # to re-send it now rather than promise the next sync does
+        row.last_error = scrub(f"{drift}; `tracelet sync --resync` re-sends the whole run "
+                               "(dedupe: nothing lands twice), as does the next sync that finds "
+                               "new data in it")
