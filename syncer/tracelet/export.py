@@ -353,44 +353,39 @@ def _numbers(values, dtype: str):
                                  [None, pa.py_buffer(data)])
 
 
-def _string_values(values):
+def _string_column(lengths, data: bytes, n: int):
+    """A ``large_string`` column from each row's byte length and the rows' bytes joined."""
     import numpy as np
     import pyarrow as pa
 
-    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return pa.Array.from_buffers(pa.large_string(), len(encoded),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+    # The schema's ``string`` (32-bit offsets) unless a batch's text passes 2 GiB: a column of
+    # another type would be cast by Arrow, which imports pyarrow.compute.
+    big = len(data) >= 2**31
+    offsets = np.zeros(n + 1, dtype=np.int64 if big else np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(pa.large_string() if big else pa.string(), n,
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _strings(values):
-    """A string column: the distinct values encoded once (tags repeat: a batch holds a few),
-    each row an index into them, decoded by Arrow."""
+    """A string column built from raw buffers: the distinct values are encoded once (tags repeat:
+    a batch holds a few) and the rows' bytes joined in C. No dictionary column decoded by Arrow:
+    ``dictionary_decode`` imports ``pyarrow.compute``, a tenth of a cold export's start."""
     import numpy as np
-    import pyarrow as pa
 
-    distinct = list(dict.fromkeys(values))
-    index = {v: i for i, v in enumerate(distinct)}
-    codes = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
-    dictionary = pa.DictionaryArray.from_arrays(
-        pa.Array.from_buffers(pa.int32(), len(codes), [None, pa.py_buffer(codes)]),
-        _string_values(distinct))
-    return dictionary.dictionary_decode()  # (cast would import pyarrow.compute)
+    encoded = {v: v.encode("utf-8", "surrogatepass") for v in dict.fromkeys(values)}
+    if len(encoded) == 1:
+        return _repeat(values[0], len(values))
+    size = {v: len(e) for v, e in encoded.items()}
+    lengths = np.fromiter(map(size.__getitem__, values), dtype=np.int64, count=len(values))
+    return _string_column(lengths, b"".join(map(encoded.__getitem__, values)), len(values))
 
 
 def _repeat(value: str, n: int):
-    return _strings([value]) if n == 1 else _strings_repeat(value, n)
-
-
-def _strings_repeat(value: str, n: int):
     import numpy as np
-    import pyarrow as pa
 
-    codes = np.zeros(n, dtype=np.int32)
-    dictionary = pa.DictionaryArray.from_arrays(
-        pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(codes)]), _string_values([value]))
-    return dictionary.dictionary_decode()  # (cast would import pyarrow.compute)
+    encoded = value.encode("utf-8", "surrogatepass")
+    return _string_column(np.full(n, len(encoded), dtype=np.int64), encoded * n, n)
 
 
 class _TableSink:

@@ -213,8 +213,8 @@ def test_killed_sync_leaves_a_session_the_next_sync_continues(cml, tmp_path):
     (folder,) = [p for p in cml.offline.iterdir() if p.is_dir()]
     assert not folder.with_name(folder.name + ".zip").exists()  # unfinished
     (run,) = plan_offline_import(cml.offline)  # the helper imports it as a folder, unmarked
-    assert run["sessions"] == [{"path": str(folder), "seq": 1, "finished": False,
-                                "status": None, "imported_as": None}]
+    assert run["sessions"] == [{"path": str(folder), "seq": 1, "task_name": "r__",
+                                "finished": False, "status": None, "imported_as": None}]
     # a kill in the middle of a line: ClearML's importer would fail on it (and re-send)
     with open(folder / "metrics.jsonl", "ab") as f:
         f.write(b'[{"timestamp": 1, "type": "training_stats_scal')

@@ -66,6 +66,7 @@ def capture_env() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "executable": sys.executable,
         "platform": platform.platform(),
+        "cwd": os.getcwd(),  # where the training ran: with git.root, ClearML's working_dir
     }
     try:
         env["packages"] = installed_packages()

@@ -1,15 +1,22 @@
 """ClearML destination: offline sessions (ClearML's own format) or a ClearML server.
 
-Identity: project = project; task name = run path (names padded to ClearML's 3 characters,
-``mapping.clearml_name``); hyperparameters ``tracelet/run_id`` and ``tracelet/run_path``; the
-same task is reused on resync.
+Identity: project = project; task name = the run's name (``RunRef.name``; names padded to
+ClearML's 3 characters, ``mapping.clearml_name``); hyperparameters ``tracelet/run_id`` and
+``tracelet/run_path``; the same task is reused on resync.
 
 * **Online** (ClearML's config file, ``CLEARML_API_HOST`` ...): the task id is kept in the
-  checkpoint; with no checkpoint the task is looked up by project + exact task name and its
-  ``tracelet/run_id`` hyperparameter, so a lost state dir never creates a second task.
+  checkpoint and confirmed by one ``tasks.get_by_id`` at open (a deleted task is drift); with
+  no checkpoint the task is looked up by project and its ``tracelet/run_id`` hyperparameter
+  (any name), so a lost state dir never creates a second task.
 * **Offline** (``--clearml-offline`` or ``CLEARML_OFFLINE_MODE=1``; ``factory.clearml_offline``
   decides): each sync that has something to write adds ONE offline session holding only what
-  is new, in ClearML's own layout (:mod:`.offline`); :mod:`.importer` uploads them.
+  is new, in ClearML's own layout (:mod:`.offline`); :mod:`.importer` uploads them. A
+  session the checkpoint counts as written that has neither folder, zip nor ``.imported``
+  marker was removed: drift (``RunHandle.drift``), found by the listing open_run does anyway.
+
+Reproducibility (:mod:`.repro`): the execution section (``script``), runtime properties, the
+source's times and ``run.repro_files`` as artifacts, written at open where they differ from
+what the task holds (the checkpoint keeps their digest: an unchanged run costs nothing).
 
 Mapping (names, title/series, system metrics, repeated steps, NaN: :mod:`.mapping`):
 
@@ -83,7 +90,6 @@ import io
 import json
 import logging
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -95,13 +101,17 @@ from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub, scrubbed_logger
 from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
                     classify_error, http_status)
+from ...rundir import ARTIFACTS_DIR
 from .factory import clearml_offline
 from .mapping import (_SCALAR_TYPE, EVENTS_PER_LINE, PARAM_SECTION, SESSION_PREFIX, STATUS,
                       TRACELET_SECTION, _Copies, _media_id, _media_specs, _names, _row_id,
-                      _scalar_rows, _system_rows, clearml_key, run_hash, server_error_class,
-                      session_id)
-from .offline import (_cut_unfinished_line, _list_sessions, _read_session_doc,
-                      _read_session_events, _task_class, _Templates, _zip_session, offline_dir)
+                      _scalar_rows, _system_rows, clearml_key, clearml_name, run_hash,
+                      server_error_class, session_id)
+from .offline import (IMPORTED_SUFFIX, REPRO_KEY, _cut_unfinished_line, _list_sessions,
+                      _read_session_doc, _read_session_events, _task_class, _Templates,
+                      _zip_session, missing_sessions, offline_dir)
+from .repro import (DIFF_ARTIFACT, MAX_DIFF_BYTES, command_line, diff_text, digest, iso_utc,
+                    runtime_properties, script_section)
 
 log = scrubbed_logger("tracelet.clearml")  # log lines never show a credential
 
@@ -162,12 +172,47 @@ class ClearmlDestination(Destination):
             return self._open_offline(run, identity)
         return self._open_online(run, identity)
 
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        """Offline: one listing of the offline folder; online: one ``tasks.get_by_id`` (or,
+        without a recorded task, one query by run id). Creates nothing."""
+        if self.offline:
+            assert self.folder is not None
+            rhex = run_hash(run)
+            sessions = _list_sessions(self.folder, rhex)
+            if not identity:
+                return None if sessions else (
+                    f"run missing on clearml: no offline session of this run in {self.folder}")
+            if identity.get("run_hash") != rhex or _next_seq(identity) is None:
+                return "the checkpoint's identity names another run's sessions (rebuilt at sync)"
+            if identity.get("dir") and Path(identity["dir"]) != self.folder:
+                return (f"offline folder changed: sessions were written to {identity['dir']}, "
+                        f"ClearML's offline folder is now {self.folder}")
+            return _offline_drift(self.folder, rhex, sessions, identity)
+        host = self._target[len("online:"):]
+        try:
+            if not identity or not identity.get("task_id"):
+                found = _find_online_task(_names(run)[0], run.run_id)
+                return None if found is not None else (
+                    f"run missing on clearml: no task with {TRACELET_SECTION}/run_id="
+                    f"{run.run_id} in project '{_names(run)[0]}' on {host}")
+            task = _get_task_or_none(str(identity["task_id"]))
+        except Exception as e:  # a server that cannot be asked: said, never raised
+            return scrub(f"cannot check: {type(e).__name__}: {str(e).strip()[:200]}")
+        if task is None:
+            return (f"run missing on clearml: task {identity['task_id']} no longer exists on "
+                    f"{host}")
+        if str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
+            return (f"task {identity['task_id']} on {host} belongs to another run (its "
+                    f"{TRACELET_SECTION}/run_id differs; rebuilt at sync)")
+        return None
+
     def _open_offline(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         folder = self.folder
         assert folder is not None
         ignored = False
-        if identity and identity.get("run_hash") != run_hash(run):
-            identity, ignored = None, True  # another run's sessions: never used
+        if identity and (identity.get("run_hash") != run_hash(run)
+                         or _next_seq(identity) is None):
+            identity, ignored = None, True  # another run's sessions (or junk): never used
         if identity and identity.get("dir") and Path(identity["dir"]) != folder:
             raise DestinationError(
                 f"clearml: run '{run.run_path}' was synced to offline sessions in "
@@ -179,23 +224,31 @@ class ClearmlDestination(Destination):
         for stale in folder.glob(f".{SESSION_PREFIX}{rhex}*.zip.tmp-*"):
             stale.unlink(missing_ok=True)  # a zip cut by kill -9: the folder is still there
         sessions = _list_sessions(folder, rhex)
-        last_seq = max(sessions, default=0)
+        drift = _offline_drift(folder, rhex, sessions, identity)
+        last_seq = max(sessions, default=0)  # markers count: a name is never used twice
         ident = dict(identity or {})
+        if drift:
+            # the engine re-sends the run from its start: occurrence numbers start over too;
+            # the sessions found missing are recorded, so they are drift once, not every sync
+            ident["copies"] = {}
+            ident.pop("repro", None)
+            ident["gone"] = _merge_gone(ident, sessions)
         ident.update({"mode": "offline", "dir": str(folder), "run_hash": rhex,
-                      "next_seq": max(int(ident.get("next_seq", 1)), last_seq + 1)})
+                      "next_seq": max(_next_seq(ident) or 1, last_seq + 1)})
         ident.setdefault("copies", {})
         handle = RunHandle(identity=ident, existed=identity is not None or bool(sessions),
-                           identity_ignored=ignored)
+                           identity_ignored=ignored, drift=drift)
         handle.extra.update(run=run, sessions=sessions, task=None, templates=None, landed=None)
         last = sessions.get(last_seq)
-        if last and last["dir"] is not None and last["zip"] is None:
+        if last and last["dir"] is not None and last["zip"] is None and not last.get("marker"):
             # A session a killed sync left unfinished: continue it (it was never zipped, so
             # never imported), after cutting a line the kill may have left half-written.
             if (last["dir"] / "task.json").exists():
                 _cut_unfinished_line(last["dir"] / "metrics.jsonl")
                 handle.extra["task"] = self._reopen_session(run, session_id(rhex, last_seq),
-                                                            last_seq)
+                                                            last_seq, self._repro(handle))
                 handle.extra["seq"] = last_seq
+        self._store_repro(handle)
         return handle
 
     def _new_session(self, handle: RunHandle) -> Any:
@@ -206,48 +259,80 @@ class ClearmlDestination(Destination):
         cls = _task_class()
         from clearml import Task
 
-        project, name = _names(run)
-        task = cls(chosen_id=sid, project_name=project, task_name=name,
+        task = cls(chosen_id=sid, project_name=_names(run)[0], task_name=_names(run)[1],
                    task_type=Task.TaskTypes.training)
-        _prepare_session_task(task, run, seq)
-        handle.extra["sessions"][seq] = {"dir": Path(task.get_offline_mode_folder()), "zip": None}
+        _prepare_session_task(task, run, seq, self._repro(handle))
+        handle.extra["sessions"][seq] = {"dir": Path(task.get_offline_mode_folder()), "zip": None,
+                                         "marker": None}
         handle.extra["seq"] = seq
         ident["next_seq"] = seq + 1
         return task
 
-    def _reopen_session(self, run: RunRef, sid: str, seq: int) -> Any:
+    def _reopen_session(self, run: RunRef, sid: str, seq: int, repro: "_Repro") -> Any:
         task = _task_class()(task_id=sid)
         task._project_name = (None, _names(run)[0])  # offline: not restored by reload
-        _prepare_session_task(task, run, seq)  # again: the kill may have come before it
+        _prepare_session_task(task, run, seq, repro)  # again: the kill may have come before it
         return task
 
     def _open_online(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         from clearml import Task
 
-        task, ignored = None, False
+        task, ignored, drift = None, False, None
         if identity and identity.get("task_id"):
-            try:
-                task = Task.get_task(task_id=str(identity["task_id"]))
-            except ValueError:  # deleted on the server
-                task = None
-            if task is not None and \
-                    str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
+            # the one call that confirms the task the checkpoint names is still there
+            task = _get_task_or_none(str(identity["task_id"]))
+            if task is None:
+                drift = (f"run missing on clearml: task {identity['task_id']} no longer exists on "
+                         f"{self._target[len('online:'):]}")
+            elif str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
                 task, ignored, identity = None, True, None  # another run's task: never used
+        same = task is not None
+        if task is None:
+            task = _find_online_task(_names(run)[0], run.run_id)
         existed = task is not None
         if task is None:
-            task = _find_online_task(*_names(run), run.run_id)
-            existed = task is not None
-        if task is None:
-            project, name = _names(run)
-            task = Task.create(project_name=project, task_name=name,
+            task = Task.create(project_name=_names(run)[0], task_name=_names(run)[1],
                                task_type=Task.TaskTypes.training)
-            _prepare_session_task(task, run, None)
+            _prepare_session_task(task, run, None, None)
             task.mark_started(force=True)
-        ident = {"mode": "online", "task_id": task.id,
-                 "copies": dict((identity or {}).get("copies") or {})}
-        handle = RunHandle(identity=ident, existed=existed, identity_ignored=ignored)
+        ident: dict[str, Any] = {"mode": "online", "task_id": task.id, "copies": {}}
+        if same and identity:  # the same task: what the checkpoint knows of it still holds
+            ident["copies"] = dict(identity.get("copies") or {})
+            if identity.get("repro"):
+                ident["repro"] = identity["repro"]
+        handle = RunHandle(identity=ident, existed=existed, identity_ignored=ignored, drift=drift)
         handle.extra.update(run=run, task=task, templates=None, landed=None)
+        self._store_repro(handle)
         return handle
+
+    # -- reproducibility: the execution section, runtime properties, name, files --------------
+    def _repro(self, handle: RunHandle) -> "_Repro":
+        repro = handle.extra.get("repro")
+        if repro is None:
+            repro = handle.extra["repro"] = _Repro(handle.extra["run"])
+        return repro
+
+    def _store_repro(self, handle: RunHandle) -> None:
+        """Write the run's execution section, runtime properties, name and reproducibility
+        files (``run.repro_files``) where they differ from what the task holds. The checkpoint
+        keeps their digest, so an unchanged run costs no call and opens no session."""
+        repro = self._repro(handle)
+        if handle.identity.get("repro") == repro.digest:
+            return
+        if self.offline:
+            known = self._known(handle)
+            todo = [t for t in repro.files if known["artifacts"].get(t[1]) != t[2]]
+            if known["repro"] != repro.digest or todo:
+                task = self._task(handle)  # a new (or continued) session carries the fields
+                self._upload(handle, task, todo)
+        else:
+            task = handle.extra["task"]
+            have = {a.key: a.hash for a in (task.data.execution.artifacts or [])}
+            todo = [t for t in repro.files if have.get(t[1]) != t[2]]
+            _apply_repro_online(task, repro)
+            if todo:
+                self._upload(handle, task, todo)
+        handle.identity["repro"] = repro.digest
 
     def _task(self, handle: RunHandle) -> Any:
         task = handle.extra.get("task")
@@ -303,7 +388,7 @@ class ClearmlDestination(Destination):
         if not self.offline:
             # No dedupe query: an event's server id is (task, iter, metric, variant[, key]),
             # so a re-sent event replaces itself.
-            self._write_online(task, events, media)
+            self._write_online(task, events, media, handle.extra["run"])
             return
         path = Path(task.get_offline_mode_folder()) / "metrics.jsonl"
         size0 = path.stat().st_size if path.exists() else 0
@@ -313,7 +398,7 @@ class ClearmlDestination(Destination):
                     for i in range(0, len(events), EVENTS_PER_LINE):
                         f.write(json.dumps(events[i:i + EVENTS_PER_LINE]).encode() + b"\n")
             if media:
-                self._write_media(task, media)
+                self._write_media(task, media, handle.extra["run"])
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())
         except BaseException:
@@ -344,7 +429,7 @@ class ClearmlDestination(Destination):
             handle.extra["landed"] = landed
         return landed
 
-    def _write_media(self, task: Any, media: list[tuple]) -> None:
+    def _write_media(self, task: Any, media: list[tuple], run: RunRef | None = None) -> None:
         from clearml.backend_interface.metrics.events import ImageEvent, MediaEvent, PlotEvent
 
         events = []
@@ -368,8 +453,7 @@ class ClearmlDestination(Destination):
                     metric=title, variant=series, iter=step, timestamp=ts,
                     stream=io.BytesIO(p.text.encode("utf-8")), file_history_size=-1,
                     override_filename=f"iter_{step}", override_filename_ext=".txt"))
-        metrics = task._get_metrics_manager(storage_uri=task._get_default_report_storage_uri())
-        res = metrics.write_events(events, async_enable=False)
+        res = _metrics_manager(task, run).write_events(events, async_enable=False)
         failed = [e for e in events if e.upload_exception is not None]
         if failed:
             # untyped on purpose: its cause decides (classify walks the chain): one sample's
@@ -385,7 +469,8 @@ class ClearmlDestination(Destination):
             # ClearML's own error for a reply it refused: classify reads its code and subcode
             raise SendError(res, f"clearml: events.add_batch failed: {res.meta}")
 
-    def _write_online(self, task: Any, events: list[dict], media: list[tuple]) -> None:
+    def _write_online(self, task: Any, events: list[dict], media: list[tuple],
+                      run: RunRef | None = None) -> None:
         session = task.session
         for i in range(0, len(events), EVENTS_PER_LINE):
             responses = session.send_request_batch("events", "add_batch",
@@ -407,7 +492,7 @@ class ClearmlDestination(Destination):
                         f"clearml events.add_batch refused {data['errors']} event(s): "
                         f"{str(data.get('errors_info'))[:300]}"))
         if media:
-            self._write_media(task, media)
+            self._write_media(task, media, run)
 
     # -- params, artifacts, status -------------------------------------------------------------
     # Offline, what earlier sessions recorded is read back first (hyperparams merge, artifacts
@@ -416,7 +501,7 @@ class ClearmlDestination(Destination):
     def _known(self, handle: RunHandle) -> dict[str, Any]:
         known = handle.extra.get("known")
         if known is None:
-            known = {"params": {}, "artifacts": {}, "status": None}
+            known = {"params": {}, "artifacts": {}, "status": None, "repro": None}
             for seq in sorted(handle.extra.get("sessions") or {}):
                 doc = _read_session_doc(handle.extra["sessions"][seq])
                 for name, p in ((doc.get("hyperparams") or {}).get(PARAM_SECTION) or {}).items():
@@ -424,6 +509,7 @@ class ClearmlDestination(Destination):
                 for a in ((doc.get("execution") or {}).get("artifacts") or []):
                     known["artifacts"][a.get("key")] = a.get("hash")
                 known["status"] = doc.get("status") or known["status"]
+                known["repro"] = doc.get(REPRO_KEY) or known["repro"]
             handle.extra["known"] = known  # only once complete, as _landed
         return known
 
@@ -449,7 +535,9 @@ class ClearmlDestination(Destination):
             todo = [t for t in todo if have.get(t[1]) != t[2]]
             if not todo:
                 return
-        task = self._task(handle)
+        self._upload(handle, self._task(handle), todo)
+
+    def _upload(self, handle: RunHandle, task: Any, todo: list[tuple[Path, str, str]]) -> None:
         with _editable(task, self.offline):
             for path, rel, digest in todo:
                 if not task.upload_artifact(rel, path, wait_on_upload=True):
@@ -532,8 +620,10 @@ def _sha256(path: str | os.PathLike) -> str:
     return sha256sum(os.fspath(path), block_size=1 << 20)[0]
 
 
-def _prepare_session_task(task: Any, run: RunRef, seq: int | None) -> None:
-    """Identity hyperparameters, tags and the data folder of a new task/session."""
+def _prepare_session_task(task: Any, run: RunRef, seq: int | None, repro: "_Repro | None") -> None:
+    """Identity hyperparameters, tags and the data folder of a new task/session; offline, the
+    run's execution section, runtime properties, name and times (``repro``), in every session:
+    each one's task.json is merged into the task on import, so each carries the latest."""
     if task.is_offline():
         from clearml.backend_api.services import tasks
 
@@ -544,10 +634,121 @@ def _prepare_session_task(task: Any, run: RunRef, seq: int | None) -> None:
               f"{TRACELET_SECTION}/run_path": run.run_path}
     if seq is not None:
         values[f"{TRACELET_SECTION}/session"] = str(seq)
+    if repro is not None and repro.command:
+        values[f"{TRACELET_SECTION}/command"] = repro.command
     task._set_parameters(values, __update=True)
     tags = [f"{k}:{v}" for k, v in sorted(run.tags.items())]
     if tags:
         task.set_tags(tags)
+    if repro is not None and task.is_offline():
+        task.tracelet_extra.update(repro.offline_extra())
+        task._edit(name=repro.name, script=dict(repro.script))
+
+
+class _Repro:
+    """What reproduces the run, as ClearML fields (:mod:`.repro`), computed once per open."""
+
+    def __init__(self, run: RunRef):
+        self.name = _names(run)[1]
+        self.script = script_section(run, _read_diff(run))
+        self.runtime = runtime_properties(run)
+        self.command = command_line(run)
+        self.started = iso_utc(run.started_at)
+        self.completed = iso_utc(run.ended_at)
+        # (local path, artifact name, sha256): tracelet/tracelet.json, tracelet/requirements.txt
+        self.files = [(Path(p), rel, _sha256(p)) for rel, p in sorted(run.repro_files.items())]
+        self.digest = digest(self.name, self.script, self.runtime, self.command, self.started,
+                             self.completed, [(rel, h) for _, rel, h in self.files])
+
+    def offline_extra(self) -> dict[str, Any]:
+        """task.json keys beyond the offline data model: the runtime properties (the import
+        applies them), the source's times (ClearML's ``started``/``completed``; the server
+        sets its own on import) and the digest a later sync compares with."""
+        extra: dict[str, Any] = {"runtime": dict(self.runtime), REPRO_KEY: self.digest}
+        if self.started:
+            extra["started"] = self.started
+        if self.completed:
+            extra["completed"] = self.completed
+        return extra
+
+
+def _read_diff(run: RunRef) -> str:
+    """``script.diff`` from the run's ``artifacts/git_diff.patch`` (:func:`.repro.diff_text`):
+    a regular file inside the run, read up to ClearML's limit; "" when absent, unreadable, a
+    link out of the run, or the run is in object storage (the artifact still uploads)."""
+    if not isinstance(run.source_dir, Path):
+        return ""
+    from ...runfiles import RunFiles
+
+    try:
+        fd = RunFiles(run.source_dir).open(run.source_dir / ARTIFACTS_DIR / DIFF_ARTIFACT)
+    except (OSError, TraceletError):
+        return ""
+    try:
+        if os.fstat(fd).st_size > MAX_DIFF_BYTES:
+            return diff_text(None, over_limit=True)
+        chunks, total = [], 0
+        while total <= MAX_DIFF_BYTES:
+            chunk = os.read(fd, MAX_DIFF_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return diff_text(b"".join(chunks))
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _apply_repro_online(task: Any, repro: _Repro) -> None:
+    """Online: name, execution section, runtime properties and ``tracelet/command``, each only
+    where the task holds something else (the task was loaded by open_run: no extra call)."""
+    if task.name != repro.name:
+        task.set_name(repro.name)  # ClearML allows a rename in any status
+    current = task.data.script
+    current = current.to_dict() if hasattr(current, "to_dict") else dict(current or {})
+    if any(current.get(k) != v for k, v in repro.script.items() if v or current.get(k)):
+        with _editable(task, False):
+            task._update_script(dict(repro.script))
+    runtime = task._get_runtime_properties()
+    if any(runtime.get(k) != v for k, v in repro.runtime.items()):
+        task._set_runtime_properties(runtime_properties=dict(repro.runtime))
+    if repro.command and task.get_parameter(f"{TRACELET_SECTION}/command") != repro.command:
+        with _editable(task, False):
+            task._set_parameters({f"{TRACELET_SECTION}/command": repro.command}, __update=True)
+
+
+def _storage_suffix(task: Any, run: RunRef | None) -> str:
+    """The folder debug samples are stored under (``<project>/<name>.<task id>/metrics``), as
+    ClearML's ``Task._get_output_destination_suffix("metrics")`` builds it, but named by the
+    run PATH: a sample's key is part of its server event id, so a renamed run (``run.name``)
+    must keep its keys for a re-sent sample to replace itself."""
+    from urllib.parse import quote
+
+    def limit(name: str, uuid: str, max_length: int, always_add_uuid: bool) -> str:
+        if always_add_uuid or len(name) >= max_length:
+            return f"{name[: max(2, max_length - len(uuid) - 1)]}.{uuid}"
+        return name
+
+    project = task.get_project_name() or "unknown"
+    return "/".join(quote(x, safe="'[]{}()$^,.; -_+-=/") for x in (
+        limit(project, str(task.project), 256, False),
+        limit(clearml_name(run.run_path) if run else task.name, str(task.data.id), 128, True),
+        "metrics"))
+
+
+def _metrics_manager(task: Any, run: RunRef | None) -> Any:
+    """ClearML's ``Metrics`` writer of this task, with :func:`_storage_suffix` (what
+    ``task._get_metrics_manager`` makes, named by the task's current name)."""
+    metrics = getattr(task, "_tracelet_metrics", None)
+    if metrics is None:
+        from clearml.backend_interface.metrics import Metrics
+
+        metrics = task._tracelet_metrics = Metrics(
+            session=task.session, task=task, storage_uri=task._get_default_report_storage_uri(),
+            storage_uri_suffix=_storage_suffix(task, run), iteration_offset=0)
+    return metrics
 
 
 @contextmanager
@@ -630,17 +831,108 @@ def _api_host() -> str:
         return "config"
 
 
-def _find_online_task(project: str, task_name: str, run_id: str) -> Any:
-    """The task of this run on the server: exact name in the project + ``tracelet/run_id``."""
+def _find_online_task(project: str, run_id: str) -> Any:
+    """The task of this run on the server: the one in the project whose ``tracelet/run_id``
+    hyperparameter is the run id (one query, filtered by the server; any name: a run's task
+    keeps its identity when its display name changes)."""
     from clearml import Task
 
-    found = Task.get_tasks(project_name=project, task_name=f"^{re.escape(task_name)}$",
-                           allow_archived=True)
+    found = Task.get_tasks(project_name=project, allow_archived=True, task_filter={
+        "_allow_extra_fields_": True, f"hyperparams.{TRACELET_SECTION}.run_id.value": [run_id]})
     for t in found or []:
-        if t.name != task_name:
-            continue
         if str(t.get_parameter(f"{TRACELET_SECTION}/run_id") or "") == run_id:
             return t
     return None
 
 
+def _get_task_or_none(task_id: str) -> Any:
+    """The task with this id, or None when the server says it does not exist (deleted):
+    ``tasks.get_by_id`` answers 400 with subcode 101 (invalid task id) or 130 (not found)."""
+    from clearml import Task
+
+    try:
+        return Task.get_task(task_id=task_id)
+    except Exception as e:
+        if _task_gone(e):
+            return None
+        raise
+
+
+def _task_gone(e: BaseException) -> bool:
+    """The server's (or ClearML's own) answer that a task id names no task."""
+    for c in chain(e):
+        if isinstance(c, ValueError) and "could not be found" in str(c):
+            return True  # clearml's Task(): 'Task ID "..." could not be found'
+        if _server_codes(c) in ((400, 101), (400, 130)):  # InvalidTaskId, TaskNotFound
+            return True
+    return False
+
+
+def _next_seq(identity: Mapping[str, Any]) -> int | None:
+    """The identity's next session number, None when it is not one (a damaged checkpoint)."""
+    v = identity.get("next_seq", 1)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 16 ** 12:
+        return None
+    return v
+
+
+def _offline_drift(folder: Path, rhex: str, sessions: Mapping[int, Any],
+                   identity: Mapping[str, Any] | None) -> str | None:
+    """One line naming the sessions the identity says this target wrote that are gone from
+    the offline folder (no folder, zip or ``.imported`` marker), else None. Gaps already
+    found (and re-sent) earlier, ``identity["gone"]``, are not drift again."""
+    if not identity:
+        return None
+    next_seq = _next_seq(identity) or 1
+    gaps = _minus(missing_sessions(sessions, next_seq), _gone(identity))
+    if not gaps:
+        return None
+    count = sum(b - a + 1 for a, b in gaps)
+    paths = ", ".join(str(folder / session_id(rhex, a)) if a == b else
+                      f"{folder / session_id(rhex, a)} to {session_id(rhex, b)[-12:]}"
+                      for a, b in gaps[:3])
+    more = f" and {len(gaps) - 3} more range(s)" if len(gaps) > 3 else ""
+    what = "offline session removed" if count == 1 else "offline sessions removed"
+    return (f"run missing on clearml: {what}: {paths}{more} ({count} of the {next_seq - 1} "
+            f"session(s) written for this run: no folder, zip or {IMPORTED_SUFFIX} marker)")
+
+
+_MAX_GONE = 64  # ranges kept in the identity; more are merged (a merged span is not re-checked)
+
+
+def _gone(identity: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The identity's ranges of sessions found missing before; [] when absent or malformed
+    (then they are drift again: the re-send is deduplicated, never doubled)."""
+    out = []
+    for r in identity.get("gone") or []:
+        if (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and
+                                                       not isinstance(x, bool) for x in r)
+                and 1 <= r[0] <= r[1]):
+            out.append((r[0], r[1]))
+    return sorted(out)
+
+
+def _minus(gaps: list[tuple[int, int]], known: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``gaps`` outside every range of ``known`` (both sorted)."""
+    out = []
+    for a, b in gaps:
+        for ka, kb in known:
+            if kb < a or ka > b:
+                continue
+            if ka > a:
+                out.append((a, ka - 1))
+            a = max(a, kb + 1)
+            if a > b:
+                break
+        if a <= b:
+            out.append((a, b))
+    return out
+
+
+def _merge_gone(identity: Mapping[str, Any], sessions: Mapping[int, Any]) -> list[list[int]]:
+    """``gone`` after a drift: every range now missing (the ones just found included)."""
+    gaps = missing_sessions(sessions, _next_seq(identity) or 1)
+    while len(gaps) > _MAX_GONE:  # join the two closest neighbours
+        i = min(range(len(gaps) - 1), key=lambda j: gaps[j + 1][0] - gaps[j][1])
+        gaps[i:i + 2] = [(gaps[i][0], gaps[i + 1][1])]
+    return [[a, b] for a, b in gaps]

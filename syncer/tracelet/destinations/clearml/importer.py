@@ -39,7 +39,7 @@ from typing import Any, Mapping
 from ..._fs import atomic_write_bytes
 from .client import _find_online_task, _set_online_status
 from .mapping import _SESSION_RE, SESSION_PREFIX, TRACELET_SECTION
-from .offline import _read_session_doc, offline_dir
+from .offline import IMPORTED_SUFFIX, _read_session_doc, offline_dir
 
 
 def plan_offline_import(folder: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -64,17 +64,33 @@ def plan_offline_import(folder: str | os.PathLike | None = None) -> list[dict[st
         if not run_id:
             continue  # not a Tracelet session
         path = entry["zip"] or entry["dir"]
-        marker = Path(f"{path}.imported")
-        imported = json.loads(marker.read_text()).get("task_id") if marker.exists() else None
         run = runs.setdefault(m.group(1), {
             "run_hash": m.group(1), "run_id": run_id, "project": doc.get("project_name"),
-            "task_name": doc.get("name"), "sessions": []})
+            "task_name": doc.get("name"), "sessions": [], "earlier_task_id": None})
+        run["task_name"] = doc.get("name") or run["task_name"]  # the latest name
         run["sessions"].append({"path": str(path), "seq": int(m.group(2), 16),
-                                "finished": entry["zip"] is not None,
-                                "status": doc.get("status"), "imported_as": imported})
+                                "task_name": doc.get("name") or "",
+                                "finished": entry["zip"] is not None, "status": doc.get("status"),
+                                "imported_as": _marker_task(Path(f"{path}{IMPORTED_SUFFIX}"))})
+    # Sessions imported and then removed (only their marker is left): the task they went into
+    # is the one the run's new sessions continue.
+    for marker in sorted(root.glob(f"{SESSION_PREFIX}*.zip{IMPORTED_SUFFIX}")):
+        m = _SESSION_RE.match(marker.name[:-len(".zip" + IMPORTED_SUFFIX)])
+        run = runs.get(m.group(1)) if m else None
+        if run is not None and not marker.with_name(marker.name[:-len(IMPORTED_SUFFIX)]).exists():
+            run["earlier_task_id"] = _marker_task(marker) or run["earlier_task_id"]
     for run in runs.values():
         run["sessions"].sort(key=lambda s: s["seq"])
     return list(runs.values())
+
+
+def _marker_task(marker: Path) -> str | None:
+    """The task id an ``.imported`` marker holds; None when absent or unreadable."""
+    try:
+        task_id = json.loads(marker.read_bytes()).get("task_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task_id if isinstance(task_id, str) and task_id else None
 
 
 def import_offline_sessions(folder: str | os.PathLike | None = None, *,
@@ -94,9 +110,9 @@ def import_offline_sessions(folder: str | os.PathLike | None = None, *,
 
     for run in plan:
         task_id = next((s["imported_as"] for s in reversed(run["sessions"]) if s["imported_as"]),
-                       None)
+                       run.get("earlier_task_id"))
         if task_id is None:
-            found = _find_online_task(run["project"], run["task_name"], run["run_id"])
+            found = _find_online_task(run["project"], run["run_id"])
             task_id = found.id if found is not None else None
         status = None
         for s in run["sessions"]:
@@ -106,31 +122,31 @@ def import_offline_sessions(folder: str | os.PathLike | None = None, *,
             before_ids, before_artifacts = set(), []
             if task_id:
                 before_ids = {t.id for t in Task.get_tasks(
-                    project_name=run["project"], task_name=f"^{re.escape(run['task_name'])}$")}
+                    project_name=run["project"], task_name=f"^{re.escape(s['task_name'])}$")}
                 before_artifacts = list(Task.get_task(task_id=task_id).data.execution.artifacts
                                         or [])
             new_id = Task.import_offline_session(s["path"], previous_task_id=task_id)
             if task_id:
-                _repair_continuation(run, task_id, before_ids, before_artifacts)
+                _repair_continuation(run, s["task_name"], task_id, before_ids, before_artifacts)
             task_id = new_id or task_id
             if status and status != "completed":  # the importer always marks completed
                 _set_online_status(Task.get_task(task_id=task_id), status)
             if s["finished"]:
                 # atomic: a kill mid-write must not leave a marker the next plan cannot read
-                atomic_write_bytes(s["path"] + ".imported",
+                atomic_write_bytes(s["path"] + IMPORTED_SUFFIX,
                                    json.dumps({"task_id": task_id}).encode())
                 s["imported_as"] = task_id
         run["task_id"] = task_id
     return plan
 
 
-def _repair_continuation(run: Mapping[str, Any], task_id: str, before_ids: set,
+def _repair_continuation(run: Mapping[str, Any], name: str, task_id: str, before_ids: set,
                          before_artifacts: list) -> None:
     from clearml import Task
 
-    # The draft task import_offline_session creates (and leaves) for a continued session.
-    for t in Task.get_tasks(project_name=run["project"],
-                            task_name=f"^{re.escape(run['task_name'])}$"):
+    # The draft task import_offline_session creates (and leaves) for a continued session,
+    # named as the session (a run renamed between sessions: each has its own name).
+    for t in Task.get_tasks(project_name=run["project"], task_name=f"^{re.escape(name)}$"):
         if (t.id not in before_ids and t.id != task_id and str(t.get_status()) == "created"
                 and str(t.get_parameter(f"{TRACELET_SECTION}/run_id") or "") == run["run_id"]):
             t.delete(delete_artifacts_and_models=False, raise_on_error=False)

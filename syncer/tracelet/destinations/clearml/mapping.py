@@ -81,8 +81,9 @@ def clearml_name(name: str, nested: bool = False) -> str:
 
 
 def _names(run: RunRef) -> tuple[str, str]:
-    """(project name, task name) of a run on ClearML."""
-    return clearml_name(run.project, nested=True), clearml_name(run.run_path)
+    """(project name, task name) of a run on ClearML: the task name is the run's display name
+    (``run.name``: ``--run-name``, else the run path); its identity is ``tracelet/run_id``."""
+    return clearml_name(run.project, nested=True), clearml_name(run.name)
 
 
 # Series endings this destination writes itself (a repeated step, a non-finite value's marker,

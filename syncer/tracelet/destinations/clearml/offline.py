@@ -25,12 +25,16 @@ import json
 import os
 import zipfile
 import zlib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..._fs import atomic_file, atomic_write_bytes
 from ...errors import DestinationError
 from .mapping import _SESSION_RE, SESSION_PREFIX
+
+IMPORTED_SUFFIX = ".imported"  # <zip>.imported: written by the import helper (task id)
+REPRO_KEY = "tracelet_repro"  # task.json: digest of the reproducibility fields it holds
 
 
 def offline_dir() -> Path:
@@ -60,6 +64,10 @@ def _task_class():
 
         def __init__(self, chosen_id: str | None = None, **kw: Any):
             self._tracelet_id = chosen_id
+            # task.json fields the offline data model (API 2.9) lacks or cannot write as JSON:
+            # ``runtime`` (applied by the import on servers with API >= 2.13), ``started`` and
+            # ``completed`` (ISO strings; the import leaves them to the server)
+            self.tracelet_extra: dict[str, Any] = {}
             protection = Task._Task__create_protection  # type: ignore[attr-defined]
             super().__init__(private=protection, **kw)
 
@@ -79,11 +87,20 @@ def _task_class():
             export["project_name"] = self.get_project_name()
             export["offline_folder"] = Path(folder).as_posix()
             export["offline_output_models"] = self._offline_output_models
+            export.update(self.tracelet_extra)
             atomic_write_bytes(Path(folder) / self._offline_filename,
-                               json.dumps(export, ensure_ascii=True, sort_keys=True).encode())
+                               json.dumps(export, ensure_ascii=True, sort_keys=True,
+                                          default=_json_time).encode())
 
     _SESSION_TASK = SessionTask
     return SessionTask
+
+
+def _json_time(o: Any) -> Any:
+    """A datetime the data model parsed from a reloaded task.json, written back as it was."""
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
 class _Templates:
@@ -112,7 +129,8 @@ class _Templates:
 # sessions on disk
 # ---------------------------------------------------------------------------------------------
 def _list_sessions(folder: Path, run_hex: str) -> dict[int, dict[str, Path | None]]:
-    """seq -> {"dir": folder or None, "zip": zip or None} for one run's sessions."""
+    """seq -> {"dir": folder, "zip": zip, "marker": ``<zip>.imported``, each or None} for one
+    run's sessions. A session whose only trace is its marker was imported, then removed."""
     out: dict[int, dict[str, Path | None]] = {}
     try:
         names = os.listdir(folder)
@@ -122,13 +140,34 @@ def _list_sessions(folder: Path, run_hex: str) -> dict[int, dict[str, Path | Non
     for name in names:
         if not name.startswith(prefix):
             continue
-        stem, is_zip = (name[:-4], True) if name.endswith(".zip") else (name, False)
+        if name.endswith(".zip" + IMPORTED_SUFFIX):
+            stem, key = name[:-len(".zip" + IMPORTED_SUFFIX)], "marker"
+        elif name.endswith(".zip"):
+            stem, key = name[:-4], "zip"
+        else:
+            stem, key = name, "dir"
         m = _SESSION_RE.match(stem)
         if not m:
             continue
-        entry = out.setdefault(int(m.group(2), 16), {"dir": None, "zip": None})
-        entry["zip" if is_zip else "dir"] = folder / name
+        entry = out.setdefault(int(m.group(2), 16), {"dir": None, "zip": None, "marker": None})
+        entry[key] = folder / name
     return out
+
+
+def missing_sessions(sessions: Mapping[int, Any], next_seq: int) -> list[tuple[int, int]]:
+    """Ranges ``(first, last)`` of the sequence numbers below ``next_seq`` that have neither a
+    folder, a zip nor an ``.imported`` marker: sessions this target wrote and someone removed.
+    (Every number below ``next_seq`` had its folder: one is created before the number is
+    recorded.) Walks the sessions present, never the numbers: a huge ``next_seq`` costs
+    nothing."""
+    gaps, expect = [], 1
+    for seq in sorted(s for s in sessions if s < next_seq):
+        if seq > expect:
+            gaps.append((expect, seq - 1))
+        expect = seq + 1
+    if expect < next_seq:
+        gaps.append((expect, next_seq - 1))
+    return gaps
 
 
 def _cut_unfinished_line(path: Path) -> None:
