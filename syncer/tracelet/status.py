@@ -326,11 +326,8 @@ def _check(row: StatusRow, root, run, manifest: dict | None, known: bool, ck: Ch
         row.problems.append(f"not checked: another {row.destination} target than the one "
                             "configured; give its options to check it")
         return
-    from .engine.protocol import run_ref
-    from .redact import Redactor
-
     try:
-        ref = run_ref(targets.project, Redactor(), root, run, manifest)
+        ref = _check_ref(root, run, manifest, targets.project)
         drift = targets.client(row.destination).check_run(ref, ck.identity)
     except TraceletError as e:
         row.state, row.checked = "check failed", "check failed"
@@ -352,3 +349,18 @@ def _check(row: StatusRow, root, run, manifest: dict | None, known: bool, ck: Ch
         row.last_error = scrub(f"{drift}; `tracelet sync --resync` re-sends the whole run "
                                "(dedupe: nothing lands twice), as does the next sync that finds "
                                "new data in it")
+
+
+def _check_ref(root, run, manifest: dict | None, project: str | None):
+    """The run as ``check_run`` needs it: its id, path and project, found as ``sync`` finds
+    them (manifest ``project``, else ``--project``, else the logdir's name). Lookups only: no
+    params, tags or reproducibility fields."""
+    from .destinations.base import RunRef
+
+    m = manifest or {}
+    return RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
+                  project=str(m.get("project") or project or Path(root).resolve().name),
+                  source_dir=run.path,
+                  # no tags: check_run only looks up, and they are not redacted here
+                  manifest={k: v for k, v in m.items() if k != "tags"} if manifest else None)
+

@@ -178,9 +178,16 @@ class RunSync:
         ctx.manifest = manifest
         ctx.event_files = list(run.event_files) + planner.linked_event_files(self.logdir, run,
                                                                               manifest, rr)
-        ctx.ref = run_ref(self.o.project, self.engine.redactor, self.logdir, run, manifest,
-                          **self._reproducibility(manifest or {}))
-        rr.run_id, rr.project = ctx.ref.run_id, ctx.ref.project
+        m = manifest or {}
+        project = str(m.get("project") or self.o.project or self.logdir.resolve().name)
+        ctx.ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
+                         project=project, source_dir=run.path,
+                         manifest=self._redact_tags(manifest),
+                         started_at=manifest_time(m.get("started_at")),
+                         ended_at=manifest_time(m.get("ended_at")),
+                         status=m.get("status") if isinstance(m.get("status"), str) else None,
+                         **self._reproducibility(m))
+        rr.run_id, rr.project = ctx.ref.run_id, project
         signature = source_signature(run, ctx.event_files, self.o.follow_artifact_links)
         for name in names:
             self._open(name, signature)
@@ -366,31 +373,13 @@ class RunSync:
             self.scratch = Path(tempfile.mkdtemp(prefix="tracelet-run-"))
         return self.scratch
 
-
-
-def run_ref(project: str | None, redactor, logdir, run: RunSource, manifest: dict | None,
-            **extra: Any) -> RunRef:
-    """The run as destinations see it: run id, name, project (manifest, else ``--project``, else
-    the logdir's name), times and status from the manifest, its tags redacted. The protocol
-    adds the reproducibility fields (``extra``); ``tracelet status --check`` uses it as is."""
-    m = manifest or {}
-    project = str(m.get("project") or project or logdir.resolve().name)
-    return RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
-                  project=project, source_dir=run.path,
-                  manifest=_redact_tags(redactor, manifest),
-                  started_at=manifest_time(m.get("started_at")),
-                  ended_at=manifest_time(m.get("ended_at")),
-                  status=m.get("status") if isinstance(m.get("status"), str) else None,
-                  **extra)
-
-
-def _redact_tags(redactor, manifest: dict | None) -> dict | None:
-    """The manifest as destinations see it: its tags under the redaction rule (params are
-    redacted by the params facet, together with the hparams of the event files)."""
-    tags = (manifest or {}).get("tags")
-    if not isinstance(tags, dict) or not tags:
-        return manifest
-    return {**manifest, "tags": redactor.params(tags)}  # type: ignore[dict-item]
+    def _redact_tags(self, manifest: dict | None) -> dict | None:
+        """The manifest as destinations see it: its tags under the redaction rule (params are
+        redacted by the params facet, together with the hparams of the event files)."""
+        tags = (manifest or {}).get("tags")
+        if not isinstance(tags, dict) or not tags:
+            return manifest
+        return {**manifest, "tags": self.engine.redactor.params(tags)}  # type: ignore[dict-item]
 
 
 def _write(path: Path, data: bytes) -> Path:
