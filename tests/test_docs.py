@@ -465,12 +465,15 @@ def check_record(case: Case) -> None:
     assert case.run("jobs", "crashing").manifest["status"] == "failed"
 
 
-def _mlflow_run(cwd: Path, project: str, name: str):
+def _mlflow_run(cwd: Path, project: str, run_path: str):
+    """The MLflow run of ``run_path``, found by its identity tag (its shown name may differ:
+    README, Run names)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     exp = client.get_experiment_by_name(project)
-    [r] = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    [r] = client.search_runs([exp.experiment_id],
+                             filter_string=f"tags.`tracelet.run_path` = '{run_path}'")
     return client, r
 
 

@@ -98,6 +98,8 @@ class Checkpoint:
     artifacts: dict[str, list[int]] = field(default_factory=dict)
     status: str | None = None
     ended_at: float | None = None
+    # the latest point wall time delivered (unix s): a plain run's end (``--finish-idle``)
+    last_wall_time: float | None = None
     points_sent: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)
@@ -159,7 +161,7 @@ _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 # optional (checkpoints written before them lack them; their defaults are safe). Unknown fields
 # (a newer Tracelet's) are dropped.
 _ADDED_LATER = {"incomplete_tail", "etag", "quarantined", "quarantine", "keys", "key_scheme",
-                "target"}
+                "last_wall_time", "target"}
 FILE_STATE_SCHEMA = {
     "type": "object",
     "required": [f for f in FileState.__dataclass_fields__ if f not in _ADDED_LATER],
@@ -192,6 +194,7 @@ CHECKPOINT_SCHEMA = {
                 _COUNT,
                 {"type": ["integer", "string"], "minimum": -INT64_MAX - 1, "maximum": INT64_MAX}]}},
         "status": _OPT_STR, "ended_at": _OPT_NUM,
+        "last_wall_time": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1e12},
         "points_sent": _COUNTS, "unsupported": _COUNTS, "other": _COUNTS,
         "quarantined": _COUNTS, "quarantine": {"type": "array", "items": _STR},
         "keys": {"type": "object", "additionalProperties": _STR},

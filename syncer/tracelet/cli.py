@@ -154,10 +154,18 @@ def _dest_config(kw: dict) -> dict:
 @click.option("--follow-artifact-links", is_flag=True,
               help="Read artifacts, sidecar parts and the manifest through symlinks that lead "
                    "outside the run folder (default: skipped and reported).")
+@click.option("--finish-idle", "finish_idle", default=None, metavar="DURATION",
+              help="Mark a run without a manifest whose event files have not changed for "
+                   "DURATION (24h, 90m, 3600s, 2d) finished on every destination, ended at its "
+                   "last event's wall time (default: such runs stay running).")
+@click.option("--run-name", "run_name", default=None, metavar="TEMPLATE",
+              help="Run name shown on destinations, from {run_path}, {name} (the run folder's "
+                   "name) and {project}. Default: the run path without a leading "
+                   "'<project>/'. Identity (checkpoints, run ids) does not change.")
 @_output_options
 def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
-         follow_artifact_links, verbose, quiet, resync=False, to=None, state_dir=None,
-         project=None, **kw):
+         follow_artifact_links, verbose, quiet, resync=False, finish_idle=None, run_name=None,
+         to=None, state_dir=None, project=None, **kw):
     """Replay LOGDIR(s) into destinations, incrementally and exactly once.
 
     \b
@@ -167,7 +175,8 @@ def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
       tracelet sync /scratch/runs --to aim --shard 0/4 --workers 4
     """
     from ._stdout import stdout_reserved
-    from .engine import SyncOptions, parse_destinations, parse_shard, run_sync
+    from .engine import (SyncOptions, parse_destinations, parse_duration, parse_run_name,
+                         parse_shard, run_sync)
     from .output import Output
 
     # Vendor SDK chatter (MLflow's "View run" lines, W&B/ClearML and their subprocesses) goes to
@@ -188,6 +197,8 @@ def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
                 redact_secrets=not no_redact,
                 follow_artifact_links=follow_artifact_links,
                 resync=resync,
+                finish_idle_s=parse_duration(finish_idle),
+                run_name=parse_run_name(run_name),
                 verbose=verbose,
                 quiet=quiet,
             )
@@ -275,29 +286,60 @@ def reset(logdir, runs, to=None, state_dir=None, project=None, **kw):
 
 
 @main.command()
-@click.argument("logdir")
+@click.argument("logdirs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True,
-              help="Output file: .parquet or .csv (format from the extension).")
+              help="Output file: .parquet or .csv (format from the extension); - writes CSV "
+                   "to standard output (the summary goes to stderr).")
+@click.option("--with-system", is_flag=True,
+              help="Add each run's system metrics (sysmetrics/ sidecar) as kind=system rows: "
+                   "tag = metric name, step = seconds since the run's start.")
 @click.option("--no-redact", is_flag=True,
               help="Write hparams named like secrets as written (default: ***REDACTED***, "
                    "the rule of sync).")
-def export(logdir, output, no_redact):
-    """Write every point of LOGDIR as one tidy table: run, tag, kind, step, wall_time, value.
+def export(logdirs, output, with_system, no_redact):
+    """Write every point of LOGDIR(s) as one tidy table: run, tag, kind, step, wall_time, value.
+
+    With several LOGDIRs the run column starts with each logdir's name.
 
     \b
     Examples:
       tracelet export ./runs -o points.parquet
-      tracelet export ./runs -o points.csv
+      tracelet export ./runs -o points.csv --with-system
+      tracelet export ./runs_a ./runs_b -o - | head
     """
-    from .export import export_logdir
+    from .export import STDOUT, export_logdir
 
+    to_stdout = output == STDOUT
     try:
-        summary = export_logdir(logdir, output, redact=not no_redact)
+        summary = export_logdir(list(logdirs), output, redact=not no_redact,
+                                with_system=with_system)
     except TraceletError as e:
         _fail(e)
+    except BrokenPipeError:  # `-o - | head`: the reader has what it wanted
+        _quiet_stdout()
+        sys.exit(EXIT_OK)
+    if to_stdout:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(EXIT_OK)
     for line in summary.problems:
         click.echo(f"tracelet: warning: {line}", err=True)
-    click.echo(summary.render())
+    click.echo(summary.render(), err=to_stdout)  # stdout holds the table and nothing else
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader went away: point fd 1 at /dev/null so the interpreter's final flush
+    does not print an error."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 @main.command()

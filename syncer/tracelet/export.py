@@ -6,12 +6,16 @@ by kind — sort by ``run, tag, step`` if you need a global order):
 ==========  =======  ===============================================================
 column      type     meaning
 ==========  =======  ===============================================================
-run         string   run path relative to the logdir (the folder's name for the logdir itself)
-tag         string   TensorBoard tag; hparams rows use ``_hparams_/session_start_info``
+run         string   run path relative to the logdir (the folder's name for the logdir itself);
+                     with several logdirs, prefixed by the logdir's name (:func:`run_prefixes`)
+tag         string   TensorBoard tag; hparams rows use ``_hparams_/session_start_info``;
+                     system rows the sidecar's metric name (``gpu/0/power_watts``)
 kind        string   ``scalar`` | ``histogram`` | ``image`` | ``text`` | ``hparams`` | ``audio``
-step        int64    TensorBoard step
-wall_time   float64  event wall time, unix seconds
-value       float64  the scalar; null for every other kind
+                     | ``system`` (sidecar rows, ``with_system``)
+step        int64    TensorBoard step; system rows: whole seconds since the run's start
+                     (manifest ``started_at``, else its first sample), as MLflow's ``system/*``
+wall_time   float64  event wall time (system rows: the sample's time), unix seconds
+value       float64  the scalar or system sample; null for every other kind
 summary     string   null for scalars; otherwise a short description of the point:
                      histogram ``count=1000 min=-2.1 max=2.3 mean=0.01 buckets=30``
                      (TF2 tensor histograms carry no exact sum: their mean is estimated
@@ -27,7 +31,7 @@ Memory stays flat whatever the size of the logdir: points travel from the reader
 (:data:`tracelet.reader.events.DEFAULT_BATCH_POINTS`) and are written batch by batch; at most one
 Parquet row group (:data:`ROW_GROUP_ROWS` rows) is held. The table is written to a temporary file
 beside the output and renamed over it only when complete, so a crash or Ctrl-C never leaves half a
-table under the output's name.
+table under the output's name. Output ``-`` streams CSV to a binary stream (standard output).
 
 Damaged input never stops an export: intact records are exported, and every corrupt file,
 truncated tail, skipped record and unreadable folder is listed in :attr:`ExportSummary.problems`
@@ -51,6 +55,9 @@ from .redact import DEFAULT as DEFAULT_REDACTOR, Redactor
 from .reader import (AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
                      HistogramPoint, discover_runs, root_run_name)
 from .reader.events import unreadable_message
+
+STDOUT = "-"  # the output name that streams CSV to standard output
+SYSTEM = "system"  # the kind of sidecar rows (``with_system``)
 
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
 ROW_GROUP_ROWS = 128 * 1024  # rows per Parquet row group: big enough to compress well, small
@@ -77,7 +84,7 @@ def _schema():
 class ExportSummary:
     """What :func:`export_logdir` wrote, and what it could not read."""
 
-    output: Path
+    output: Path | str  # "-": standard output
     format: str
     runs: int = 0
     files: int = 0
@@ -95,7 +102,9 @@ class ExportSummary:
         kinds = ", ".join(f"{n:,} {k}" for k, n in self.points.items() if n) or "no points"
         text = (f"exported {self.total_points:,} points ({kinds}) from {self.runs} run"
                 f"{'' if self.runs == 1 else 's'} ({self.files} event file"
-                f"{'' if self.files == 1 else 's'}) to {self.output} in {self.elapsed_s:.1f} s")
+                f"{'' if self.files == 1 else 's'}) to "
+                f"{'standard output' if self.output == STDOUT else self.output} in "
+                f"{self.elapsed_s:.1f} s")
         if self.other:
             text += "\nnot exported (no tabular form): " + ", ".join(
                 f"{k} {n:,}" for k, n in sorted(self.other.items()))
@@ -391,13 +400,18 @@ def _repeat(value: str, n: int):
 class _TableSink:
     """Streams tables to ``tmp``: Parquet row group by row group, or CSV batch by batch."""
 
-    def __init__(self, fmt: str, tmp: Path):
+    def __init__(self, fmt: str, tmp: Path | None, stream=None):
         import pyarrow as pa
 
         self.fmt, self.schema = fmt, _schema()
         self._pending: list = []
         self._pending_rows = 0
-        if fmt == "parquet":
+        self._file = None
+        if stream is not None:  # CSV to an open binary stream (stdout): not ours to close
+            import pyarrow.csv as pacsv
+
+            self._writer = pacsv.CSVWriter(stream, self.schema)
+        elif fmt == "parquet":
             import pyarrow.parquet as pq
 
             # Dictionary pages only where values repeat: on floats they cost time and save
@@ -435,12 +449,13 @@ class _TableSink:
             self._writer.close()
         else:
             self._writer.close()
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
 
     def abort(self) -> None:
         try:
             self._writer.close()
-            if self.fmt == "csv":
+            if self._file is not None:
                 self._file.close()
         except Exception:  # noqa: BLE001 - the temp file is deleted next; its state is moot
             pass
@@ -462,59 +477,216 @@ def _check_output(output: str | os.PathLike) -> tuple[Path, str]:
     return out, fmt
 
 
-def export_logdir(logdir: str | os.PathLike, output: str | os.PathLike,
-                  redact: bool = True) -> ExportSummary:
-    """Write every point of every run under ``logdir`` to ``output`` (``.parquet`` or ``.csv``).
+def export_logdir(logdir: str | os.PathLike | list, output: str | os.PathLike,
+                  redact: bool = True, with_system: bool = False, stream=None) -> ExportSummary:
+    """Write every point of every run under ``logdir`` (one path, or a list of them) to
+    ``output`` (``.parquet`` or ``.csv``; ``"-"``: CSV to ``stream``, default standard output).
 
     hparams rows pass through the redaction rule of ``tracelet sync`` unless ``redact`` is false.
+    ``with_system`` adds each run's sidecar samples as ``system`` rows (see the module
+    docstring). With several logdirs, each run's name is prefixed by its logdir's
+    (:func:`run_prefixes`); a logdir given twice is read once.
 
     Streams batch by batch (memory stays flat), writes a temporary file beside ``output`` and
     renames it into place when complete. Damaged files do not stop the export: their intact
     records are written and the damage is listed in :attr:`ExportSummary.problems`.
 
     Raises :class:`UsageError` for a missing logdir, a file given instead of a folder, a folder
-    without event files, an unknown output extension or an unwritable output.
+    without event files, an unknown output extension or an unwritable output; every logdir is
+    checked before anything is written.
     """
     from ._fs import _fsync_dir, _unlink_quietly
 
     started = time.monotonic()
-    discovery, _ = resolve_logdir(logdir)
-    out, fmt = _check_output(output)
-    summary = ExportSummary(output=out, format=fmt, problems=list(discovery.problems))
+    logdirs = _unique_logdirs([logdir] if isinstance(logdir, (str, os.PathLike)) else logdir)
+    found = [resolve_logdir(ld)[0] for ld in logdirs]
+    prefixes = run_prefixes(logdirs)
+    to_stdout = os.fspath(output) == STDOUT
+    if to_stdout:
+        out, fmt = STDOUT, "csv"
+    else:
+        out, fmt = _check_output(output)
+    summary = ExportSummary(output=out, format=fmt,
+                            problems=[p for d in found for p in d.problems])
+    if with_system:
+        summary.points[SYSTEM] = 0
     redactor = DEFAULT_REDACTOR if redact else Redactor(False)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = None
+    if to_stdout:
+        import sys
+
+        sink = _TableSink(fmt, None, stream if stream is not None else sys.stdout.buffer)
+    else:
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            sink = _TableSink(fmt, tmp)
+        except OSError as e:
+            raise UsageError(f"{out}: cannot write there ({e.strerror or e}); "
+                             "choose a writable output path.") from e
     try:
-        sink = _TableSink(fmt, tmp)
-    except OSError as e:
-        raise UsageError(f"{out}: cannot write there ({e.strerror or e}); "
-                         "choose a writable output path.") from e
-    try:
-        for run in discovery.runs:
-            if not run.event_files:
-                continue
-            summary.runs += 1
-            for path in run.event_files:
-                summary.files += 1
-                scan = FileScan(path, run.location)
-                for batch in scan.batches():
-                    sink.write(batch_to_table(batch, run.name, redactor))
-                    for kind, n in batch.point_counts().items():
-                        summary.points[kind] += n
-                    for name, n in batch.other.items():
-                        summary.other[name] = summary.other.get(name, 0) + n
-                summary.records += scan.records
-                summary.problems.extend(scan.problems())
+        for discovery, prefix in zip(found, prefixes):
+            for run in discovery.runs:
+                name = _row_run_name(run, discovery.logdir, prefix)
+                parts = _sidecar_parts(run, summary.problems) if with_system else []
+                if not run.event_files and not parts:
+                    continue
+                summary.runs += 1
+                for path in run.event_files:
+                    summary.files += 1
+                    scan = FileScan(path, run.location)
+                    for batch in scan.batches():
+                        sink.write(batch_to_table(batch, name, redactor))
+                        for kind, n in batch.point_counts().items():
+                            summary.points[kind] += n
+                        for other, n in batch.other.items():
+                            summary.other[other] = summary.other.get(other, 0) + n
+                    summary.records += scan.records
+                    summary.problems.extend(scan.problems())
+                if parts:
+                    for table in _system_tables(run, parts, name, summary.problems):
+                        sink.write(table)
+                        summary.points[SYSTEM] += table.num_rows
         sink.close()
-        with open(tmp, "rb+") as f:  # durable before it takes the output's name
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        if tmp is not None:
+            with open(tmp, "rb+") as f:  # durable before it takes the output's name
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
     except BaseException:
         sink.abort()
-        _unlink_quietly(tmp)
+        if tmp is not None:
+            _unlink_quietly(tmp)
         raise
-    _fsync_dir(out.parent)
+    if tmp is not None:
+        _fsync_dir(out.parent)
     summary.elapsed_s = time.monotonic() - started
     return summary
+
+
+def _logdir_key(ld) -> str:
+    from .storage import is_object_url
+
+    text = os.fspath(ld)
+    return text.rstrip("/") if is_object_url(text) else os.path.realpath(text)
+
+
+def _unique_logdirs(logdirs) -> list:
+    if not logdirs:
+        raise UsageError("give at least one LOGDIR")
+    seen: dict[str, object] = {}
+    for ld in logdirs:
+        seen.setdefault(_logdir_key(ld), ld)
+    return list(seen.values())
+
+
+def run_prefixes(logdirs: list) -> list[str | None]:
+    """What tells the runs of several logdirs apart in the ``run`` column: nothing for one
+    logdir; else each logdir's folder name (``/data/a/runs`` -> ``runs``), or, where two
+    logdirs share a name, the logdir as given (``/data/a/runs``, normalised)."""
+    from .storage import is_object_url
+
+    if len(logdirs) < 2:
+        return [None] * len(logdirs)
+    names = []
+    for ld in logdirs:
+        text = os.fspath(ld)
+        names.append(text.rstrip("/").rsplit("/", 1)[-1] if is_object_url(text)
+                     else root_run_name(text))
+    out: list[str | None] = []
+    for ld, name in zip(logdirs, names):
+        text = os.fspath(ld)
+        if names.count(name) > 1:
+            name = text.rstrip("/") if is_object_url(text) else os.path.normpath(text)
+        out.append(name)
+    return out
+
+
+def _row_run_name(run, root, prefix: str | None) -> str:
+    if prefix is None:
+        return run.name
+    if run.path == root:  # the logdir itself is the run: its name is the prefix already
+        return prefix
+    return f"{prefix}/{run.name}"
+
+
+def _sidecar_parts(run, problems: list[str]) -> list:
+    """The run's sidecar parts (links out of the run reported and skipped, as by sync)."""
+    try:
+        if run.location is not None:
+            from .storage import runs as objects
+
+            return objects.sidecar_parts(run)
+        from .runfiles import RunFiles
+
+        return RunFiles(run.path).sidecar_parts(problems)
+    except (OSError, SourceError) as e:
+        problems.append(f"{run.path}: sidecar parts not listed ({e}); its system rows are not "
+                        "exported")
+        return []
+
+
+def _run_start(run, problems: list[str]) -> float | None:
+    from .manifest import manifest_time
+
+    if not run.has_manifest:
+        return None
+    try:
+        if run.location is not None:
+            from .storage import runs as objects
+
+            m = objects.manifest(run, None, True, problems, validate=False)
+        else:
+            from .manifest import load_manifest
+
+            m = load_manifest(run.path, problems, validate=False)
+    except SourceError as e:
+        problems.append(f"{e} (system rows are counted from the run's first sample)")
+        return None
+    return manifest_time((m or {}).get("started_at")) if isinstance(m, dict) else None
+
+
+def _system_tables(run, parts: list, name: str, problems: list[str]):
+    """One table per readable sidecar part: ``kind=system`` rows (module docstring). A part
+    that cannot be read is a problem, never the end of the export."""
+    import numpy as np
+    import pyarrow as pa
+
+    from .sidecar import read_part
+
+    start = _run_start(run, problems)
+    schema = _schema()
+    for part in parts:
+        notes: list[str] = []
+        try:
+            if run.location is not None:
+                from .storage import runs as objects
+
+                table = objects.read_part(run, part, notes)
+            else:
+                from .runfiles import RunFiles
+
+                fd = RunFiles(run.path).open(part)  # checked: a link swapped in is refused
+                with os.fdopen(fd, "rb") as f:
+                    table = read_part(part, notes, f)
+        except FileNotFoundError:
+            continue  # removed since listing
+        except (OSError, SourceError) as e:
+            problems.append(f"{e}" if isinstance(e, SourceError) else
+                            f"{part}: cannot read ({e.strerror or e}); its system rows are not "
+                            "exported")
+            continue
+        problems.extend(notes)
+        n = table.num_rows
+        if not n:
+            continue
+        ts = table.column("timestamp").to_numpy()
+        if start is None:
+            start = float(ts.min())
+        steps = np.maximum(np.floor(ts - start), 0).astype("int64")
+        yield pa.Table.from_arrays([
+            _repeat(name, n), _strings(table.column("name").to_pylist()), _repeat(SYSTEM, n),
+            _numbers(steps, "int64"), _numbers(ts, "float64"),
+            _numbers(table.column("value").to_numpy(), "float64"), pa.nulls(n, pa.string()),
+        ], schema=schema)
 
 
 # -- read_scalars: tbparse drop-in ---------------------------------------------------------------

@@ -118,6 +118,12 @@ class Fragment:
     preempting: bool = False
     torn: str | None = None
     has_run: bool = False
+    display_name: str = ""
+    entity: str = ""
+    host: str = ""
+    git: dict = field(default_factory=dict)  # the Run record's (remote_url, commit)
+    environment: dict = field(default_factory=dict)  # EnvironmentRecord: wandb-metadata.json
+    summary: dict = field(default_factory=dict)
 
 
 def load_fragment(path: Path) -> Fragment:
@@ -129,6 +135,9 @@ def load_fragment(path: Path) -> Fragment:
                 frag.has_run = True
                 frag.run_id, frag.project = rec.run.run_id, rec.run.project
                 frag.start = (rec.run.start_time.seconds, rec.run.start_time.nanos)
+                frag.display_name, frag.host = rec.run.display_name, rec.run.host
+                frag.entity = rec.run.entity
+                frag.git = {"remote_url": rec.run.git.remote_url, "commit": rec.run.git.commit}
                 for u in rec.run.config.update:
                     frag.config[u.key or "/".join(u.nested_key)] = json.loads(u.value_json)
             elif kind == "config":
@@ -138,6 +147,14 @@ def load_fragment(path: Path) -> Fragment:
                 row = _row(rec.history)
                 step = row.get("_step", rec.history.step.num)
                 frag.rows.append((int(step), row))
+            elif kind == "environment":
+                from google.protobuf import json_format
+
+                # as wandb-core writes wandb-metadata.json (protojson, camelCase names)
+                frag.environment.update(json_format.MessageToDict(rec.environment))
+            elif kind == "summary":
+                for u in rec.summary.update:
+                    frag.summary[u.key or "/".join(u.nested_key)] = json.loads(u.value_json)
             elif kind == "files":
                 frag.files.extend(f.path for f in rec.files.files)
             elif kind == "exit":

@@ -134,7 +134,8 @@ class RunRef:
     manifest: Mapping[str, Any] | None = None  # validated, tags redacted
     started_at: float | None = None  # unix seconds: manifest ``started_at``, else the first
     #                                  event's wall time (plain TensorBoard runs)
-    ended_at: float | None = None  # manifest ``ended_at``; a finished plain run: last event
+    ended_at: float | None = None  # manifest ``ended_at`` (a plain run finished by
+    #                                ``--finish-idle`` gets its last event's wall time in finish())
     status: str | None = None  # running | finished | failed | killed | None (no manifest)
     display_name: str = ""  # the run's name on the destination (``--run-name``); "" = run_path
     # What reproduces the run (manifest ``git``/``env``/``system``/``command``; redacted, the

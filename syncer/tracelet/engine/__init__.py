@@ -27,7 +27,8 @@ from __future__ import annotations
 from ..faults import crash_point  # noqa: F401  (kept importable here)
 from ..params import param_text  # noqa: F401
 from ..reader import EventFileReader  # noqa: F401  (tests substitute it here; facets look it up)
-from .options import DEFAULT_BATCH_POINTS, Progress, SyncOptions, parse_destinations, parse_shard
+from .options import (DEFAULT_BATCH_POINTS, Progress, SyncOptions, parse_destinations,
+                      parse_duration, parse_run_name, parse_shard)
 from .plan import in_shard, object_state_dir, run_id_for, source_signature, state_dir_for
 from .report import EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, DestReport, RunReport, SyncReport
 from .reset import ResetReport, reset_runs
@@ -36,7 +37,8 @@ from .runner import SyncEngine, run_sync
 __all__ = [
     "DEFAULT_BATCH_POINTS", "DestReport", "EXIT_LOCKED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE",
     "Progress", "RunReport", "SyncEngine", "SyncOptions", "SyncReport", "in_shard",
-    "object_state_dir", "parse_destinations", "parse_shard", "run_id_for", "run_sync",
+    "object_state_dir", "parse_destinations", "parse_duration", "parse_run_name", "parse_shard",
+    "run_id_for", "run_sync",
     "source_signature", "state_dir_for", "sync", "sync_run_dir",
 ]
 

@@ -29,6 +29,7 @@ from ..quarantine import (MAX_LINES as QUARANTINE_LINES, Isolation, Suspect, cau
 from ..reader.points import HPARAMS, SCALAR, Batch, ScalarColumns
 from ..redact import scrub, scrubbed_logger
 from ..retry import call_with_retry
+from .plain import note_wall_time
 from .report import RunReport
 from .slot import Slot
 
@@ -252,6 +253,7 @@ class Delivery:
         fs.points += batch.points
         fs.skipped_records += batch.skipped_records
         fs.tag_plugins = batch.tag_plugins
+        note_wall_time(slot.ck, batch)  # a plain run's end time (--finish-idle)
         for name, counts in (("points_sent", sent), ("unsupported", unsupported),
                              ("other", batch.other), ("quarantined", quarantined)):
             slot.ck.add_counts(name, counts)

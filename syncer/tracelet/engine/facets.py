@@ -114,7 +114,9 @@ class ParamsFacet(Facet):
         params = self.params
         if params is None:
             ctx.at(f"sending field 'params' of {ctx.run.manifest_path}")
-            params = flatten_params((ctx.manifest or {}).get("params") or {})
+            # hparams.yaml first: the manifest's value wins for a name both give
+            params = {**ctx.file_params,
+                      **flatten_params((ctx.manifest or {}).get("params") or {})}
         if params:
             yield ctx.redactor.params(params)
 
@@ -307,6 +309,10 @@ class EventsFacet(Facet):
                 merged: dict[str, Any] = {}
                 for hp in batch.hparams:
                     merged.update(hp.hparams)
+                # Lightning writes the same hparams into hparams.yaml (typed, nested) and into
+                # the event file (flattened, numbers as floats): the file's value is the one
+                # sent, so the two never conflict on a write-once destination
+                merged = {k: v for k, v in merged.items() if k not in ctx.file_params}
                 ParamsFacet(merged).deliver(ctx, [slot])
                 if slot.failed:
                     continue
@@ -495,30 +501,43 @@ class ArtifactsFacet(Facet):
 
 # -- status ---------------------------------------------------------------------------------------
 class StatusFacet(Facet):
-    """The run's status and end time (manifest runs only)."""
+    """The run's status and end time: a manifest's ``status``/``ended_at``; for a run without
+    a manifest, with ``--finish-idle`` (``ctx.idle`` not None): ``finished`` once idle, at the
+    latest wall time delivered to that destination (its checkpoint's ``last_wall_time``; the
+    newest event file's mtime for a checkpoint written before it was kept), and back to
+    ``running`` if a run finished that way grows again."""
 
     name = "status"
 
-    def units(self, ctx) -> Iterable[tuple[str, float | None]]:
+    def units(self, ctx) -> Iterable[str]:
         ctx.at(f"sending fields 'status'/'ended_at' of {ctx.run.manifest_path}")
-        if ctx.ref.status:
-            yield ctx.ref.status, ctx.ref.ended_at
+        if ctx.ref.status or ctx.idle is not None:
+            yield "status"
 
-    def pending(self, ctx, slot: Slot, unit) -> bool:
-        status, ended = unit
-        return not (slot.ck.status == status and slot.ck.ended_at == ended)
+    def pending(self, ctx, slot: Slot, unit) -> tuple[str, float | None] | None:
+        if ctx.ref.status:
+            want = (ctx.ref.status, ctx.ref.ended_at)
+        elif ctx.idle:
+            end = slot.ck.last_wall_time if slot.ck.last_wall_time is not None \
+                else ctx.newest_mtime
+            want = ("finished", end)
+        elif slot.ck.status == "finished":  # finished when idle; its files changed since
+            want = ("running", None)
+        else:
+            return None  # a plain run never finished: the destination's default (running)
+        return None if (slot.ck.status, slot.ck.ended_at) == want else want
 
     def supported(self, slot: Slot) -> bool:
         return slot.dest.capabilities.status
 
     def call(self, ctx, slot: Slot, unit, item):
-        status, ended = unit
+        status, ended = item
         ok, _ = ctx.delivery.call(ctx.store, slot, slot.dest.finish, slot.handle, status, ended,
                                   what=f"set status {status}")
         return True if ok else None
 
     def acknowledge(self, ctx, slot: Slot, unit, item, outcome) -> None:
-        slot.ck.status, slot.ck.ended_at = unit
+        slot.ck.status, slot.ck.ended_at = item
 
 
 FACETS = (ParamsFacet, EventsFacet, SidecarFacet, ArtifactsFacet, StatusFacet)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import string
 import threading
 import time
 from dataclasses import dataclass, field
@@ -74,6 +76,12 @@ class SyncOptions:
     # --resync: ignore the checkpoints for this pass (each run is reconciled with what the
     # destination holds, as after a lost state dir: everything is sent with dedupe)
     resync: bool = False
+    # --finish-idle: a run without a manifest whose event files have not changed for this many
+    # seconds is finished on every destination (end = its last event's wall time); None: never
+    finish_idle_s: float | None = None
+    # --run-name: the run's display name on destinations, a template of RUN_NAME_FIELDS
+    # (parse_run_name); None: the default rule (tracelet.engine.naming.display_name)
+    run_name: str | None = None
     # Seams (tests, embedding programs): the progress observer, the retry policy's sleep and
     # the clock the engine uses for report times.
     observer: Progress | None = None
@@ -105,3 +113,52 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= k < n:
         raise UsageError(f"--shard {text!r}: need 0 <= K < N")
     return k, n
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h|d)")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | None, option: str = "--finish-idle") -> float | None:
+    """``24h``, ``90m``, ``3600s``, ``2d`` (a number and one unit, nothing else) as seconds > 0."""
+    if text is None:
+        return None
+    m = _DURATION.fullmatch(text.strip())
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)] if m else 0.0
+    if not m or seconds <= 0:
+        raise UsageError(f"{option} {text!r}: expected a duration above zero: a number and a "
+                         "unit s, m, h or d (e.g. 24h, 90m, 3600s)")
+    return seconds
+
+
+RUN_NAME_FIELDS = ("run_path", "name", "project")
+
+
+def parse_run_name(template: str | None) -> str | None:
+    """Check a ``--run-name`` template: only the fields :data:`RUN_NAME_FIELDS`, by name (no
+    attribute or index access, no positional ``{}``); a format spec is allowed
+    (``{name:.40}``). Returns the template."""
+    if template is None:
+        return None
+    fields = ", ".join("{" + f + "}" for f in RUN_NAME_FIELDS)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:  # a lone "{" or "}"
+        raise UsageError(f"--run-name {template!r}: {e}; write {{{{ and }}}} for braces, "
+                         f"fields are {fields}") from None
+    for _, field_name, spec, _ in parsed:
+        if field_name is None:
+            continue
+        if field_name not in RUN_NAME_FIELDS:
+            raise UsageError(f"--run-name {template!r}: unknown field {{{field_name}}}; the "
+                             f"fields are {fields}")
+        if spec and ("{" in spec or "}" in spec):
+            raise UsageError(f"--run-name {template!r}: a field inside a format spec is not "
+                             "allowed")
+    try:
+        sample = template.format(run_path="p/r", name="r", project="p")
+    except (ValueError, TypeError) as e:  # a spec strings do not take ({name:d})
+        raise UsageError(f"--run-name {template!r}: {e}") from None
+    if not sample.strip() and not any(f for _, f, _, _ in parsed if f):
+        raise UsageError(f"--run-name {template!r}: empty; use fields such as {fields}")
+    return template

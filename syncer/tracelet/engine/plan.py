@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from ..runfiles import RunFiles, within
 from ..storage import ObjectPath, is_object_url, open_location
 from .behind import event_file_size, file_key, unread
 from .options import SyncOptions
+from .naming import display_name, fold_name
+from .plain import hparams_signature, is_idle, newest_mtime
 from .pool import TargetKeys
 from .report import DestReport, RunReport
 
@@ -66,24 +69,51 @@ def object_state_dir(url: ObjectPath, explicit: str | None) -> Path:
 # ---------------------------------------------------------------------------------------------
 # source signature: the stat-only check that makes an unchanged run free
 # ---------------------------------------------------------------------------------------------
-def source_signature(run: RunSource, event_files: list[Path], follow_links: bool = False) -> str:
-    """Stat-only fingerprint of everything a sync would send. Plain TensorBoard runs (no
-    manifest) cost one stat per event file: they have no sidecar or artifacts to look at.
-    Artifacts are those :meth:`RunFiles.artifacts` lists (no link out of the run).
-    Runs in object storage: size + ETag of each object, from the pass's listing."""
+def source_signature(run: RunSource, event_files: list[Path], follow_links: bool = False,
+                     idle_after_s: float | None = None, now: float | None = None) -> str:
+    """Stat-only fingerprint of everything a sync would send (:func:`run_signature`)."""
+    return run_signature(run, event_files, follow_links, idle_after_s, now)[0]
+
+
+def run_signature(run: RunSource, event_files: list[Path], follow_links: bool = False,
+                  idle_after_s: float | None = None, now: float | None = None
+                  ) -> tuple[str, bool]:
+    """Stat-only fingerprint of everything a sync would send, and whether the run is idle.
+
+    Plain TensorBoard runs (no manifest) cost one stat per event file, plus one for a
+    Lightning ``hparams.yaml``: they have no sidecar or artifacts to look at. Artifacts are
+    those :meth:`RunFiles.artifacts` lists (no link out of the run). Runs in object storage:
+    size + ETag of each object, from the pass's listing.
+
+    Idle (``--finish-idle``, ``idle_after_s``; runs without a manifest only): the newest event
+    file was last modified at least ``idle_after_s`` before ``now``. It is part of the
+    fingerprint, so a run that becomes idle gets one pass (which finishes it on its
+    destinations) and an idle run stays unchanged afterwards. A file absent and a run not idle
+    add nothing: fingerprints of runs without either are what they were before both."""
+    check_idle = idle_after_s is not None and not run.has_manifest
+    now = time.time() if now is None and check_idle else now
     if run.location is not None:
         from ..storage.runs import signature
 
-        return signature(run, event_files)
+        base = signature(run, event_files)
+        idle = check_idle and is_idle(newest_mtime(run, event_files), idle_after_s, now)
+        extra = hparams_signature(run) + ("idle\n" if idle else "")
+        return (hashlib.sha1(f"{base}\n{extra}".encode()).hexdigest() if extra else base), idle
     h = hashlib.sha1()
+    newest: float | None = None
     for p in event_files:
         try:
             st = os.stat(p)
             h.update(f"e {p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
         except OSError:
             h.update(f"e {p}:missing\n".encode())
+    h.update(hparams_signature(run).encode())
     if not run.has_manifest:
-        return h.hexdigest()
+        idle = check_idle and is_idle(newest, idle_after_s, now)
+        if idle:
+            h.update(b"idle\n")
+        return h.hexdigest(), idle
     base = os.fspath(run.path)
     try:
         st = os.stat(os.path.join(base, MANIFEST_NAME))
@@ -96,7 +126,7 @@ def source_signature(run: RunSource, event_files: list[Path], follow_links: bool
         pass
     for rel, (size, mtime) in sorted(RunFiles(run.path, follow_links).artifacts().items()):
         h.update(f"a {rel}:{size}:{mtime}\n".encode())
-    return h.hexdigest()
+    return h.hexdigest(), False
 
 
 class Planner:
@@ -108,6 +138,18 @@ class Planner:
         self._stores: dict[Path, CheckpointStore] = {}  # per logdir: resolve() once, not per run
         self._locations: dict[str, Any] = {}  # object-store logdirs: one client each, kept
         self._roots: list[str] = []  # real paths of the LOGDIRs of this pass (linked_logdirs)
+        self._logdir_names: dict[Any, str] = {}  # logdir -> its folder's name (project default)
+
+    def project(self, logdir: Path, manifest: dict | None) -> str:
+        """Manifest ``project``, else ``--project``, else the logdir folder's name (resolved
+        once per logdir: the fast path asks for every run)."""
+        given = (manifest or {}).get("project") or self.o.project
+        if given:
+            return str(given)
+        name = self._logdir_names.get(logdir)
+        if name is None:
+            name = self._logdir_names[logdir] = logdir.resolve().name
+        return name
 
     def store_for(self, logdir: Path) -> CheckpointStore:
         store = self._stores.get(logdir)
@@ -276,9 +318,12 @@ class Planner:
         names = self.dest_names(manifest)
         if not names:
             return False
-        signature = source_signature(run, list(run.event_files)
-                                     + self.linked_event_files(logdir, run, manifest, None),
-                                     self.o.follow_artifact_links)
+        signature = fold_name(
+            source_signature(run, list(run.event_files)
+                             + self.linked_event_files(logdir, run, manifest, None),
+                             self.o.follow_artifact_links, self.o.finish_idle_s),
+            run.name, display_name(run.name, self.project(logdir, manifest), self.o.run_name,
+                                   run.has_manifest))
         for name in names:
             if not store.signature_matches(self._target_keys[name], run.name, signature):
                 return False

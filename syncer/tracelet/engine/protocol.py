@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from ..reader import RunSource
 from ..redact import scrub, scrubbed_logger, strip_url_credentials
 from ..retry import _short
 from .facets import FACETS
-from .plan import run_id_for, source_signature
+from .naming import display_name, fold_name
+from .plain import first_wall_time, hparams_file_params, newest_mtime
+from .plan import run_id_for, run_signature
 from .report import DestReport, RunReport
 from .slot import Slot
 
@@ -50,6 +53,12 @@ class RunContext:
     event_files: list = field(default_factory=list)
     slots: list[Slot] = field(default_factory=list)
     where: str = "checking whether it changed"
+    # --finish-idle on a run without a manifest: None (not asked, or a manifest run), else
+    # whether its event files stopped changing long enough (the status facet finishes it)
+    idle: bool | None = None
+    newest_mtime: float | None = None  # of its event files: the end time if none was recorded
+    # params of the run folder's hparams.yaml (Lightning), flattened, not yet redacted
+    file_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def options(self):
@@ -179,16 +188,31 @@ class RunSync:
         ctx.event_files = list(run.event_files) + planner.linked_event_files(self.logdir, run,
                                                                               manifest, rr)
         m = manifest or {}
-        project = str(m.get("project") or self.o.project or self.logdir.resolve().name)
+        project = planner.project(self.logdir, manifest)
+        shown = display_name(run.name, project, self.o.run_name, run.has_manifest)
+        signature, idle = run_signature(run, ctx.event_files, self.o.follow_artifact_links,
+                                        self.o.finish_idle_s, time.time())
+        signature = fold_name(signature, run.name, shown)
+        if self.o.finish_idle_s is not None and not run.has_manifest:
+            ctx.idle, ctx.newest_mtime = idle, newest_mtime(run, ctx.event_files)
+        started = manifest_time(m.get("started_at"))
+        if started is None:  # plain runs (and a manifest without it): the first event's
+            ctx.at(f"reading the first records of {run.name}'s first event file")
+            started = first_wall_time(run, ctx.event_files)
         ctx.ref = RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
                          project=project, source_dir=run.path,
                          manifest=self._redact_tags(manifest),
-                         started_at=manifest_time(m.get("started_at")),
+                         started_at=started,
                          ended_at=manifest_time(m.get("ended_at")),
                          status=m.get("status") if isinstance(m.get("status"), str) else None,
+                         display_name=shown,
                          **self._reproducibility(m))
         rr.run_id, rr.project = ctx.ref.run_id, project
-        signature = source_signature(run, ctx.event_files, self.o.follow_artifact_links)
+        ctx.at(f"reading {run.path / 'hparams.yaml'}")
+        problems: list[str] = []
+        ctx.file_params = hparams_file_params(run, self.o.follow_artifact_links, problems)
+        for p in problems:
+            rr.note(p)
         for name in names:
             self._open(name, signature)
         if not ctx.slots:

@@ -9,7 +9,7 @@ from ..errors import UsageError
 from ..reader import RunSource
 from ..redact import Redactor
 from .delivery import Delivery
-from .options import Progress, SyncOptions
+from .options import Progress, SyncOptions, parse_run_name
 from .plan import Planner
 from .pool import DestinationPool, TargetKeys
 from .protocol import RunSync
@@ -82,6 +82,9 @@ def run_sync(logdirs: list[str], options: SyncOptions) -> SyncReport:
     nothing is printed unless ``options.observer`` prints (``tracelet.output.Output``)."""
     if not logdirs:
         raise UsageError("give at least one LOGDIR")
+    parse_run_name(options.run_name)  # the Python API too: a bad template is a usage error
+    if options.finish_idle_s is not None and not options.finish_idle_s > 0:
+        raise UsageError(f"finish_idle_s={options.finish_idle_s!r}: give seconds above zero")
     report = SyncReport()
     engine = SyncEngine(options)
     restore = install_signal_handlers(engine.stop)

@@ -68,6 +68,8 @@ class StoredRun:
     artifacts: dict[str, bytes] = field(default_factory=dict)
     status: str | None = None
     ended_at: float | None = None
+    name: str = ""  # RunRef.name: the display name (set by open_run, renamed when it changes)
+    started_at: float | None = None  # RunRef.started_at (set by open_run)
     # per source file: offset -> ordinals per kind at that offset; kind -> landed ordinals
     ends: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     landed: dict[str, dict[str, set[int]]] = field(default_factory=dict)
@@ -134,7 +136,8 @@ class MemoryStore:
     def _apply(self, e: dict, journal: bool) -> None:
         op, uid = e["op"], e["uid"]
         if op == "create":
-            self.runs[uid] = StoredRun(uid, e["run_id"], e["run_path"], e["project"])
+            self.runs[uid] = StoredRun(uid, e["run_id"], e["run_path"], e["project"],
+                                       name=e.get("name", ""), started_at=e.get("started_at"))
             return
         if op == "drop":
             self.runs.pop(uid, None)
@@ -161,6 +164,8 @@ class MemoryStore:
             run.artifacts[e["name"]] = bytes.fromhex(e["data"])
         elif op == "finish":
             run.status, run.ended_at = e["status"], e["ended_at"]
+        elif op == "meta":
+            run.name, run.started_at = e["name"], e["started_at"]
 
     # -- queries ------------------------------------------------------------------------------
     def find(self, project: str, run_id: str) -> list[StoredRun]:
@@ -239,19 +244,28 @@ class MemoryDestination(Destination):
         uid = (identity or {}).get("uid")
         mine = self.store.runs.get(uid) if isinstance(uid, str) else None
         if mine is not None and mine.run_id == run.run_id:
+            self._meta(mine, run)
             return RunHandle(identity={"uid": uid}, existed=True)
         ignored = mine is not None or (uid is not None and not isinstance(uid, str))  # another run's
         # the run the checkpoint names is gone (dropped: a user deleted it): drift
         drift = self.check_run(run, identity) if isinstance(uid, str) and mine is None else None
         found = self.store.find(run.project, run.run_id)
         if found:
+            self._meta(found[0], run)
             return RunHandle(identity={"uid": found[0].run_uid}, existed=True,
                              identity_ignored=ignored, drift=drift)
         uid = f"{run.run_id}-{time.time_ns():x}"
         self.store.apply({"op": "create", "uid": uid, "run_id": run.run_id,
-                          "run_path": run.run_path, "project": run.project})
+                          "run_path": run.run_path, "project": run.project,
+                          "name": run.name, "started_at": run.started_at})
         return RunHandle(identity={"uid": uid}, existed=False, identity_ignored=ignored,
                          drift=drift)
+
+    def _meta(self, stored: StoredRun, run: RunRef) -> None:
+        """Name and start time follow the RunRef (a changed ``--run-name`` renames the run)."""
+        if (stored.name, stored.started_at) != (run.name, run.started_at):
+            self.store.apply({"op": "meta", "uid": stored.run_uid, "name": run.name,
+                              "started_at": run.started_at})
 
     def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
         uid = (identity or {}).get("uid")

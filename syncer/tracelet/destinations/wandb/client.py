@@ -14,14 +14,14 @@ follow the same rule):
   folder). Upload them later from a connected machine with
   ``wandb sync $WANDB_DIR/wandb/offline-run-*`` (already-uploaded folders are skipped). One line
   on stderr per sync says so.
-- ``WANDB_MODE=online`` (or credentials present): **online**, ``WANDB_ENTITY`` /
-  ``WANDB_BASE_URL`` as W&B reads them. ``WANDB_MODE=disabled`` is refused (it would drop
-  everything).
+- ``WANDB_MODE=online`` (or credentials present): **online**, ``WANDB_BASE_URL`` as W&B reads
+  it; the entity is ``--wandb-entity``, else ``WANDB_ENTITY``, else the account's default.
+  ``WANDB_MODE=disabled`` is refused (it would drop everything).
 
 Identity: project = the run's project (``WANDB_PROJECT`` is not consulted: tracelet's project
 wins; :func:`.mapping.wandb_project`); W&B run id = the tracelet run id when it is 1-64
 letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_run_id`);
-display name = run path; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
+display name = ``RunRef.name``; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
 tags ``key:value``. Every sync opens the same id with ``resume="allow"``: one W&B run, one
 offline fragment (``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``.
 
@@ -56,6 +56,15 @@ system metrics      history keys ``system/<name>`` with their own step metric ``
 artifacts/          run files ``artifacts/<relative path>`` (copied into the run folder, then
                     ``run.save(..., policy="now")``): what ``wandb sync`` uploads; a changed
                     file is saved again and overwrites
+run page            the TRAINING's git commit/remote and host in the Run record (settings
+                    ``git_commit``, ``git_remote_url``, ``host``); program, args, executable,
+                    python, os, host, git, start time (``RunRef.started_at``, else the first
+                    event's wall time) in W&B's environment record (``wandb-metadata.json``,
+                    :func:`.mapping.environment`) and the summary (each scalar's last value by
+                    wall time, kept in the identity) at ``close_run``; ``RunRef.repro_files``
+                    as run files at ``open_run`` (when changed), ``tracelet/requirements.txt``
+                    also as ``requirements.txt`` and ``git_diff.patch`` also as ``diff.patch``
+                    (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
                     preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The end
@@ -102,6 +111,15 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
   of its file, and a fragment killed inside ``wandb.init`` (no Run record, so no data; it would
   fail ``wandb sync`` of the whole folder) is renamed ``*.wandb.tracelet-empty``.
 
+Drift (:mod:`.drift`): offline, the identity names the last committed sync's ``.wandb`` file;
+it gone (or holding another run) sets ``RunHandle.drift`` and the identity's counters are
+dropped, so the engine re-sends the whole run deduped against the fragments still there.
+Online: one API lookup of the run. ``check_run`` asks the same without touching anything.
+
+Online, :func:`.online.reach` asks ``WANDB_BASE_URL`` once before each ``wandb.init``: no
+answer is a transient error naming the cause (connection refused, unknown host, timeout),
+instead of W&B's ``init_timeout`` wait followed by "run ID is in use" on the retry.
+
 Errors (:func:`classify_wandb`): W&B's own exception types decide first, outermost first —
 ``AuthenticationError`` (credentials refused), ``RunNotFoundError`` (the run is gone), a lost
 or unreachable W&B service (its mailbox closed, a request abandoned, an error response, no
@@ -131,6 +149,7 @@ concurrently.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib
 import io
@@ -152,13 +171,16 @@ from ...media import image_problem
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
 from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status)
+                    classify_error, http_status, typed_error)
+from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
+from .online import INIT_TIMEOUT_S, reach
 from .landed import Landed
-from .mapping import (STEP_METRIC, SYSTEM_CODE, SYSTEM_STEP_METRIC, SOURCE_KEY, exit_code,
-                      histogram_buckets, json_value, media_rows, param_key, scalar_rows,
-                      source_file, source_hash, system_part_hash, system_rows, upload_hint,
-                      wandb_key, wandb_project, wandb_run_id)
+from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYSTEM_CODE,
+                      SYSTEM_STEP_METRIC, SOURCE_KEY, environment, exit_code, histogram_buckets,
+                      json_value, media_rows, param_key, scalar_rows, source_file, source_hash,
+                      system_part_hash, system_rows, update_summary, upload_hint, wandb_key,
+                      wandb_project, wandb_run_id)
 from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
                     is_files_with, is_history_step, next_free_step, record_field, source_texts)
 
@@ -167,6 +189,7 @@ log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 FLUSH_INTERVAL_S = 0.05  # the service writes its buffer to the .wandb file this often
 WRITE_TIMEOUT_S = 120.0  # a row not on disk after this: the service is stuck (transient)
 MAX_CONFIG_COPY_BYTES = 256_000  # params re-applied to every fragment up to this size
+API_TIMEOUT_S = 20.0  # online: one API call (is the run still there?) waits at most this
 
 # One service, one lock, one announcement per process (see the module docstring).
 _LOCK = threading.RLock()
@@ -184,6 +207,7 @@ class WandbDestination(Destination):
 
         self.mode = wandb_mode(self.config)
         self.root = wandb_root()
+        self.entity = self.config.get("wandb_entity") or os.environ.get("WANDB_ENTITY") or None
         fields = getattr(wandb.Settings, "model_fields", {})
         if "x_transaction_log_flush_interval" not in fields:
             raise DestinationError(
@@ -196,7 +220,31 @@ class WandbDestination(Destination):
     def target(self) -> str:
         if self.mode == "offline":
             return f"offline:{self.root}"
-        return "online:" + os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        return "online:" + self._base_url()
+
+    @staticmethod
+    def _base_url() -> str:
+        return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        """``status --check``: the drift line :meth:`open_run` would give, or None. Offline:
+        reads the head of one ``.wandb`` file (or globs the run's folders); online: one API
+        lookup. Creates, moves and waits for nothing."""
+        wid = wandb_run_id(run.run_id)
+        ident = dict(identity or {})
+        if identity and identity.get("run_id") != wid:
+            return f"run missing on wandb: the checkpoint names run {identity.get('run_id')!r}"
+        if self.mode == "offline":
+            if not identity:
+                ident = {"next_step": 1}  # no checkpoint: is any folder of the run there?
+            return offline_drift(self.root, ident, wid)
+        ident.setdefault("project", wandb_project(run.project))
+        try:  # not one of the boundary's calls: typed here
+            return online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
+        except TraceletError:
+            raise
+        except Exception as e:
+            raise typed_error(classify_wandb(e), e) from e
 
     def metric_key(self, tag: str) -> str:
         return wandb_key(tag)
@@ -208,16 +256,22 @@ class WandbDestination(Destination):
         return classify_wandb(exc)
 
     # -- identity ----------------------------------------------------------------------------
-    def _settings(self):
+    def _settings(self, run: RunRef | None = None):
         import wandb
 
         fields = getattr(wandb.Settings, "model_fields", {})
+        git, system = dict(run.git or {}) if run else {}, dict(run.system or {}) if run else {}
         wanted = dict(
+            # the TRAINING's host and git (the Run record: W&B's run page), not ours; git is
+            # not probed here (disable_git), so these are what W&B records
+            host=system.get("hostname") or None, git_commit=git.get("commit") or None,
+            git_remote_url=git.get("remote") or None,
             mode=self.mode, silent=True, console="off", x_disable_stats=True,
             x_disable_meta=True, x_disable_machine_info=True, x_save_requirements=False,
             disable_git=True, save_code=False, disable_code=True, disable_job_creation=True,
             symlink=False, allow_media_symlink=False,
             x_transaction_log_flush_interval=FLUSH_INTERVAL_S,
+            init_timeout=INIT_TIMEOUT_S,
         )
         return wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
 
@@ -235,9 +289,22 @@ class WandbDestination(Destination):
         project = wandb_project(run.project)
         next_step = int(ident.get("next_step") or 0)
         existed = bool(identity)
+        drift = None
         if self.mode == "offline":
             _announce(self.root)
             previous = self.fragments(wid, project)
+            if identity:
+                drift = offline_drift(self.root, ident, wid, [f.path for f in previous])
+        else:
+            reach(self._base_url())  # unreachable: one line naming the cause, not a 90 s wait
+            if identity:
+                drift = online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
+        if drift:
+            # What the checkpoint says was sent is not there: nothing of it is used; the
+            # engine re-sends the whole run, deduped against what is still there.
+            ident = {"next_step": next_step}
+            existed = False
+        if self.mode == "offline":
             # only fragments no earlier open has checked are read whole (normally the last sync's)
             checked = tuple(ident.get("checked_through") or (0, 0))
             next_step = max(next_step, next_free_step(previous, checked))
@@ -248,10 +315,15 @@ class WandbDestination(Destination):
         os.makedirs(self.root, exist_ok=True)
         opened_at = time.time()
         with _LOCK:
-            r = wandb.init(project=project, entity=os.environ.get("WANDB_ENTITY") or None,
-                           id=wid, name=run.run_path, resume="allow", dir=self.root,
-                           config=config, tags=tags, reinit="create_new",
-                           settings=self._settings())
+            try:
+                r = wandb.init(project=project, entity=self.entity,
+                               id=wid, name=run.name, resume="allow", dir=self.root,
+                               config=config, tags=tags, reinit="create_new",
+                               settings=self._settings(run))
+            except Exception:
+                if self.mode == "online":
+                    reach(self._base_url())  # the server went away meanwhile: say so
+                raise
         self._open[id(r)] = r
         try:
             if self.mode == "online":
@@ -268,14 +340,46 @@ class WandbDestination(Destination):
             "run_id": wid, "project": project, "entity": getattr(r, "entity", None) or None,
             "mode": self.mode, "next_step": next_step, "ords": dict(ident.get("ords") or {}),
             "status": ident.get("status"), "config": dict(ident.get("config") or {}),
+            # each scalar's latest [wall time, value] (the run summary) and the first event's
+            # wall time (the start time of a run without a manifest), across syncs
+            "summary": dict(ident.get("summary") or {}), "first_wall": ident.get("first_wall"),
+            "repro": dict(ident.get("repro") or {}),  # run files saved: name -> SHA-1
             # fragments that started before this one were checked for torn tails by now
             "checked_through": [int(opened_at) - 1, 0],
         }
-        return RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
-                         client=r, extra={
+        if self.mode == "offline":  # the folder whose removal is drift (drift.py)
+            new_identity["fragment"] = fragment_name(self.root, r.settings.sync_file)
+        handle = RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
+                           drift=drift, client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
-            "run_started_at": run.started_at, "sync_file": r.settings.sync_file,
+            "run_started_at": run.started_at, "sync_file": r.settings.sync_file, "run": run,
         })
+        try:
+            self._save_repro(handle, run)
+        except BaseException:
+            self._finish(r, 1)
+            raise
+        return handle
+
+    def _save_repro(self, handle: RunHandle, run: RunRef) -> None:
+        """The run's reproducibility files (``RunRef.repro_files``) as run files, under their
+        names and W&B's own (``requirements.txt``); only those changed since the last save."""
+        saved = handle.identity["repro"]
+        files = []
+        for name, path in sorted(run.repro_files.items()):
+            try:
+                digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            except OSError as e:  # prepared by the engine for this sync: gone is a bug
+                raise DestinationError(f"wandb: reproducibility file {path}: {e}") from e
+            if saved.get(name) == digest:
+                continue
+            files.append((Path(path), name, digest))
+        names = self._save_files(handle, [(p, n) for p, n, _ in files] + [
+            (p, REPRO_ALIASES[n]) for p, n, _ in files if n in REPRO_ALIASES])
+        if names:
+            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
+        for _, name, digest in files:
+            saved[name] = digest
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
@@ -294,6 +398,7 @@ class WandbDestination(Destination):
         _retire_attempt(handle, attempt_key)
         landed = self._landed(handle) if dedupe else None
         rows = scalar_rows(batch, fk, base[0], landed)
+        self._note_points(handle, batch)
         # wandb.Image decodes with Pillow: an image it cannot take is left out here (its ordinal
         # is still used) and quarantined by the engine, instead of failing the batch forever
         rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
@@ -312,6 +417,23 @@ class WandbDestination(Destination):
                                         base[2] + len(batch.images), base[3] + len(batch.texts),
                                         base[4] + len(batch.audio)]
         return rejected
+
+    @staticmethod
+    def _note_points(handle: RunHandle, batch: Batch) -> None:
+        """Every scalar of the batch (landed before or not) into the summary; the first wall
+        time seen (the start of a run without a manifest)."""
+        cols, ident = batch.scalars, handle.identity
+        walls = [p.wall_time for kind in (batch.histograms, batch.images, batch.texts,
+                                          batch.audio) for p in kind[:1]]
+        if len(cols):
+            keys: dict[str, str] = {}
+            update_summary(ident.setdefault("summary", {}),
+                           [keys.get(t) or keys.setdefault(t, wandb_key(t)) for t in cols.tags],
+                           cols.wall_times, cols.values)
+            walls.append(cols.wall_times[0])
+        walls = [w for w in walls if w == w and w > 0]
+        if walls and (ident.get("first_wall") is None or min(walls) < ident["first_wall"]):
+            ident["first_wall"] = min(walls)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
                     dedupe: bool) -> None:
@@ -424,11 +546,19 @@ class WandbDestination(Destination):
         return []  # W&B config takes the latest value: nothing is refused
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
+        named = [(path, "artifacts/" + rel.replace(os.sep, "/")) for path, rel in files]
+        # the dirty tree's diff also under W&B's own name for it (the run page links diff.patch)
+        named += [(path, DIFF_FILE) for path, rel in files if rel == DIFF_ARTIFACT]
+        names = self._save_files(handle, named)
+        if names:
+            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
+
+    def _save_files(self, handle: RunHandle, files: list[tuple[Path, str]]) -> list[str]:
+        """Copy each file into the run's files folder as ``name`` and ``run.save`` it."""
         r = handle.client
         files_dir = Path(r.settings.files_dir)
         names = []
-        for path, rel in files:
-            name = "artifacts/" + rel.replace(os.sep, "/")
+        for path, name in files:
             dest = files_dir / name
             # a copy, not a link: the upload is what we saw now. Not fsynced: the source is the
             # durable copy, and a lost one is copied again (the engine commits after this call)
@@ -436,8 +566,7 @@ class WandbDestination(Destination):
                 shutil.copyfileobj(src, out)
             r.save(str(dest), base_path=str(files_dir), policy="now", glob=False)
             names.append(name)
-        if names:
-            self._wait_written(handle, is_files_with(names[-1]), f"file record {names[-1]}")
+        return names
 
     def finish(self, handle: RunHandle, status: str, ended_at: float | None) -> None:
         # Applied by close_run (W&B writes the state with the exit record). Kept in the identity
@@ -449,6 +578,10 @@ class WandbDestination(Destination):
         if r is None:
             return
         code, preempting = exit_code(handle.identity.get("status"))
+        try:
+            self._describe(handle)
+        except Exception as e:  # the run is finished whatever its description holds
+            log.warning("wandb: the run's summary/environment record was not written: %s", e)
         if preempting:
             try:
                 r.mark_preempting()  # still running: W&B shows "preempted" until the next sync
@@ -460,6 +593,32 @@ class WandbDestination(Destination):
             self._wait_written(handle, is_exit, "exit record")
         except TimeoutError as e:  # the next sync's fragment ends with the same state anyway
             log.warning("%s", e)
+
+    def _describe(self, handle: RunHandle) -> None:
+        """Before the exit record: the run summary (each scalar's last value) and W&B's
+        environment record (program, args, python, host, git, start time: ``wandb-metadata.json``
+        and the run's Overview) of the training, not of this sync (W&B's own probe is off)."""
+        r, ident = handle.client, handle.identity
+        summary = {k: float(v[1]) for k, v in (ident.get("summary") or {}).items()}
+        if summary:
+            r.summary.update(summary)
+        run = handle.extra.get("run")
+        interface = getattr(r, "_interface", None)
+        if run is None or not hasattr(interface, "publish_environment"):
+            return  # a wandb without it: the manifest is still in tracelet/tracelet.json
+        from google.protobuf import json_format
+        from wandb.proto import wandb_internal_pb2 as pb
+
+        fields = environment(run, run.started_at if run.started_at is not None
+                             else ident.get("first_wall"))
+        if not fields:
+            return
+        started = fields.pop("started_at", None)
+        rec = json_format.ParseDict(fields, pb.EnvironmentRecord(), ignore_unknown_fields=True)
+        if started is not None:
+            rec.started_at.FromMicroseconds(int(started * 1e6))
+        rec.writer_id = "tracelet"
+        interface.publish_environment(rec)
 
     def _finish(self, r, code: int) -> None:
         with _LOCK:

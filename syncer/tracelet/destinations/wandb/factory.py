@@ -49,6 +49,9 @@ class WandbFactory(DestinationFactory):
     options = (
         Option("wandb_mode", "--wandb-mode", env="WANDB_MODE", choices=("online", "offline"),
                help="W&B mode (default WANDB_MODE, else online with credentials, offline without)."),
+        Option("wandb_entity", "--wandb-entity", env="WANDB_ENTITY",
+               help="W&B entity (user or team) the runs go to (default WANDB_ENTITY, else the "
+                    "account's default entity)."),
     )
 
     def target(self, config: Mapping[str, Any]) -> str:
@@ -56,8 +59,10 @@ class WandbFactory(DestinationFactory):
         offline = mode in ("offline", "dryrun") or (not mode and not wandb_has_credentials())
         if offline:
             return "offline:" + os.path.abspath(os.environ.get("WANDB_DIR", "."))
-        return ("online:" + os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-                + ":" + os.environ.get("WANDB_ENTITY", ""))
+        # --wandb-entity names the same target as WANDB_ENTITY set to it (existing
+        # configs, without the option, keep their target and checkpoints)
+        entity = config.get("wandb_entity") or os.environ.get("WANDB_ENTITY", "")
+        return "online:" + os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai") + ":" + entity
 
 
 FACTORY = WandbFactory()

@@ -325,3 +325,96 @@ def finite_edges(edges):
         return np.where(ok, edges, 0.0)
     idx = np.arange(len(edges))
     return np.interp(idx, idx[ok], edges[ok])
+
+
+# -- reproducibility: what W&B's run page shows (Overview: git, command, host, python) ----------
+REPRO_ALIASES = {"tracelet/requirements.txt": "requirements.txt"}  # W&B's own names for them
+DIFF_ARTIFACT, DIFF_FILE = "git_diff.patch", "diff.patch"  # W&B's own name for the diff
+
+
+def program_args(command: Sequence[str]) -> tuple[str, list[str], str]:
+    """``(program, args, executable)`` of a recorded argv as W&B records a run's
+    (``sys.argv[0]``, ``sys.argv[1:]``, the interpreter): ``python train.py --lr 1`` ->
+    ``("train.py", ["--lr", "1"], "python")``; ``python -m pkg x`` -> ``("-m pkg", ["x"], ...)``."""
+    argv = [str(a) for a in command]
+    if not argv:
+        return "", [], ""
+    if os.path.basename(argv[0]).startswith("python") and len(argv) > 1:
+        if argv[1] == "-m" and len(argv) > 2:
+            return f"-m {argv[2]}", argv[3:], argv[0]
+        if not argv[1].startswith("-"):
+            return argv[1], argv[2:], argv[0]
+    return argv[0], argv[1:], ""
+
+
+def environment(run: Any, started_at: float | None) -> dict[str, Any]:
+    """The fields of W&B's ``EnvironmentRecord`` (what ``wandb-metadata.json`` and the run's
+    Overview show) for a source run: the TRAINING's program, args, python, host, git (the
+    remote without credentials), not the syncing machine's. Empty fields are left out."""
+    program, args, executable = program_args(run.command)
+    env, system, git = (dict(x) if isinstance(x, Mapping) else {}
+                        for x in (run.env, run.system, run.git))
+    out: dict[str, Any] = {
+        "os": env.get("platform"), "python": env.get("python"),
+        "executable": env.get("executable") or executable, "program": program, "args": args,
+        "host": system.get("hostname"), "username": run.user, "root": git.get("root"),
+        "cpu_count": system.get("cpus_physical") or system.get("cpus"),
+        "cpu_count_logical": system.get("cpus"),
+    }
+    root, cwd = git.get("root"), env.get("cwd")
+    where = program
+    if program and not os.path.isabs(program) and not program.startswith("-m ") and \
+            isinstance(cwd, str) and os.path.isabs(cwd):
+        where = os.path.join(cwd, program)  # a relative script: from the training's folder
+    if where and isinstance(root, str) and os.path.isabs(root) and os.path.isabs(where):
+        rel = os.path.relpath(os.path.normpath(where), root)
+        if not rel.startswith(".."):
+            out["code_path"] = rel.replace(os.sep, "/")  # W&B: the program from the repo root
+    if git.get("commit") or git.get("remote"):
+        out["git"] = {"commit": git.get("commit") or "", "remote_url": git.get("remote") or ""}
+    gpus = system.get("gpus")
+    if isinstance(gpus, list) and gpus:
+        out["gpu_count"] = len(gpus)
+        first = gpus[0] if isinstance(gpus[0], dict) else {}
+        out["gpu_type"] = first.get("name")
+    if system.get("memory_bytes") is not None:
+        out["memory"] = {"total": system["memory_bytes"]}
+    if isinstance(started_at, (int, float)) and math.isfinite(started_at) and 0 < started_at < 1e11:
+        out["started_at"] = started_at
+    return {k: v for k, v in out.items() if _fits(k, v)}
+
+
+_COUNTS = ("cpu_count", "cpu_count_logical", "gpu_count")
+
+
+def _fits(key: str, v: Any) -> bool:
+    """The manifest is untrusted: only values of the record's types are kept (a count that is
+    not a small int, a name that is not text, is left out rather than failing the run)."""
+    if key in _COUNTS:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 32
+    if key == "args":
+        return isinstance(v, list) and bool(v) and all(isinstance(a, str) for a in v)
+    if key == "git":
+        return all(isinstance(x, str) for x in v.values()) and any(v.values())
+    if key == "memory":
+        return isinstance(v["total"], int) and not isinstance(v["total"], bool) and \
+            0 < v["total"] < 2 ** 64
+    if key == "started_at":
+        return isinstance(v, (int, float))
+    return isinstance(v, str) and v != ""
+
+
+def summary_value(v: float) -> Any:
+    """A scalar as the identity keeps it (JSON without NaN/Inf)."""
+    return v if math.isfinite(v) else repr(float(v))
+
+
+def update_summary(summary: dict[str, list], keys: Sequence[str], walls: Sequence[float],
+                   values: Sequence[float]) -> None:
+    """Keep, per history key, the ``[wall time, value]`` of its latest point (by wall time;
+    a tie: the later point): the run summary shows each scalar's last value whatever order
+    files and batches are sent in."""
+    for key, wall, value in zip(keys, walls, values):
+        cur = summary.get(key)
+        if cur is None or wall >= cur[0]:
+            summary[key] = [wall, summary_value(float(value))]

@@ -386,8 +386,8 @@ def find_fragments(root: str, wid: str, project: str, exclude: str | None = None
             # Its writer is gone (wait_for_writers): a sync killed inside wandb.init
             _set_aside(path, "it holds no run record")
             continue
-        if run.project != project:
-            continue
+        if run.project != project or run.run_id != wid:
+            continue  # another project's, or a file renamed: `wandb sync` uploads it elsewhere
         out.append(Fragment(path, (run.start_time.seconds, run.start_time.nanos), run.project))
     out.sort(key=lambda f: f.start_time)
     return out

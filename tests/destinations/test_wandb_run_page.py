@@ -1,0 +1,173 @@
+"""What W&B's run page shows for a recorded run (#11 item 2): git commit and remote (no
+credentials), program/command, host, python, config, summary (each scalar's last value), the
+reproducibility files and the diff, the start time, all of the TRAINING (not of the sync).
+
+Read back from the offline ``.wandb`` files with W&B's own protobufs (harness_wandb): the Run
+record (git, host, display name), the environment record (what wandb-core writes to
+``wandb-metadata.json`` and the Overview shows), the summary and files records.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import tracelet
+from tests.destinations.harness_wandb import WandbOfflineHarness
+from tracelet.destinations.wandb.mapping import environment, program_args
+from tracelet.testing.conformance import sync_once
+
+FAST = {"metrics_interval": 0.05, "metrics_flush_interval": 0.2, "metrics_part_samples": 3,
+        "flush_interval": 0.1, "track_system": False}
+
+
+@pytest.fixture
+def wb(tmp_path, monkeypatch):
+    h = WandbOfflineHarness()
+    h.config = h.setup(tmp_path, monkeypatch)
+    return h
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, monkeypatch,
+                                                                  project):
+    from torch.utils.tensorboard import SummaryWriter
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("config", "user.email", "t@example.com", cwd=repo)
+    git("config", "user.name", "t", cwd=repo)
+    git("remote", "add", "origin", "https://alice:ghp_SECRET@github.com/acme/train.git", cwd=repo)
+    (repo / "train.py").write_text("lr = 0.1\n")
+    git("add", "train.py", cwd=repo)
+    git("commit", "-q", "-m", "init", cwd=repo)
+    (repo / "train.py").write_text("lr = 0.2\n")  # a dirty tree: the diff is saved
+    head = git("rev-parse", "HEAD", cwd=repo)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "argv", [str(repo / "train.py"), "--lr", "0.2"])
+    logdir = tmp_path / "runs"
+    cfg = {**FAST, "logdir": str(logdir), "track_git": True, "track_env": True}
+    with tracelet.start_logging("baseline", project=project, backend=["wandb"],
+                                config=cfg) as exp:
+        exp.log_params({"learning_rate": 0.2, "optimizer": {"name": "adamw"}})
+        w = SummaryWriter()  # redirected into the run
+        for step in range(10):
+            w.add_scalar("Loss/train", 1.0 / (step + 1), step)
+            w.add_scalar("acc", step / 10, step)
+        w.close()
+        run_dir = exp.run_dir
+    manifest = json.loads((run_dir / "tracelet.json").read_text())
+    report = sync_once(logdir, wb, project)
+    assert report.exit_code == 0, report.to_dict()
+
+    run_path = run_dir.relative_to(logdir).as_posix()
+    frags = [f for f in wb.fragments() if (f.config.get("tracelet") or {}).get("run_path")
+             == run_path]
+    assert len(frags) == 1
+    f = frags[0]
+    # the Run record: what W&B's run page shows as the git state and host
+    assert f.git == {"remote_url": "https://github.com/acme/train.git", "commit": head}
+    assert f.host == socket.gethostname() and f.display_name == run_path
+    # the environment record (wandb-metadata.json)
+    e = f.environment
+    assert e["program"] == str(repo / "train.py") and e["codePath"] == "train.py"
+    assert e["args"] == ["--lr", "0.2"] and e["executable"] == sys.executable
+    assert e["python"] == platform.python_version() and e["host"] == socket.gethostname()
+    assert e["git"] == {"remote": "https://github.com/acme/train.git", "commit": head}
+    assert e["startedAt"].startswith(manifest["started_at"][:19]), (e["startedAt"],
+                                                                    manifest["started_at"])
+    assert e["writerId"] == "tracelet"
+    everything = json.dumps([f.environment, f.config, f.git, f.summary])
+    assert "ghp_SECRET" not in everything and "alice" not in everything
+    # config: the params; summary: each scalar's last value
+    assert f.config["learning_rate"] == 0.2 and f.config["optimizer/name"] == "adamw", f.config
+    assert f.summary["Loss/train"] == pytest.approx(0.1) and f.summary["acc"] == pytest.approx(0.9)
+    # run files: the reproducibility files (also requirements.txt, W&B's name) and the diff
+    # (artifacts/git_diff.patch as every artifact, and diff.patch, W&B's name for it)
+    assert {"tracelet/tracelet.json", "tracelet/requirements.txt", "requirements.txt",
+            "artifacts/git_diff.patch", "diff.patch"} <= set(f.files), f.files
+    files_dir = f.path.parent / "files"
+    assert "+lr = 0.2" in (files_dir / "diff.patch").read_text()
+    assert "torch==" in (files_dir / "requirements.txt").read_text()
+    assert "ghp_SECRET" not in (files_dir / "tracelet" / "tracelet.json").read_text()
+
+    # a later sync: new points move the summary; unchanged repro files are not saved again
+    exp_dir_writer = SummaryWriter(log_dir=str(run_dir))
+    exp_dir_writer.add_scalar("acc", 0.95, 10)
+    exp_dir_writer.close()
+    assert sync_once(logdir, wb, project).exit_code == 0
+    frags = sorted([g for g in wb.fragments() if (g.config.get("tracelet") or {}).get(
+        "run_path") == run_path], key=lambda g: g.start)
+    assert len(frags) == 2
+    assert frags[1].summary["acc"] == pytest.approx(0.95)
+    assert frags[1].summary["Loss/train"] == pytest.approx(0.1)  # not in this fragment's rows
+    assert "tracelet/requirements.txt" not in frags[1].files
+
+
+def test_program_and_args_of_recorded_commands():
+    assert program_args(["/usr/bin/python3", "train.py", "--lr", "1"]) == (
+        "train.py", ["--lr", "1"], "/usr/bin/python3")
+    assert program_args(["python", "-m", "pkg.train", "x"]) == ("-m pkg.train", ["x"], "python")
+    assert program_args(["./run.sh", "a"]) == ("./run.sh", ["a"], "")
+    assert program_args([]) == ("", [], "")
+
+
+def test_start_time_falls_back_to_the_first_event():
+    from tracelet.destinations.base import RunRef
+
+    ref = RunRef(run_id="r", run_path="r", project="p", source_dir=".")
+    assert environment(ref, 1700000000.5) == {"started_at": 1700000000.5}
+    assert environment(ref, None) == {}
+
+
+def test_entity_option_is_the_runs_entity_and_keeps_the_target(wb, tmp_path, monkeypatch,
+                                                               project):
+    from tracelet.destinations.wandb.factory import FACTORY
+    from tracelet.testing.sources import SourceTruth, write_simple_run
+
+    logdir = tmp_path / "logs"
+    write_simple_run(logdir / "r", "r", SourceTruth(), ["loss"], list(range(3)))
+    wb.config = {**wb.config, "wandb_entity": "acme"}
+    assert sync_once(logdir, wb, project).exit_code == 0
+    (f,) = [g for g in wb.fragments() if g.project == project]
+    assert f.entity == "acme"  # `wandb sync` uploads the folder to this entity
+    # the option names the target WANDB_ENTITY names; configs without it keep theirs
+    online = {"wandb_mode": "online"}
+    before = FACTORY.target(online)
+    monkeypatch.setenv("WANDB_ENTITY", "acme")
+    assert FACTORY.target(online) == FACTORY.target({**online, "wandb_entity": "acme"})
+    monkeypatch.delenv("WANDB_ENTITY")
+    assert FACTORY.target(online) == before
+    assert FACTORY.target({"wandb_mode": "offline"}) == FACTORY.target(
+        {"wandb_mode": "offline", "wandb_entity": "acme"})
+
+
+def test_untrusted_manifest_values_are_left_out_of_the_environment_record():
+    from google.protobuf import json_format
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tracelet.destinations.base import RunRef
+
+    ref = RunRef(run_id="r", run_path="r", project="p", source_dir=".",
+                 env={"python": 3, "platform": ["x"], "executable": "/bin/py"},
+                 system={"hostname": {"a": 1}, "cpus": "many", "cpus_physical": True,
+                         "memory_bytes": -5, "gpus": [7, {"name": "A100"}]},
+                 git={"commit": 12, "remote": None, "root": "/r"},
+                 command=("/usr/bin/python3", "/r/train.py", "--x"), user="u")
+    fields = environment(ref, float("nan"))
+    assert fields == {"executable": "/bin/py", "program": "/r/train.py", "args": ["--x"],
+                      "username": "u", "root": "/r", "code_path": "train.py", "gpu_count": 2}
+    json_format.ParseDict(fields, pb.EnvironmentRecord())  # W&B's record takes every field
+    # a relative script: from the training's working folder (manifest env.cwd)
+    ref = RunRef(run_id="r", run_path="r", project="p", source_dir=".", env={"cwd": "/r/sub"},
+                 git={"root": "/r"}, command=("python", "train.py"))
+    assert environment(ref, None)["code_path"] == "sub/train.py"
