@@ -198,3 +198,28 @@ def test_check_finds_a_run_deleted_in_mlflow(tmp_path):
     assert r.returncode == 1, r.stdout
     table = {x["RUN"]: x for x in rows(r.stdout)}
     assert table["r0"]["STATE"] == "drifted" and table["r1"]["STATE"] == "up to date", r.stdout
+
+
+@pytest.mark.timeout(600)
+def test_check_finds_wandb_offline_runs_removed(tmp_path):
+    """W&B offline (files read back by its own check_run): the run folders removed are
+    `drifted` with --check (exit 1); without --check status reads only checkpoints."""
+    import shutil
+
+    logdir = logdir_with_runs(tmp_path, n=2, steps=5)
+    args = ("--to", "wandb", "--wandb-mode", "offline", "--project", "p")
+    r = cli("sync", str(logdir), *args)
+    assert r.returncode == 0, r.stderr
+    r = cli("status", str(logdir), *args, "--check")
+    assert r.returncode == 0 and [x["STATE"] for x in rows(r.stdout)] == ["up to date"] * 2, \
+        r.stdout + r.stderr
+    folders = list((Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*"))
+    assert folders
+    for f in folders:
+        shutil.rmtree(f)
+    r = cli("status", str(logdir), *args)
+    assert r.returncode == 0 and [x["STATE"] for x in rows(r.stdout)] == ["up to date"] * 2
+    r = cli("status", str(logdir), *args, "--check")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert [x["STATE"] for x in rows(r.stdout)] == ["drifted"] * 2, r.stdout
+    assert "run missing on wandb" in r.stdout, r.stdout
