@@ -110,16 +110,19 @@ def _destination_params() -> list[click.Parameter]:
                      help="Project when a run has no manifest (default: the logdir's name)."),
     ]
     seen = {"to", "state_dir", "project"}
+    spelled = {"--to", "--state-dir", "--project"}
     for factory in all_factories():
         for opt in factory.options:
-            if opt.key in seen:
-                continue
+            names = [f for f in (opt.flag, *opt.aliases) if f.split("/")[0] not in spelled]
+            if opt.key in seen or not names or names[0] != opt.flag:
+                continue  # a key or flag another destination declared first
             seen.add(opt.key)
+            spelled.update(f.split("/")[0] for f in names)
             kind = click.Choice(list(opt.choices)) if opt.choices else None
             # "--x/--no-x" is a boolean pair by its spelling; a lone "--x" flag needs is_flag
             extra = {"is_flag": True, "flag_value": True} \
                 if opt.is_flag and "/" not in opt.flag else {}
-            params.append(click.Option([opt.flag, opt.key], default=None, type=kind,
+            params.append(click.Option([*names, opt.key], default=None, type=kind,
                                        help=opt.help, **extra))
     return params
 

@@ -392,7 +392,9 @@ class Option:
 
     ``flag`` is the click declaration (``--mlflow-uri`` or ``--clearml-offline/--no-...``);
     ``key`` the config key the destination reads; ``env`` the vendor's own variable that is the
-    default when the option is not given (shown in ``--help``)."""
+    default when the option is not given (shown in ``--help``); ``aliases`` other spellings
+    (``--experiment`` for ``--mlflow-experiment``), dropped when another destination's option
+    already uses them (built-in destinations come first)."""
 
     key: str
     flag: str
@@ -400,6 +402,7 @@ class Option:
     env: str | None = None
     choices: tuple[str, ...] = ()
     is_flag: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 class DestinationFactory:

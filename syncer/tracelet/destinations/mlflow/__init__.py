@@ -10,7 +10,7 @@ import importlib
 
 from .factory import FACTORY
 
-_MODULES = ("mapping", "client", "txlog", "offline", "importer", "storage", "repo")
+_MODULES = ("mapping", "client", "stamps", "txlog", "offline", "importer", "storage", "repo")
 
 
 def __getattr__(name: str):

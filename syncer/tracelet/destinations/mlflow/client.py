@@ -1,8 +1,14 @@
 """MLflow destination.
 
-Identity (DESIGN §5): experiment = project; run name = run path; tags ``tracelet.run_id`` and
-``tracelet.run_path``. A run is found again by its ``tracelet.run_id`` tag, so a lost state dir
-never creates a second run.
+Identity: experiment = ``--experiment``, else ``MLFLOW_EXPERIMENT_NAME``, else the
+project; run name = the run's name; tags ``tracelet.run_id`` and ``tracelet.run_path``. A run
+is found again by its ``tracelet.run_id`` tag, so a lost state dir never creates a second run.
+``open_run`` confirms the run its checkpoint names with one ``get_run``: deleted, gone (the
+store wiped) or carrying another tracelet run id is drift (``RunHandle.drift``); the run is
+then found by its tag or created anew, never restored. Tags (:func:`.mapping.run_tags`: MLflow's
+``mlflow.source.*``/``mlflow.user``/``mlflow.runName`` from the recorded git, command and user,
+``tracelet.*``) are set at creation and set-if-different at every open; the reproducibility
+files are uploaded as ``tracelet/...`` artifacts when their content changed.
 
 Mapping:
 
@@ -10,7 +16,9 @@ Mapping:
 TensorBoard kind    MLflow form
 ==================  =========================================================================
 scalar              metric (``log_batch``, ≤1000 per call), step as written, timestamp = wall
-                    time in ms; NaN/±Inf kept (MLflow's SQL store keeps ±Inf as ±max double)
+                    time in ms (a point MLflow would merge with an earlier one of its file: the
+                    next free ms, :mod:`.stamps`); NaN/±Inf kept (SQL stores: ±Inf as ±max
+                    double)
 histogram           artifact ``tensorboard/histograms/<tag>/step_<step>.json`` (edges, counts)
 image               artifact ``tensorboard/images/<tag>/step_<step>_<index>.<png|jpeg|gif>``,
                     the writer's encoded bytes unchanged
@@ -39,22 +47,26 @@ deterministic names (a re-send overwrites); params and status are set-if-differe
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ...errors import DestinationError, PermanentDestinationError, TransientDestinationError
+from ...errors import (DestinationError, PermanentDestinationError, TraceletError,
+                       TransientDestinationError)
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
 from ..base import (Capabilities, Destination, RunHandle, RunRef, SystemRows, chain,
-                    classify_error)
+                    classify_error, typed_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
-                      RUN_ID_OK, STATUS, canon, mlflow_key, wall_ms)
+                      RUN_ID_OK, STATUS, canon, mlflow_key, run_tags, wall_ms)
+from .stamps import file_key, stamp
 
 # MLflow error codes (mlflow.protos.databricks_pb2) by what the engine does about them.
 _DESTINATION_CODES = frozenset({
@@ -63,6 +75,10 @@ _DESTINATION_CODES = frozenset({
 _TRANSIENT_CODES = frozenset({
     "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
     "DEADLINE_EXCEEDED", "ABORTED", "SERVICE_UNDER_MAINTENANCE", "WORKSPACE_TEMPORARILY_UNAVAILABLE"})
+
+# Every drift line starts so (the same words for every destination), then says what happened.
+_MISSING = "run missing on mlflow:"
+
 
 class MlflowDestination(Destination):
     name = "mlflow"
@@ -79,13 +95,14 @@ class MlflowDestination(Destination):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         from mlflow.tracking import MlflowClient
 
+        _quiet_mlflow_logging()
         self.uri = self.config.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
         self.client = MlflowClient(tracking_uri=self.uri)
         if self.uri is None:
             import mlflow
 
             self.uri = mlflow.get_tracking_uri()
-        self._experiments: dict[str, str] = {}
+        self._experiments: dict[str, tuple[str, int]] = {}  # name -> (id, creation time ms)
 
     @property
     def target(self) -> str:
@@ -125,8 +142,9 @@ class MlflowDestination(Destination):
         except MlflowException as e:
             if e.error_code == "INVALID_PARAMETER_VALUE" and self._run_deleted(run_id):
                 raise DestinationError(
-                    f"mlflow: run {run_id} was deleted on {self.target} after an earlier sync; "
-                    "restore it (mlflow runs restore --run-id ...) to continue it") from e
+                    f"mlflow: run {run_id} was deleted on {self.target} during the sync; the "
+                    "next sync sends the whole run to a new MLflow run (to continue this one "
+                    f"instead, restore it first: mlflow runs restore --run-id {run_id})") from e
             raise
 
     def _run_deleted(self, run_id: str) -> bool:
@@ -144,59 +162,168 @@ class MlflowDestination(Destination):
         return mlflow_key(name)
 
     # -- identity ----------------------------------------------------------------------------
-    def _experiment_id(self, project: str) -> str:
-        if project in self._experiments:
-            return self._experiments[project]
+    def experiment_name(self, run: RunRef) -> str:
+        """``--experiment`` (config ``mlflow_experiment``), else ``MLFLOW_EXPERIMENT_NAME``, else
+        the project. Not part of the target: the checkpoint is the same whichever is used."""
+        return str(self.config.get("mlflow_experiment") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                   or run.project)
+
+    def _find_experiment(self, name: str):
+        """(id, creation time in ms) of the experiment ``name``, or None; creates nothing."""
+        if name in self._experiments:
+            return self._experiments[name]
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            return None
+        if exp.lifecycle_stage == "deleted":
+            raise DestinationError(
+                f"mlflow: experiment '{name}' is deleted on {self.target}; restore it "
+                "(mlflow experiments restore) or sync with another --experiment/--project")
+        self._experiments[name] = found = (exp.experiment_id, exp.creation_time)
+        return found
+
+    def _experiment(self, name: str):
+        found = self._find_experiment(name)
+        if found is not None:
+            return found
         from mlflow.exceptions import MlflowException
 
-        exp = self.client.get_experiment_by_name(project)
-        if exp is None:
-            try:
-                exp_id = self.client.create_experiment(project)
-            except MlflowException:  # created meanwhile by another shard
-                exp = self.client.get_experiment_by_name(project)
-                if exp is None:
-                    raise
-                exp_id = exp.experiment_id
+        try:
+            exp_id = self.client.create_experiment(name)
+        except MlflowException:  # created meanwhile by another shard
+            if self._find_experiment(name) is None:
+                raise
         else:
-            if exp.lifecycle_stage == "deleted":
-                raise DestinationError(
-                    f"mlflow: experiment '{project}' is deleted on {self.target}; restore it "
-                    "(mlflow experiments restore) or sync with another --project")
-            exp_id = exp.experiment_id
-        self._experiments[project] = exp_id
-        return exp_id
+            exp = self.client.get_experiment(exp_id)
+            self._experiments[name] = (exp_id, exp.creation_time)
+        return self._experiments[name]
+
+    def _confirm(self, run: RunRef, identity: dict[str, Any] | None, exp) -> tuple[Any, str | None, bool]:
+        """Is the run ``identity`` names still this run's? (the MLflow run or None, the drift
+        line or None, whether the identity is not this run's). One ``get_run``."""
+        from mlflow.exceptions import MlflowException
+
+        if identity is None:
+            return None, None, False
+        rid = identity.get("run_id") if isinstance(identity, dict) else None
+        if not (isinstance(rid, str) and RUN_ID_OK.fullmatch(rid)):
+            return None, None, True  # not an MLflow run id: never handed to the store
+        try:
+            r = self.client.get_run(rid)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None, self._missing_cause(run, identity, rid, exp), False
+        owner = r.data.tags.get("tracelet.run_id")
+        if owner != run.run_id:
+            # another run's (a crafted or mixed-up checkpoint, or the run id now names a run
+            # someone made anew): never written to
+            return None, (f"{_MISSING} replaced at {self.target}: MLflow run {rid} belongs to "
+                          f"{'tracelet run ' + repr(owner) if owner else 'no tracelet run'}, "
+                          f"not to {run.run_id!r}"), True
+        if r.info.lifecycle_stage == "deleted":
+            return None, (f"{_MISSING} deleted at {self.target}: MLflow run {rid} (tracelet "
+                          "does not restore a run you deleted)"), False
+        return r, None, False
+
+    def _missing_cause(self, run: RunRef, identity: dict, rid: str, exp) -> str:
+        """Why the run is gone: a store that was wiped (its experiment is gone or was created
+        again since the run was) or a run deleted for good (``mlflow gc``)."""
+        name = self.experiment_name(run)
+        created = identity.get("experiment_created")
+        if identity.get("experiment") not in (None, name):  # --experiment changed: cannot tell
+            exp = ()
+        if exp is None:
+            return (f"{_MISSING} store wiped at {self.target}: MLflow run {rid} and its "
+                    f"experiment '{name}' are gone")
+        if exp and ((_int(created) and created != exp[1])
+                    or identity.get("experiment_id") not in (None, exp[0])):
+            return (f"{_MISSING} store wiped at {self.target}: MLflow run {rid} is gone and "
+                    f"experiment '{name}' was created again since")
+        return (f"{_MISSING} gone from {self.target}: MLflow run {rid} no longer exists (deleted "
+                "for good, e.g. by mlflow gc, or the store was replaced)")
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
-        from mlflow.exceptions import MlflowException
+        name = self.experiment_name(run)
+        exp = self._find_experiment(name)  # a wiped sqlite store: MLflow makes an empty one
+        r, drift, ignored = self._confirm(run, identity, exp)
+        exp_id, exp_created = exp if exp is not None else self._experiment(name)
+        tags = run_tags(run, _source_type_local())
+        if r is not None:  # the run the checkpoint names, confirmed: its state carries on
+            kept = {k: v for k, v in identity.items() if k in ("stamps", "repro")}  # type: ignore[union-attr]
+            same = r.info.experiment_id == exp_id  # else --experiment changed since: it stays
+            handle = RunHandle(identity={
+                "run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
+                "experiment": name if same else identity.get("experiment"),  # type: ignore[union-attr]
+                "experiment_created": exp_created if same else identity.get("experiment_created"),  # type: ignore[union-attr]
+                **kept}, existed=True)
+            self._update_tags(r, tags)
+        else:
+            found = self.client.search_runs(
+                [exp_id], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'", max_results=2)
+            if found:
+                r = found[0]
+                self._update_tags(r, tags)
+            else:
+                r = self.client.create_run(
+                    exp_id, start_time=_started_at_ms(run), run_name=run.name,
+                    tags={k: v for k, v in tags.items() if k != "mlflow.runName"})
+            if drift:
+                drift += (f"; continued in run {r.info.run_id}, found by its tracelet.run_id tag"
+                          if found else f"; a new run {r.info.run_id} was created")
+            handle = RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id,
+                                         "experiment": name, "experiment_created": exp_created},
+                               existed=bool(found), identity_ignored=ignored, drift=drift)
+        handle.extra["source_dir"] = str(run.source_dir)
+        self._upload_repro(handle, run)
+        return handle
 
-        exp_id = self._experiment_id(run.project)
-        rid, ignored = (identity or {}).get("run_id"), False
-        if rid and not (isinstance(rid, str) and RUN_ID_OK.fullmatch(rid)):
-            rid, ignored = None, True  # not an MLflow run id: never handed to the store
-        if rid:
-            try:
-                r = self.client.get_run(rid)
-                if r.data.tags.get("tracelet.run_id") != run.run_id:
-                    ignored = True  # another run's (a crafted checkpoint): never written to
-                elif r.info.lifecycle_stage != "deleted":
-                    return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id},
-                                     existed=True)
-            except MlflowException as e:
-                if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code):
-                    raise
-        found = self.client.search_runs(
-            [exp_id], filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'", max_results=2)
-        if found:
-            return RunHandle(identity={"run_id": found[0].info.run_id, "experiment_id": exp_id},
-                             existed=True, identity_ignored=ignored)
-        tags = {**{mlflow_key(k): v[:8000] for k, v in run.tags.items()},
-                "tracelet.run_id": run.run_id, "tracelet.run_path": run.run_path,
-                "mlflow.source.name": str(run.source_dir)}
-        started = _started_at_ms(run)
-        r = self.client.create_run(exp_id, start_time=started, tags=tags, run_name=run.run_path)
-        return RunHandle(identity={"run_id": r.info.run_id, "experiment_id": exp_id}, existed=False,
-                         identity_ignored=ignored)
+    def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
+        """``tracelet status --check``: one ``get_run`` (and, for a run that is gone, one
+        experiment lookup); creates nothing, not even a missing sqlite file."""
+        try:
+            if not self._store_exists():
+                return f"{_MISSING} store wiped at {self.target}: no database file"
+            rid = (identity or {}).get("run_id") if isinstance(identity, dict) else None
+            if not isinstance(rid, str) or not RUN_ID_OK.fullmatch(rid):
+                return f"{_MISSING} the checkpoint names no MLflow run on {self.target}"
+            exp = self._find_experiment(self.experiment_name(run))
+            return self._confirm(run, identity, exp)[1]
+        except TraceletError:
+            raise
+        except Exception as e:  # not a contract call: typed here as the boundary would
+            raise typed_error(self.classify(e), e) from e
+
+    def _store_exists(self) -> bool:
+        """False for a local sqlite store whose file is gone (wiped). Other stores: True."""
+        path = _sqlite_path(str(self.uri))
+        return path is None or os.path.exists(path)
+
+    def _update_tags(self, r, tags: dict[str, str]) -> None:
+        """Set the tags that are missing or differ (one call; none when all are as wanted)."""
+        from mlflow.entities import RunTag
+
+        have = r.data.tags
+        todo = [RunTag(k, v) for k, v in tags.items() if have.get(k) != v]
+        for i in range(0, len(todo), MAX_PARAMS_PER_CALL):
+            self.client.log_batch(r.info.run_id, tags=todo[i: i + MAX_PARAMS_PER_CALL],
+                                  synchronous=True)
+
+    def _upload_repro(self, handle: RunHandle, run: RunRef) -> None:
+        """``tracelet/tracelet.json`` and ``tracelet/requirements.txt`` as run artifacts under
+        their names (overwritten), skipped when this run already got the same content."""
+        done = handle.identity.get("repro")
+        done = dict(done) if isinstance(done, dict) else {}
+        todo = []
+        for rel, path in sorted(run.repro_files.items()):
+            digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            if done.get(rel) != digest:
+                todo.append((Path(path), rel, digest))
+        if not todo:
+            return
+        self._upload(handle.identity["run_id"], [(p, rel) for p, rel, _ in todo])
+        done.update({rel: digest for _, rel, digest in todo})
+        handle.identity["repro"] = done
 
     # -- points ------------------------------------------------------------------------------
     def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
@@ -216,17 +343,27 @@ class MlflowDestination(Destination):
         cols = batch.scalars
         if len(cols):
             keys: dict[str, str] = {}
-            metrics = []
-            for tag, step, wall, value in zip(cols.tags, cols.steps, cols.wall_times, cols.values):
+            names = []
+            for tag in cols.tags:
                 key = keys.get(tag)
                 if key is None:
                     key = keys[tag] = mlflow_key(tag)
-                metrics.append(Metric(key, value, wall_ms(wall), step))
+                names.append(key)
+            # MLflow keeps one row per (key, ms, step, value): points it would merge get the
+            # next free ms (stamps.py), the same at every re-send; committed once landed
+            stamps = handle.identity.get("stamps")
+            stamps = stamps if isinstance(stamps, dict) else {}
+            rel = file_key(handle.extra.get("source_dir", ""), batch.path)
+            times, state = stamp(stamps.get(rel), batch.start_offset, batch.end_offset, names,
+                                 cols.steps, [wall_ms(w) for w in cols.wall_times], cols.values)
+            metrics = [Metric(k, v, t, s) for k, v, t, s in zip(names, cols.values, times, cols.steps)]
             if dedupe:
                 metrics = self._missing(handle, metrics)
             self._log_metrics(run_id, metrics)
         if batch.histograms or batch.images or batch.texts or batch.audio:
             self._send_artifact_points(run_id, batch)
+        if len(cols):  # only now: a retry of this batch computes the same timestamps again
+            handle.identity["stamps"] = {**stamps, rel: state}
 
     def _log_metrics(self, run_id: str, metrics: list) -> None:
         for i in range(0, len(metrics), MAX_METRICS_PER_CALL):
@@ -280,14 +417,13 @@ class MlflowDestination(Destination):
         from mlflow.entities import Metric
 
         start = (_started_at_ms(run) or 0) / 1000.0
-        ts = rows.timestamps
-        names = rows.names
-        values = rows.values
-        metrics = [
-            Metric(mlflow_key(f"system/{n}"), v, wall_ms(t),
-                   max(0, int(t - start)) if start and wall_ms(t) else 0)
-            for t, n, v in zip(ts, names, values) if v is not None
-        ]
+        kept = [(t, mlflow_key(f"system/{n}"), v)
+                for t, n, v in zip(rows.timestamps, rows.names, rows.values) if v is not None]
+        steps = [max(0, int(t - start)) if start and wall_ms(t) else 0 for t, _, _ in kept]
+        # a part is sent whole: rows it holds twice in one ms get distinct ms (stamps.py)
+        times, _ = stamp(None, 0, 0, [k for _, k, _ in kept], steps,
+                         [wall_ms(t) for t, _, _ in kept], [v for _, _, v in kept])
+        metrics = [Metric(k, v, ms, s) for (_, k, v), ms, s in zip(kept, times, steps)]
         try:
             with self._on_run(handle.identity["run_id"]):
                 if dedupe:
@@ -321,9 +457,21 @@ class MlflowDestination(Destination):
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         run_id = handle.identity["run_id"]
         with self._on_run(run_id):
-            for path, rel in files:
-                folder = posixpath.dirname(rel) or None
+            self._upload(run_id, files)
+
+    def _upload(self, run_id: str, files: list[tuple[Path, str]]) -> None:
+        """Each file as the artifact ``rel`` (MLflow names it after the local file: one with
+        another name goes through a copy named ``rel``)."""
+        for path, rel in files:
+            folder = posixpath.dirname(rel) or None
+            name = posixpath.basename(rel)
+            if Path(path).name == name:
                 self.client.log_artifact(run_id, str(path), artifact_path=folder)
+                continue
+            with tempfile.TemporaryDirectory(prefix="tracelet-mlflow-") as tmp:
+                copy = Path(tmp) / name
+                shutil.copyfile(path, copy)
+                self.client.log_artifact(run_id, str(copy), artifact_path=folder)
 
     def finish(self, handle: RunHandle, status: str, ended_at: float | None) -> None:
         run_id = handle.identity["run_id"]
@@ -336,6 +484,38 @@ class MlflowDestination(Destination):
                 self.client.set_terminated(run_id, status=mstatus, end_time=end_ms)
 
 
+def _quiet_mlflow_logging() -> None:
+    """MLflow logs at INFO by default ("Creating initial MLflow database tables...", "Updating
+    database tables" for a new sqlite store): lines in Tracelet's output that say nothing about
+    the sync. Its loggers go to WARNING unless the user chose a level with MLflow's own
+    ``MLFLOW_LOGGING_LEVEL``. (Importing mlflow has configured them: set after the import.)"""
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "").strip():
+        return
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+
+
 def _started_at_ms(run: RunRef) -> int | None:
     started = run.started_at
     return int(started * 1000) if started else None
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _source_type_local() -> str:
+    from mlflow.entities import SourceType
+
+    return SourceType.to_string(SourceType.LOCAL)
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """The file of a ``sqlite:///path`` store (None for other stores and in-memory sqlite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return path if path and path != ":memory:" else None

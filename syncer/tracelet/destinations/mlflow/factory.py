@@ -16,6 +16,11 @@ class MlflowFactory(DestinationFactory):
     options = (
         Option("mlflow_uri", "--mlflow-uri", env="MLFLOW_TRACKING_URI",
                help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else MLflow's local store)."),
+        # not part of target(): the experiment does not change which store a checkpoint is for
+        Option("mlflow_experiment", "--mlflow-experiment", env="MLFLOW_EXPERIMENT_NAME",
+               aliases=("--experiment",),
+               help="MLflow experiment for new runs (default MLFLOW_EXPERIMENT_NAME, else the "
+                    "run's project)."),
     )
 
     def target(self, config: Mapping[str, Any]) -> str:

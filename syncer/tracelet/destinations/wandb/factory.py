@@ -49,7 +49,7 @@ class WandbFactory(DestinationFactory):
     options = (
         Option("wandb_mode", "--wandb-mode", env="WANDB_MODE", choices=("online", "offline"),
                help="W&B mode (default WANDB_MODE, else online with credentials, offline without)."),
-        Option("wandb_entity", "--wandb-entity", env="WANDB_ENTITY",
+        Option("wandb_entity", "--wandb-entity", env="WANDB_ENTITY", aliases=("--entity",),
                help="W&B entity (user or team) the runs go to (default WANDB_ENTITY, else the "
                     "account's default entity)."),
     )
