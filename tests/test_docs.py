@@ -483,7 +483,7 @@ def check_live(case: Case) -> None:
     history = client.get_metric_history(r.info.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(10))
     assert case.run("vision", "live-demo").manifest["status"] == "finished"
-    line = "tracelet: vision/live-demo -> mlflow: synced scalar "  # counts depend on the passes
+    line = "tracelet: vision/live-demo -> mlflow (sqlite:///mlflow.db): synced scalar "  # counts: passes
     assert line in case.results[0].stderr  # the pass lines the guide shows
     assert line in section(guide_text(), "Live sync").replace("\n", " ")
     assert [line.strip() for line in case.out(1)] == ['"points_sent": {},']  # nothing sent twice

@@ -373,7 +373,7 @@ def test_unreadable_event_file_fails_only_itself_until_fixed(tmp_path, read_path
         p = cli("sync", str(logdir), "--to", "mlflow", env={"MLFLOW_TRACKING_URI": uri}, **kw)
         assert p.returncode == 1, p.stderr  # still failing: retried, not "unchanged"
         lines = p.stderr.splitlines()  # the cron log lines
-        assert named(lines, "tracelet: locked -> mlflow: failed", b, "Permission denied")
+        assert named(lines, "tracelet: locked -> mlflow (", "): failed", b, "Permission denied")
         assert named(lines, "tracelet: locked:", c, "Fix its permissions")
     finally:
         os.chmod(b, 0o644)

@@ -43,6 +43,12 @@ def run_cli(*args, env=None, cwd=None, boot: str | None = None, timeout=300):
                            env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def log_lines(stderr: str) -> list[str]:
+    """The cron log lines of a sync, without their ISO timestamp."""
+    return [ln.split(" ", 1)[1] if ln[:4].isdigit() and ln[10:11] == "T" and " " in ln else ln
+            for ln in stderr.splitlines()]
+
+
 def no_traceback(r) -> None:
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr[-4000:]
 
@@ -320,7 +326,7 @@ def test_unexpected_error_fails_only_that_run(tmp_path, mlflow_uri):
     r = run_cli("sync", str(logdir), boot=FAULT_BOOT, env=fault)
     no_traceback(r)
     assert r.returncode == 1, r.stderr
-    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("tracelet: crashing -> mlflow"))
+    line = next(ln for ln in log_lines(r.stderr) if ln.startswith("tracelet: crashing -> mlflow"))
     assert "failed" in line and "unexpected error while reading event file" in line
     assert str(logdir / "crashing" / "events.out.tfevents") in line and "ZeroDivisionError" in line
     assert "-v" in line and "retried at the next sync" in line
@@ -348,8 +354,9 @@ def test_unexpected_error_fails_only_that_run(tmp_path, mlflow_uri):
     no_traceback(rq)
     assert rq.returncode == 1
     assert "tags" not in rq.stderr and "warned" not in rq.stderr
-    assert [ln for ln in rq.stderr.splitlines() if ln.startswith("tracelet:")] == \
-        [ln for ln in rq.stderr.splitlines() if ln.startswith("tracelet: crashing -> mlflow: failed")]
+    assert [ln for ln in log_lines(rq.stderr) if ln.startswith("tracelet:")] == \
+        [ln for ln in log_lines(rq.stderr)
+         if ln.startswith("tracelet: crashing -> mlflow (") and "): failed" in ln]
 
     # the fault gone: the run catches up, every point exactly once (its offsets were kept)
     r2 = run_cli("sync", str(logdir))
@@ -377,12 +384,13 @@ def test_run_named_with_undecodable_bytes_does_not_stop_the_others(tmp_path, mlf
         assert mlflow_points(mlflow_uri, runs[name]) == truth_points(truth, name)
     if r.returncode == 1:
         assert any(ln.startswith("tracelet: bad") and ("error" in ln or "failed" in ln)
-                   for ln in r.stderr.splitlines()), r.stderr
+                   for ln in log_lines(r.stderr)), r.stderr
     else:
         assert r.returncode == 0 and len(runs) == 3, r.stderr
     st = run_cli("status", str(logdir), "--to", "mlflow")
     no_traceback(st)
-    assert st.returncode == 0
+    # exit 1 exactly when a row is failed (status alerts on it)
+    assert st.returncode == (1 if " failed " in st.stdout else 0), st.stdout
 
 
 STATUS_FAULT_BOOT = """
@@ -408,7 +416,7 @@ def test_status_reports_an_unexpected_error_per_run(tmp_path, mlflow_uri):
     assert run_cli("sync", str(logdir)).returncode == 0
     st = run_cli("status", str(logdir), boot=STATUS_FAULT_BOOT)
     no_traceback(st)
-    assert st.returncode == 0, st.stderr
+    assert st.returncode == 1, st.stderr  # a failed row: status exits 1 for monitoring
     rows = {ln.split()[0]: ln for ln in st.stdout.splitlines()[1:]}
     assert "up to date" in rows["a_first"] and "up to date" in rows["z_last"]
     assert "failed" in rows["crashing"] and "unexpected error" in rows["crashing"]

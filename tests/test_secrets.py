@@ -386,7 +386,9 @@ def test_credentialed_mlflow_uri_never_shown(tmp_path, monkeypatch):
         assert run.info.status == "FINISHED"
 
         for status_args in ([], ["--json"]):
-            res = run_cli("status", str(logdir), "--to", "mlflow", *status_args, env=env)
+            res = run_cli("status", str(logdir), "--to", "mlflow", "--mlflow-uri", uri,
+                          *status_args, env=env)
+            assert "up to date" in res.stdout, res.stdout  # the target the options name
             outputs += [res.stdout, res.stderr]
 
         # the server goes away; new points make the next sync fail on it (the error path)
@@ -402,8 +404,11 @@ def test_credentialed_mlflow_uri_never_shown(tmp_path, monkeypatch):
                       cwd=tmp_path)  # log lines (no --json): the failure is printed
         assert res.returncode == 1 and f"127.0.0.1:{server.port}" in res.stderr, res.stderr
         outputs += [res.stdout, res.stderr]
-        res = run_cli("status", str(logdir), "--to", "mlflow", "--json", env=env)
+        res = run_cli("status", str(logdir), "--to", "mlflow", "--mlflow-uri", uri, "--json",
+                      env=env)
+        assert res.returncode == 1, res.stdout  # a failed row
         (row,) = json.loads(res.stdout)["runs"]
+        assert row["target"] == f"http://127.0.0.1:{server.port}", row  # no credentials
         assert row["state"] == "failed" and f"127.0.0.1:{server.port}" in row["last_error"]
         outputs += [res.stdout, res.stderr]
 

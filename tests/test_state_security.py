@@ -54,10 +54,13 @@ def sync(logdir: Path, *extra: str) -> tuple[int, dict]:
 
 def status(logdir: Path) -> list[dict]:
     r = CliRunner().invoke(main, ["status", str(logdir), "--to", "mlflow", "--json"])
-    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "Traceback" not in r.output, r.output
+    rows = json.loads(r.stdout)["runs"]
+    # exit 1 exactly when a row is failed (monitoring alerts on it)
+    assert r.exit_code == (1 if any(x["state"] == "failed" for x in rows) else 0), r.output
     table = CliRunner().invoke(main, ["status", str(logdir), "--to", "mlflow"])
-    assert table.exit_code == 0 and "Traceback" not in table.output, table.output
-    return json.loads(r.stdout)["runs"]
+    assert table.exit_code == r.exit_code and "Traceback" not in table.output, table.output
+    return rows
 
 
 def problems_of(report: dict, run: str) -> str:

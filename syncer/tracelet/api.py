@@ -1,7 +1,8 @@
 """The Python API of ``tracelet sync``: :func:`sync` and the recorder's :func:`sync_run_dir`.
 
 Both print one line per run and destination that changed to stderr (``tracelet.output``) unless
-``json_output=True``, and return the :class:`~tracelet.engine.SyncReport`.
+``json_output=True``, and return the :class:`~tracelet.engine.SyncReport`; :func:`sync` ends
+each pass with the summary line of ``tracelet sync``, :func:`sync_run_dir` (live mode) does not.
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from typing import Any
 from .engine import SyncOptions, SyncReport, parse_destinations, run_sync
 
 
-def _options(**kw: Any) -> SyncOptions:
+def _options(summary: bool = True, **kw: Any) -> SyncOptions:
     opts = SyncOptions(**kw)
     if opts.observer is None:
         from .output import Output
 
-        opts.observer = Output(opts)
+        opts.observer = Output(opts, summary=summary)
     return opts
 
 
@@ -40,5 +41,8 @@ def sync_run_dir(run_dir: str | os.PathLike, backends: list[str] | str | None = 
     if backends:
         dests = parse_destinations(backends if isinstance(backends, str) else ",".join(backends))
     kw.setdefault("progress", False)
-    opts = _options(destinations=dests, run_filter=lambda r: r.path.resolve() == run_dir, **kw)
+    # live mode syncs every interval from the training process: its log gets the lines of
+    # what changed, not a summary line per pass
+    opts = _options(summary=False, destinations=dests,
+                    run_filter=lambda r: r.path.resolve() == run_dir, **kw)
     return run_sync([str(root)], opts)

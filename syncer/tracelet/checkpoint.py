@@ -114,6 +114,9 @@ class Checkpoint:
     last_sync: float | None = None
     last_error: str | None = None
     version: int = CHECKPOINT_VERSION
+    # the destination's target as reports show it (no credentials): `tracelet status` names
+    # the target of a checkpoint folder with it (the folder's name is only a hash)
+    target: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,7 +161,7 @@ _COUNTS = {"type": "object", "additionalProperties": _COUNT}
 # optional (checkpoints written before them lack them; their defaults are safe). Unknown fields
 # (a newer Tracelet's) are dropped.
 _ADDED_LATER = {"incomplete_tail", "etag", "quarantined", "quarantine", "keys", "key_scheme",
-                "last_wall_time"}
+                "last_wall_time", "target"}
 FILE_STATE_SCHEMA = {
     "type": "object",
     "required": [f for f in FileState.__dataclass_fields__ if f not in _ADDED_LATER],
@@ -198,6 +201,7 @@ CHECKPOINT_SCHEMA = {
         "key_scheme": {"type": "integer", "minimum": 1, "maximum": KEY_SCHEME},
         "reconcile": {"type": "boolean"},
         "source_signature": _STR, "last_sync": _OPT_NUM, "last_error": _OPT_STR,
+        "target": {"type": "string", "maxLength": 2000},
     },
 }
 

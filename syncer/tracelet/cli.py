@@ -217,21 +217,28 @@ def sync(logdirs, follow, interval, shard, workers, dry_run, as_json, no_redact,
 @main.command(cls=DestinationCommand)
 @click.argument("logdirs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--check", is_flag=True,
+              help="Also ask each destination whether the run is still there (one lookup per "
+                   "run; a deleted run is 'drifted'). Default: checkpoints and stat only.")
 @_output_options
-def status(logdirs, as_json, verbose, quiet, to=None, state_dir=None, project=None, **kw):
-    """Show, per run and destination, what is synced, behind, or failed.
+def status(logdirs, as_json, check, verbose, quiet, to=None, state_dir=None, project=None, **kw):
+    """Show, per run and destination target, what is synced, behind, failed or drifted.
+
+    The destination options (--mlflow-uri, --wandb-mode, ...) pick the target as sync does.
+    Exit 1 when a row is failed, drifted or check failed.
 
     \b
-    Example:
+    Examples:
       tracelet status ./runs --to mlflow
+      tracelet status ./runs --to mlflow --mlflow-uri http://mlflow:5000 --check
     """
     from .engine import parse_destinations
     from .status import collect_status
 
-    _dest_config(kw)
     try:
         table = collect_status(list(logdirs), parse_destinations(to, allow_empty=True), state_dir,
-                               verbose=verbose)
+                               verbose=verbose, dest_config=_dest_config(kw), project=project,
+                               check=check)
     except TraceletError as e:
         _fail(e)
     if verbose:
@@ -243,6 +250,7 @@ def status(logdirs, as_json, verbose, quiet, to=None, state_dir=None, project=No
         text = table.render(only_failed=quiet)
         if text:
             click.echo(text)
+    sys.exit(table.exit_code)
 
 
 @main.command(cls=DestinationCommand)

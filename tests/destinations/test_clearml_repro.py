@@ -130,7 +130,8 @@ def test_a_recorded_run_carries_what_reproduces_it(cml, recorded):
     assert doc["started"] == rt["started_at"] and doc["completed"] == rt["ended_at"]
 
     # name, identity, params, the command
-    assert doc["name"] == "proj/repro" and doc["project_name"] == "proj"
+    # a recorded run shows its run path less "<project>/" (README "Run names")
+    assert doc["name"] == "repro" and doc["project_name"] == "proj"
     hp = doc["hyperparams"]
     assert hp["tracelet"]["run_path"]["value"] == "proj/repro"
     assert hp["tracelet"]["run_id"]["value"] == manifest["run_id"]

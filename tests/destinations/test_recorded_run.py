@@ -78,7 +78,9 @@ def test_live_mode_syncs_through_the_real_engine(tmp_path, monkeypatch, project)
 
     c = MlflowClient(tracking_uri=uri)
     runs = c.search_runs([c.get_experiment_by_name(project).experiment_id])
-    assert [r.info.run_name for r in runs] == [run_dir.relative_to(logdir).as_posix()]
+    # a recorded run shows its run path less "<project>/" (README "Run names")
+    assert [r.info.run_name for r in runs] == [run_dir.name]
+    assert [r.data.tags["tracelet.run_path"] for r in runs] == [run_dir.relative_to(logdir).as_posix()]
     hist = c.get_metric_history(runs[0].info.run_id, "Loss/Train/CrossEntropy")
     assert sorted(m.step for m in hist) == list(range(20))  # exactly once: the final sync at stop
     assert runs[0].info.status == "FINISHED"

@@ -76,7 +76,8 @@ def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, 
     f = frags[0]
     # the Run record: what W&B's run page shows as the git state and host
     assert f.git == {"remote_url": "https://github.com/acme/train.git", "commit": head}
-    assert f.host == socket.gethostname() and f.display_name == run_path
+    # a recorded run shows its run path less "<project>/" (README "Run names")
+    assert f.host == socket.gethostname() and f.display_name == run_path.split("/", 1)[1]
     # the environment record (wandb-metadata.json)
     e = f.environment
     assert e["program"] == str(repo / "train.py") and e["codePath"] == "train.py"

@@ -12,7 +12,7 @@ Destinations never import the engine.
 from __future__ import annotations
 
 from .base import (Capabilities, Destination, DestinationFactory, Option, Rejected, RunHandle,
-                   RunRef, SystemRows)
+                   RunRef, SendResult, SystemRows)
 from .registry import (all_factories, create_destination, get_factory, is_known,
                        known_destinations, register, target_key, unregister)
 
@@ -26,6 +26,6 @@ def clearml_offline(config=None) -> bool:
 
 __all__ = [
     "Capabilities", "Destination", "DestinationFactory", "Option", "Rejected", "RunHandle",
-    "RunRef", "SystemRows", "all_factories", "clearml_offline", "create_destination",
+    "RunRef", "SendResult", "SystemRows", "all_factories", "clearml_offline", "create_destination",
     "get_factory", "is_known", "known_destinations", "register", "target_key", "unregister",
 ]

@@ -23,7 +23,12 @@ call               guarantee
                    and returned as a :class:`Rejected`; the engine quarantines it (reported,
                    never retried). Any batch of whole records, in file order, may be sent:
                    the engine resends parts of a refused batch to isolate a bad record.
-``send_system``    Same contract for the rows of one sidecar part (:class:`SystemRows`).
+                   It returns None, a list of :class:`Rejected`, or a :class:`SendResult`
+                   (``rejected`` and ``present``: how many points of a dedupe send were
+                   already there and were not stored again), so that a resync that only
+                   confirmed what had landed says so ("confirmed N already present").
+``send_system``    Same contract for the rows of one sidecar part (:class:`SystemRows`);
+                   returns None or a :class:`SendResult` (``present``: rows already there).
 ``log_params``     Set params; return the names the destination refused because a different
                    value is already there (write-once params): reported, never raised.
 ``log_artifacts``  Upload files under their relative names; re-uploading a name overwrites.
@@ -94,6 +99,27 @@ class Rejected:
     kind: str
     index: int
     reason: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What ``send`` / ``send_system`` may return instead of a list of :class:`Rejected`.
+
+    ``present``: points (rows) of this call that the destination already held and did not
+    store again (a ``dedupe`` send after a lost state dir, a ``--resync``, or the retry of a send
+    that had landed in part); 0 when the destination cannot tell. The engine reports them as
+    ``points_present`` ("confirmed N already present") instead of "synced"."""
+
+    rejected: list[Rejected] = field(default_factory=list)
+    present: int = 0
+
+
+def send_outcome(result: Any) -> tuple[list[Rejected], int]:
+    """``(rejected, present)`` of whatever ``send``/``send_system`` returned (None, a list of
+    :class:`Rejected`, or a :class:`SendResult`)."""
+    if isinstance(result, SendResult):
+        return list(result.rejected), max(int(result.present or 0), 0)
+    return list(result or ()), 0
 
 
 @dataclass(frozen=True)
@@ -218,10 +244,11 @@ class Destination(abc.ABC):
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle: ...
 
     @abc.abstractmethod
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected] | None: ...
+    def send(self, handle: RunHandle, batch: Batch, *,
+             dedupe: bool) -> "list[Rejected] | SendResult | None": ...
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> "SendResult | None":
         """Send one sidecar part's rows as ``system/<name>`` (or the vendor's own names)."""
         raise NotImplementedError
 

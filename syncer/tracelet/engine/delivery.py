@@ -23,6 +23,7 @@ import dataclasses
 from typing import Any, Callable
 
 from ..checkpoint import KEY_SCHEME, CheckpointStore, FileState
+from ..destinations.base import send_outcome
 from ..errors import DestinationDownError, DestinationError, RetriesExhaustedError
 from ..faults import crash_point
 from ..quarantine import (MAX_LINES as QUARANTINE_LINES, Isolation, Suspect, cause_text,
@@ -174,8 +175,8 @@ class Delivery:
             return True
         what = f"send {view.points} points of {batch.path}"
         try:
-            rejected = self.retry(slot, dedupe_retries(slot.dest.send), slot.handle, view,
-                                  dedupe=dedupe, what=what)
+            result = self.retry(slot, dedupe_retries(slot.dest.send), slot.handle, view,
+                                dedupe=dedupe, what=what)
         except DestinationError as e:
             if destination_wide(e):
                 slot.fail(e)
@@ -184,8 +185,9 @@ class Delivery:
             return self.isolate(store, slot, fs, batch, plugins, rr, e)
         self.wrote.add(slot.name)
         crash_point("after_send")
+        rejected, _ = send_outcome(result)
         records = (record_batches(batch, plugins) or [batch]) if rejected else [batch]
-        self.land(slot, fs, batch, self.rejected(slot, rr, batch, records, rejected))
+        self.land(slot, fs, batch, self.rejected(slot, rr, batch, records, result))
         self.commit(store, slot)
         return True
 
@@ -236,11 +238,14 @@ class Delivery:
         return True
 
     def rejected(self, slot: Slot, rr: RunReport, batch: Batch, records: list[Batch],
-                 rejected) -> dict[str, int]:
+                 result) -> dict[str, int]:
         """Quarantine the points ``send`` left out (layer 1: the mapping): one line each,
-        naming the record that holds the point (``records``: ``batch`` record by record)."""
+        naming the record that holds the point (``records``: ``batch`` record by record).
+        Points the destination said it already held are counted as ``points_present``."""
+        rejected, present = send_outcome(result)
+        slot.report.points_present += present
         counts: dict[str, int] = {}
-        for r in rejected or ():
+        for r in rejected:
             counts[r.kind] = counts.get(r.kind, 0) + 1
             rec = locate(records, r.kind, r.index) or batch
             p = point(batch, r.kind, r.index)
@@ -289,7 +294,6 @@ class Delivery:
             slot.ck.add_counts(name, counts)
             slot.report.add(name, counts)
         slot.report.skipped_records += batch.skipped_records
-        self.progress.points(sum(sent.values()))
 
     # -- key mapping notes ----------------------------------------------------------------------
     def note_keys(self, slot: Slot, batch: Batch) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 
 from ..checkpoint import (FileState, check_file_identity, remember_identity,
                           track_incomplete_tail)
-from ..destinations.base import SystemRows
+from ..destinations.base import SystemRows, send_outcome
 from ..errors import FileReplacedError, NotRegularFileError, SourceError
 from ..params import flatten_params, param_text
 from ..quarantine import cause_text
@@ -35,6 +35,7 @@ from ..redact import scrubbed_logger
 from ..rundir import SIDECAR_DIR
 from ..runfiles import RunFiles
 from ..storage import ObjectPath
+from .behind import file_key
 from .delivery import dedupe_retries
 from .report import RunReport
 from .slot import Slot
@@ -70,16 +71,21 @@ class Facet:
     def acknowledge(self, ctx, slot: Slot, unit: Any, item: Any, outcome: Any) -> None:
         raise NotImplementedError
 
+    def delivered(self, ctx, unit: Any) -> None:
+        """``unit`` reached at least one destination (the progress observer counts it once)."""
+
     def run(self, ctx) -> None:
         for unit in self.units(ctx):
             if ctx.stop.is_set():
                 return
+            reached = False
             for slot in ctx.live():
                 item = self.pending(ctx, slot, unit)
                 if not item:
                     continue
                 if slot.dest is None:
                     self.dry(ctx, slot, unit, item)
+                    reached = True
                     continue
                 if not self.supported(slot):
                     self.unsupported(ctx, slot, unit, item)
@@ -90,6 +96,9 @@ class Facet:
                         continue  # the slot failed (committed); the others go on
                 self.acknowledge(ctx, slot, unit, item, outcome)
                 ctx.commit(slot)
+                reached = True
+            if reached:
+                self.delivered(ctx, unit)
 
 
 # -- params ---------------------------------------------------------------------------------------
@@ -176,10 +185,7 @@ class EventsFacet(Facet):
 
     def sync_file(self, ctx, path) -> None:
         run, rr, slots = ctx.run, ctx.rr, ctx.slots
-        try:
-            rel = path.relative_to(run.path).as_posix()
-        except ValueError:
-            rel = "linked:" + str(path)
+        rel = file_key(run, path)
         src = SourceFile.of(run, path)
         if src is None:
             rr.problems.append(f"{path}: no longer in the bucket; skipped this sync.")
@@ -228,6 +234,8 @@ class EventsFacet(Facet):
         tag_plugins = min(work, key=lambda w: w[1].offset)[1].tag_plugins
         status = None
         readers: list[EventFileReader] = []
+        progress = ctx.delivery.progress
+        read_to = bounds[0]  # bytes read so far, for the progress bar (once per file)
         for a, b in zip(bounds, bounds[1:]):
             joined = [w for w in work if w[1].offset <= a and not w[0].failed]
             if not joined:
@@ -241,12 +249,21 @@ class EventsFacet(Facet):
                             "beyond 1e12 s) were sent with wall time 0 (1970-01-01).")
                 self.fan_out(ctx, batch, joined, plugins)
                 plugins = batch.tag_plugins
+                if batch.end_offset > read_to:
+                    progress.bytes(batch.end_offset - read_to)
+                    read_to = batch.end_offset
+                if batch.points and not all(s.failed for s, _, _ in joined):
+                    progress.points(batch.points)  # once, whatever the number of destinations
                 if ctx.stop.is_set() or all(s.failed for s, _, _ in joined):
                     break
             tag_plugins = reader.tag_plugins
             status = reader.status
             if ctx.stop.is_set() or status.corrupt_offset is not None or status.offset < b:
                 break
+        if size > read_to and not ctx.stop.is_set():
+            # the rest is not read this pass (a corrupt tail, an incomplete record, a failed
+            # destination): the file is done as far as this pass's progress goes
+            progress.bytes(size - read_to)
         skip_note = skipped_records_note(path, readers)
         if skip_note:
             rr.note(skip_note)
@@ -389,10 +406,14 @@ class SidecarFacet(Facet):
             lambda _: (slot.handle, part.rows, ctx.ref), dedupe=dedupe,
             what=f"send system metrics {name}")
 
+    def delivered(self, ctx, part: _Part) -> None:
+        ctx.delivery.progress.points(part.rows.num_rows)
+
     def acknowledge(self, ctx, slot: Slot, part: _Part, item, outcomes) -> None:
         n = part.rows.num_rows
         if outcomes is not None:
             if outcomes[0][0] == "ok":
+                slot.report.points_present += send_outcome(outcomes[0][2])[1]
                 slot.report.add("points_sent", {"system": n})
                 slot.ck.add_counts("points_sent", {"system": n})
             else:

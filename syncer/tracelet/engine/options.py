@@ -24,8 +24,14 @@ class Progress:
     lines from it: ``tracelet.output``). Every method may be called from worker threads; the
     default does nothing."""
 
-    def begin(self, runs: int) -> None:
-        """A pass starts with ``runs`` runs to look at."""
+    def begin(self, runs: int, bytes_behind: Callable[[], int] | None = None) -> None:
+        """A pass starts with ``runs`` runs to look at. ``bytes_behind()`` gives the bytes of
+        event files the pass has to read (the size of each changed run's files past the offset
+        its destinations' checkpoints hold): it reads checkpoints, so only an observer that
+        draws a bar calls it; a cron pass never does."""
+
+    def bytes(self, n: int) -> None:
+        """``n`` more bytes of event files were read (once, whatever the destinations)."""
 
     def points(self, n: int) -> None:
         """``n`` more source points were delivered (counted once, whatever the destinations)."""
@@ -39,8 +45,9 @@ class Progress:
     def error(self, line: str) -> None:
         """An error outside any run (a logdir that could not be listed): exit 1."""
 
-    def end(self) -> None:
-        """The pass is over."""
+    def end(self, interrupted: bool = False) -> None:
+        """The pass is over; ``interrupted``: a signal cut it short (what was sent is
+        committed, the rest waits for the next sync)."""
 
 
 @dataclass

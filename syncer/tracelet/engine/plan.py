@@ -14,7 +14,7 @@ from typing import Any
 
 from ..checkpoint import CheckpointStore
 from ..destinations import is_known
-from ..errors import SourceError, UsageError
+from ..errors import InvalidCheckpointError, SourceError, StateError, UsageError
 from ..manifest import load_manifest
 from ..reader import RunSource, discover_runs
 from ..redact import scrubbed_logger
@@ -22,6 +22,7 @@ from ..retry import _short
 from ..rundir import MANIFEST_NAME, SIDECAR_DIR, STATE_DIR_NAME
 from ..runfiles import RunFiles, within
 from ..storage import ObjectPath, is_object_url, open_location
+from .behind import event_file_size, file_key, unread
 from .options import SyncOptions
 from .naming import display_name, fold_name
 from .plain import hparams_signature, is_idle, newest_mtime
@@ -327,9 +328,51 @@ class Planner:
             if not store.signature_matches(self._target_keys[name], run.name, signature):
                 return False
         for name in names:
-            rr.destinations[name] = DestReport(name, target=self._target_keys[name],
+            rr.destinations[name] = DestReport(name, target=self._target_keys.label(name),
                                                state="unchanged")
         return True
+
+    def bytes_behind(self, work: list[tuple[Path, RunSource]]) -> int:
+        """Bytes of event files the pass over ``work`` has to read: per file, its size past the
+        lowest offset its destinations' checkpoints hold (:func:`~.behind.unread`); unchanged
+        runs (the fast path) count nothing. Reads checkpoints: for a progress bar's total only."""
+        total = 0
+        for logdir, run in work:
+            try:
+                total += self._run_bytes_behind(logdir, run)
+            except Exception:  # only the bar's total: the sync itself reports what is wrong
+                log.debug("bytes behind of %s", run.name, exc_info=True)
+        return total
+
+    def _run_bytes_behind(self, logdir: Path, run: RunSource) -> int:
+        store = self.store_for(logdir)
+        if self.unchanged(logdir, run, store, RunReport(run=run.name, logdir=str(logdir))):
+            return 0
+        try:
+            manifest = self.manifest(run, store, validate=False, fetch=False) \
+                if run.has_manifest else None
+        except SourceError:
+            manifest = None
+        checkpoints = []
+        for name in self.dest_names(manifest):
+            ck = None
+            if not self.o.resync:
+                try:
+                    ck = store.load(name, self._target_keys[name], run.name, None)
+                except (InvalidCheckpointError, StateError):
+                    ck = None  # rebuilt by the sync: every byte is read again
+            checkpoints.append(ck)
+        if not checkpoints:
+            return 0
+        total = 0
+        for path in list(run.event_files) + self.linked_event_files(logdir, run, manifest, None):
+            try:
+                size = event_file_size(run, path)
+            except OSError:
+                continue
+            key = file_key(run, path)
+            total += max(unread(ck.files.get(key) if ck else None, size) for ck in checkpoints)
+        return total
 
     def manifest(self, run: RunSource, store: CheckpointStore, problems: list[str] | None = None,
                   validate: bool = True, fetch: bool = True) -> dict | None:

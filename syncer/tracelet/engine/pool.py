@@ -4,10 +4,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..destinations import create_destination, target_key
+from ..destinations import create_destination, get_factory, target_key
 from ..destinations.base import Destination
 from ..errors import DestinationError, TraceletError
-from ..redact import scrub, scrubbed_logger
+from ..redact import scrub, scrubbed_logger, strip_url_credentials
 
 log = scrubbed_logger("tracelet.sync")
 
@@ -22,6 +22,20 @@ class TargetKeys(dict):
     def __missing__(self, name: str) -> str:
         key = self[name] = target_key(name, self.config)
         return key
+
+    def label(self, name: str) -> str:
+        """The target as reports and log lines show it, without credentials and without the
+        SDK (the factory's target: URI, folder, mode)."""
+        labels = self.__dict__.setdefault("_labels", {})
+        if name not in labels:
+            labels[name] = target_label(name, self.config)
+        return labels[name]
+
+
+def target_label(name: str, config: dict[str, Any]) -> str:
+    """``name``'s target for ``config`` as shown to people: no credentials (also not their
+    user name), computed without importing the vendor SDK."""
+    return scrub(strip_url_credentials(get_factory(name).target(dict(config))))
 
 
 class DestinationPool:

@@ -233,7 +233,7 @@ class RunSync:
         engine, ref = self.engine, ctx.ref
         ctx.at(f"opening the run on {name}")
         tk = engine.target_keys[name]
-        dr = DestReport(name, target=tk)
+        dr = DestReport(name, target=engine.target_keys.label(name))
         rr.destinations[name] = dr
         try:  # this (run, target): another sync of it is running, the others go on
             self.locks.enter_context(store.lock(run.name, f"run '{run.name}' on {name}",
@@ -279,6 +279,7 @@ class RunSync:
         dr.target = scrub(dest.target)
         fresh = ck is None
         ck = ck or Checkpoint(name, tk, run.name, run_id=ref.run_id)
+        ck.target = strip_url_credentials(dr.target)  # tracelet status names the target
         slot = Slot(name, dest, ck, dr, run_dir=str(run.path),
                     legacy_keys=ck.key_scheme < KEY_SCHEME and ck.total_points > 0,
                     target_key=tk, run_path=run.name)

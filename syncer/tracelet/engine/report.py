@@ -22,6 +22,9 @@ class DestReport:
     # | locked | dry-run | interrupted
     state: str = "synced"
     points_sent: dict[str, int] = field(default_factory=dict)
+    # of the points sent with dedupe, those the destination said it already held (not stored
+    # again: a resync that only confirmed what had landed); 0 where it cannot tell
+    points_present: int = 0
     unsupported: dict[str, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)  # non-point records seen (graph, ...)
     skipped_records: int = 0
@@ -158,5 +161,6 @@ def merge_runs(old: list[RunReport], new: list[RunReport]) -> list[RunReport]:
                     d.quarantine[:0] = p.quarantine
                     d.keys[:0] = p.keys
                     d.skipped_records += p.skipped_records
+                    d.points_present += p.points_present
                 prev.destinations[name] = d
     return list(by_key.values())

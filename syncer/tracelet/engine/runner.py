@@ -53,7 +53,7 @@ class SyncEngine:
             if e not in report.errors:
                 report.errors.append(e)
                 self.progress.error(e)
-        self.progress.begin(len(work))
+        self.progress.begin(len(work), lambda: self.planner.bytes_behind(work))
         if self.o.workers > 1 and len(work) > 1:
             with ThreadPoolExecutor(self.o.workers, thread_name_prefix="tracelet-sync") as ex:
                 results = list(ex.map(lambda w: self.sync_run(*w), work))
@@ -69,7 +69,7 @@ class SyncEngine:
         for d in report.destinations_down:
             self.progress.error(d["line"])
         report.storage = self.storage_stats()
-        self.progress.end()
+        self.progress.end(interrupted=self.stop.is_set())
 
     def down_report(self, results: list[RunReport]) -> list[dict]:
         """One entry (and one line) per destination target whose breaker is open after this

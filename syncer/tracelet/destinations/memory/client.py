@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 from ...params import param_text
 from ...errors import DestinationError, TransientDestinationError
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, KINDS, SCALAR, TEXT, Batch
-from ..base import SystemRows, Capabilities, Destination, RunHandle, RunRef
+from ..base import Capabilities, Destination, RunHandle, RunRef, SendResult, SystemRows
 from .factory import option
 
 _POINT_KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO)  # hparams travel as params
@@ -279,7 +279,7 @@ class MemoryDestination(Destination):
             raise DestinationError(f"memory: run {handle.identity['uid']} no longer exists")
         return run
 
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         self._enter("send")
         self.sends += 1
         run = self._run(handle)
@@ -295,6 +295,7 @@ class MemoryDestination(Destination):
         ords: list[tuple[str, int]] = []  # (kind, ordinal) of each kept point, when known
         end_ords = list(base or [0] * len(_POINT_KINDS))
         by_value = _multiset(run.points) if dedupe and base is None else None
+        present = 0  # skipped by dedupe: already stored (reported as "confirmed present")
         for k, (kind, items) in enumerate(_points_of(batch)):
             end_ords[k] += len(items)
             if items and kind not in self.capabilities.kinds:  # the engine filters these out
@@ -304,10 +305,12 @@ class MemoryDestination(Destination):
                 if base is not None:
                     o = base[k] + i
                     if dedupe and o in landed.get(kind, ()):
+                        present += 1
                         continue
                     ords.append((kind, o))
                 elif by_value is not None and by_value.get(_hashable(p), 0) > 0:
                     by_value[_hashable(p)] -= 1
+                    present += 1
                     continue
                 points.append(p)
         uid = handle.identity["uid"]
@@ -321,13 +324,15 @@ class MemoryDestination(Destination):
                       "(memory_fail_sends)")
         self.store.apply({"op": "points", "uid": uid, "path": batch.path, "points": points,
                           "ords": ords, "end": batch.end_offset, "end_ords": end_ords})
+        return SendResult(present=present)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         self._enter("send_system")
         stored = self._run(handle)
         rows = list(zip(rows.names, rows.timestamps,
                         [_value_key(v) for v in rows.values]))
+        given = len(rows)
         if dedupe:
             have = _multiset(stored.system)
             kept = []
@@ -338,6 +343,7 @@ class MemoryDestination(Destination):
                     kept.append(r)
             rows = kept
         self.store.apply({"op": "system", "uid": handle.identity["uid"], "rows": rows})
+        return SendResult(present=given - len(rows))
 
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
         self._enter("log_params")
