@@ -204,6 +204,10 @@ def test_reset_and_resync_put_back_what_mlflow_lost_and_nothing_twice(tmp_path):
     assert _delete_metric_rows(tmp_path / "mlflow.db", r1.info.run_id, 10) == 20
     d = sync(store, logdir, "--resync")
     assert {d[r]["state"] for r in d} == {"synced"}
+    # what MLflow already held is reported as present ("confirmed N already present"), the
+    # 20 deleted rows as sent again
+    assert d["run1"]["points_present"] == sent(d["run1"]) - 20 > 0, d["run1"]
+    assert d["run0"]["points_present"] == sent(d["run0"]) > 0, d["run0"]
     assert_exactly_once(_Readback(store.uri), truth, project_fn(PROJECT))
 
     # reset of a run deleted in MLflow: a new run gets all of it

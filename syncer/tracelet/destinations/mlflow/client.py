@@ -66,8 +66,8 @@ from ...identity import SOURCE_ID_TAG, same_source_names
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
-from ..base import (Capabilities, Destination, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, typed_error)
+from ..base import (Capabilities, Destination, RunHandle, RunRef, SendResult, SystemRows,
+                    chain, classify_error, typed_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
                       RUN_ID_OK, STATUS, canon, mlflow_key, run_tags, wall_ms)
 from .stamps import file_key, stamp
@@ -398,21 +398,23 @@ class MlflowDestination(Destination):
         return self._listed
 
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> None:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         try:
             with self._on_run(handle.identity["run_id"]):
-                self._send(handle, batch, dedupe)
+                return SendResult(present=self._send(handle, batch, dedupe))
         except BaseException:
             # Part of it may have landed (the file store writes metric by metric): what the
             # cache says landed is no longer known; the next dedupe asks MLflow again.
             handle.extra.pop("landed", None)
             raise
 
-    def _send(self, handle: RunHandle, batch: Batch, dedupe: bool) -> None:
+    def _send(self, handle: RunHandle, batch: Batch, dedupe: bool) -> int:
+        """Send the batch; the number of its scalars MLflow already held (dedupe)."""
         from mlflow.entities import Metric
 
         run_id = handle.identity["run_id"]
         cols = batch.scalars
+        present = 0
         if len(cols):
             keys: dict[str, str] = {}
             names = []
@@ -430,12 +432,15 @@ class MlflowDestination(Destination):
                                  cols.steps, [wall_ms(w) for w in cols.wall_times], cols.values)
             metrics = [Metric(k, v, t, s) for k, v, t, s in zip(names, cols.values, times, cols.steps)]
             if dedupe:
+                n = len(metrics)
                 metrics = self._missing(handle, metrics)
+                present = n - len(metrics)
             self._log_metrics(run_id, metrics)
         if batch.histograms or batch.images or batch.texts or batch.audio:
             self._send_artifact_points(run_id, batch)
         if len(cols):  # only now: a retry of this batch computes the same timestamps again
             handle.identity["stamps"] = {**stamps, rel: state}
+        return present
 
     def _log_metrics(self, run_id: str, metrics: list) -> None:
         for i in range(0, len(metrics), MAX_METRICS_PER_CALL):
@@ -485,7 +490,7 @@ class MlflowDestination(Destination):
             self.client.log_artifacts(run_id, str(root), artifact_path="tensorboard")
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         from mlflow.entities import Metric
 
         start = (_started_at_ms(run) or 0) / 1000.0
@@ -498,12 +503,14 @@ class MlflowDestination(Destination):
         metrics = [Metric(k, v, ms, s) for (_, k, v), ms, s in zip(kept, times, steps)]
         try:
             with self._on_run(handle.identity["run_id"]):
+                n = len(metrics)
                 if dedupe:
                     metrics = self._missing(handle, metrics)
                 self._log_metrics(handle.identity["run_id"], metrics)
         except BaseException:
             handle.extra.pop("landed", None)  # see send
             raise
+        return SendResult(present=n - len(metrics))
 
     # -- params, artifacts, status -------------------------------------------------------------
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
