@@ -116,7 +116,9 @@ class _MlflowHarness(Harness):
         rb.images = sum(p.startswith("tensorboard/images/") for p in paths)
         rb.texts = sum(p.startswith("tensorboard/text/") for p in paths)
         rb.audio = sum(p.startswith("tensorboard/audio/") and p.endswith(".wav") for p in paths)
-        rb.artifacts = sorted(p for p in paths if not p.startswith("tensorboard/"))
+        # the run's own artifacts/: not the points' files (tensorboard/) nor Tracelet's
+        # reproducibility files (tracelet/: the manifest, requirements.txt)
+        rb.artifacts = sorted(p for p in paths if not p.startswith(("tensorboard/", "tracelet/")))
         return rb
 
 
