@@ -253,7 +253,10 @@ def test_upload_instructions_match_the_files(cml, tmp_path):
     sync_once(logdir, cml, "p")
 
     plan = plan_offline_import(cml.offline)
-    assert sorted(r["task_name"] for r in plan) == truth.runs()
+    # task names are display names: a recorded run's run path less "<project>/" (Run names)
+    from tracelet.engine.naming import display_name
+
+    assert sorted(r["task_name"] for r in plan) == sorted(display_name(r, "p") for r in truth.runs())
     for run in plan:
         assert all(s["finished"] for s in run["sessions"])
         zips = [Path(s["path"]) for s in run["sessions"]]

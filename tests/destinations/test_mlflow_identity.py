@@ -58,7 +58,8 @@ def test_three_levels_of_one_run_are_one_mlflow_run_with_each_point_once(tmp_pat
                         "--to", "mlflow", "--mlflow-uri", harness.uri],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    warned = [ln for ln in p.stderr.splitlines() if "is the same source as" in ln]
+    # cron lines start with an ISO timestamp (README "Command line")
+    warned = [ln.split(" ", 1)[1] for ln in p.stderr.splitlines() if "is the same source as" in ln]
     assert sorted(warned) == [
         "tracelet: r1: mlflow: run 'r1' (project 'exp') is the same source as 'exp/r1' in "
         "experiment 'sub' (same first event file): continued in that run, nothing sent twice; a "
