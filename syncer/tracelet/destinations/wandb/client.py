@@ -21,9 +21,12 @@ follow the same rule):
 Identity: project = the run's project (``WANDB_PROJECT`` is not consulted: tracelet's project
 wins; :func:`.mapping.wandb_project`); W&B run id = the tracelet run id when it is 1-64
 letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_run_id`);
-display name = ``RunRef.name``; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
-tags ``key:value``. Every sync opens the same id with ``resume="allow"``: one W&B run, one
-offline fragment (``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``.
+display name = ``RunRef.name``; config ``tracelet = {run_id, run_path, source_id}`` (``source_id``:
+plain runs, :mod:`tracelet.identity`); manifest tags become W&B tags ``key:value``. Every sync
+opens the same id with ``resume="allow"``: one W&B run, one offline fragment
+(``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``. When the run's own id
+has no run yet, the run of the same files synced from another LOGDIR level is found by its
+source id and continued under its id, project, name and config (:mod:`.source`).
 
 Mapping:
 
