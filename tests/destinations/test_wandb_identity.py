@@ -154,3 +154,62 @@ def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
     assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
     assert sorted((p, frags[0].config["tracelet"]["run_path"])
                   for (p, _), frags in _runs(h).items()) == [("P", "exp/r1"), ("Q", "r1")]
+
+
+def _fragment(path, records: list[bytes]) -> None:
+    """A ``.wandb`` file in W&B's framing (file header, one FULL chunk per record)."""
+    import struct
+    import zlib
+
+    out = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+    for data in records:
+        out += struct.pack("<IHB", zlib.crc32(bytes([1]) + data) & 0xFFFFFFFF, len(data), 1) + data
+    path.parent.mkdir(parents=True)
+    path.write_bytes(out)
+
+
+def test_unreadable_or_foreign_fragments_under_wandb_dir_do_not_stop_the_lookup(
+        tmp_path, monkeypatch, caplog):
+    """Anyone's files under WANDB_DIR: a Run record that does not parse is named and left out;
+    a run whose config claims this source id under an unrelated run path, or whose config
+    ``tracelet`` is not an object, is not taken; the real run is still found."""
+    import json
+    import logging
+
+    import tracelet
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    h = _harness(tmp_path, monkeypatch)
+    sub = tmp_path / "sub"
+    truth = SourceTruth()
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
+    tracelet.sync(sub, to="wandb", dest_config=h.config)
+    [real] = h.fragments()
+    sid = real.config["tracelet"]["source_id"]
+    wandb_dir = h.root / "wandb"
+    bad = wandb_dir / "offline-run-20000101_000000-bad" / "run-bad.wandb"
+    _fragment(bad, [b"\x8a\x01\x7fabc"])  # a Run record (field 17) cut short: DecodeError
+    planted = []
+    for i, cfg in enumerate([{"run_id": "x", "run_path": "other/r1x", "source_id": sid},
+                             ["not", "an", "object"], "text"]):
+        rec = pb.Record()
+        rec.run.run_id, rec.run.project, rec.run.display_name = f"foreign{i}", "sub", "foreign"
+        rec.run.start_time.seconds = 1  # older than the real run: looked at first
+        rec.run.config.update.add(key="tracelet", value_json=json.dumps(cfg))
+        path = wandb_dir / f"offline-run-20000101_00000{i}-foreign{i}" / f"run-foreign{i}.wandb"
+        _fragment(path, [rec.SerializeToString()])
+        planted.append(path)
+
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
+    with caplog.at_level(logging.WARNING, logger="tracelet.wandb"):
+        report = tracelet.sync(sub / "exp", to="wandb", dest_config=h.config,
+                               state_dir=str(tmp_path / "s2"))
+    assert report.exit_code == 0, report.to_dict()
+    [line] = _same_source_lines(report.runs[0].problems)
+    assert "as 'exp/r1' in project 'sub'" in line
+    assert any(str(bad) in r.getMessage() and "cannot be read" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    for path in [bad, *planted]:  # not W&B runs of ours: nothing was written to them
+        path.unlink()
+    assert {f.run_id for f in h.fragments()} == {real.run_id}
+    assert_exactly_once(h, truth, project_fn("sub"))

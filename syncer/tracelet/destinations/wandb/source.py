@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ...identity import same_source_names
+from ...redact import scrubbed_logger
 from ..base import RunRef
 from .mapping import _RUN_ID_OK as RUN_ID_OK, wandb_project
 from .txlog import read_run_record
+
+log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
 CONFIG_KEY = "tracelet"  # the config entry that holds the run's tracelet identity
 
@@ -97,7 +100,13 @@ class OfflineIndex:
         pattern = os.path.join(glob.escape(os.path.join(self.root, "wandb")), "offline-run-*",
                                "run-*.wandb")
         for path in glob.glob(pattern):
-            rec = read_run_record(path)
+            try:
+                rec = read_run_record(path)
+            except Exception as e:  # anyone's file (DecodeError: not a Run record): not a lookup's
+                log.warning("wandb: %s: its Run record cannot be read (%s: %s); it is left out "
+                            "of the lookup of runs by source id (move it out of %s if it is not "
+                            "a W&B run)", path, type(e).__name__, e, self.root)
+                continue
             if rec is None:
                 continue  # being started, or killed inside wandb.init: holds no data
             cfg = _record_config(rec)
