@@ -223,3 +223,29 @@ def test_check_finds_wandb_offline_runs_removed(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert [x["STATE"] for x in rows(r.stdout)] == ["drifted"] * 2, r.stdout
     assert "run missing on wandb" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("dest", ["mlflow", "aim", "wandb", "clearml"])
+def test_check_of_a_removed_store_creates_nothing(tmp_path, dest):
+    """`status --check` after the store was removed: the run is drifted (exit 1) and the check
+    made nothing in its place (Aim's repo, MLflow's sqlite file, W&B's and ClearML's offline
+    folders): a monitoring probe must not create the store the next sync should find missing."""
+    logdir = logdir_with_runs(tmp_path, n=1, steps=5)
+    store = tmp_path / "store"
+    opts, env = {
+        "mlflow": (["--mlflow-uri", f"sqlite:///{store / 'm.db'}"], {}),
+        "aim": (["--aim-repo", str(store)], {}),
+        "wandb": ([], {"WANDB_DIR": str(store), "WANDB_MODE": "offline"}),
+        "clearml": (["--clearml-offline"], {"CLEARML_CACHE_DIR": str(store)}),
+    }[dest]
+    store.mkdir()
+    r = cli("sync", str(logdir), "--to", dest, *opts, "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    assert any(store.iterdir())
+    import shutil
+
+    shutil.rmtree(store)
+    code, runs = status_json(str(logdir), "--to", dest, *opts, "--check", env=env)
+    assert code == 1
+    assert [row["state"] for row in runs] == ["drifted"], runs
+    assert not store.exists(), sorted(p.name for p in store.rglob("*"))

@@ -136,8 +136,10 @@ class Targets:
     def client(self, name: str):
         if name not in self.clients:
             from .destinations import create_destination
+            from .destinations.base import CHECK_ONLY
 
-            self.clients[name] = create_destination(name, self.config)
+            # a check creates nothing: no repo, database or folder for a store that is gone
+            self.clients[name] = create_destination(name, {**self.config, CHECK_ONLY: True})
         return self.clients[name]
 
     def close(self) -> None:

@@ -270,7 +270,9 @@ class Destination(abc.ABC):
     def check_run(self, run: RunRef, identity: dict[str, Any] | None) -> str | None:
         """``tracelet status --check``: is the run ``identity`` names still there? None if it
         is, else the same one-line drift description ``open_run`` would give. Cheap (one
-        lookup), creates nothing. Destinations that cannot tell return "cannot check"."""
+        lookup), creates nothing. Destinations that cannot tell return "cannot check".
+        ``status --check`` makes the destination with ``config[CHECK_ONLY]`` true: its
+        constructor must not create a missing store (repo, database, folder) either."""
         return "cannot check"
 
     def classify(self, exc: BaseException) -> type[DestinationError]:
@@ -397,6 +399,9 @@ def classify_error(exc: BaseException) -> type[DestinationError]:
             if 400 <= status < 500:
                 return PermanentDestinationError
     return PermanentDestinationError
+
+
+CHECK_ONLY = "check_only"  # config key: made for ``status --check`` only (see check_run)
 
 
 # -- the factory side: what the registry and the command line know without the SDK ---------------

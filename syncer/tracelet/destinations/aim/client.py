@@ -136,7 +136,7 @@ from ...media import image_problem
 from ...params import flatten_params
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch, ImagePoint
 from ...redact import scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
+from ..base import (CHECK_ONLY, Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
                     classify_error, http_status)
 from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distribution_bins,
                       manifest_record, media_groups, nest_params, system_params,
@@ -162,6 +162,9 @@ class AimDestination(Destination):
 
         self.root = aim_repo_root(self.config)
         self.remote = self.root.startswith("aim://")
+        self.repo = None
+        if self.config.get(CHECK_ONLY) and not self.remote and not os.path.isdir(self._where()):
+            return  # status --check of a removed repo: check_run says so, nothing is made
         try:
             with _AIM_LOCK:
                 if self.remote:
@@ -336,6 +339,8 @@ class AimDestination(Destination):
         run_hash = (identity or {}).get("run_hash")
         if not isinstance(run_hash, str) or not run_hash:
             run_hash = aim_run_hash(run.project, run.run_id)
+        if self.repo is None:  # made for a check, the repo is gone (__init__)
+            return self._lost(run, run_hash)
         try:
             with _AIM_LOCK:
                 if not self._run_exists(run_hash):

@@ -66,8 +66,8 @@ from ...identity import SOURCE_ID_TAG, same_source_names
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
-from ..base import (Capabilities, Destination, RunHandle, RunRef, SendResult, SystemRows,
-                    chain, classify_error, typed_error)
+from ..base import (CHECK_ONLY, Capabilities, Destination, RunHandle, RunRef, SendResult,
+                    SystemRows, chain, classify_error, typed_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
                       RUN_ID_OK, STATUS, canon, mlflow_key, run_tags, wall_ms)
 from .stamps import file_key, stamp
@@ -101,11 +101,14 @@ class MlflowDestination(Destination):
 
         _quiet_mlflow_logging()
         self.uri = self.config.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
-        self.client = MlflowClient(tracking_uri=self.uri)
         if self.uri is None:
             import mlflow
 
             self.uri = mlflow.get_tracking_uri()
+        if self.config.get(CHECK_ONLY) and not self._store_exists():
+            self.client = None  # status --check of a wiped sqlite store: MLflow would make it
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri)
         self._experiments: dict[str, tuple[str, int]] = {}  # name -> (id, creation time ms)
         self._listed: dict[str, str] | None = None  # every experiment, for source-id lookups
         self._listed_at = 0.0
