@@ -21,9 +21,12 @@ follow the same rule):
 Identity: project = the run's project (``WANDB_PROJECT`` is not consulted: tracelet's project
 wins; :func:`.mapping.wandb_project`); W&B run id = the tracelet run id when it is 1-64
 letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_run_id`);
-display name = ``RunRef.name``; config ``tracelet = {run_id, run_path}``; manifest tags become W&B
-tags ``key:value``. Every sync opens the same id with ``resume="allow"``: one W&B run, one
-offline fragment (``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``.
+display name = ``RunRef.name``; config ``tracelet = {run_id, run_path, source_id}`` (``source_id``:
+plain runs, :mod:`tracelet.identity`); manifest tags become W&B tags ``key:value``. Every sync
+opens the same id with ``resume="allow"``: one W&B run, one offline fragment
+(``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``. When the run's own id
+has no run yet, the run of the same files synced from another LOGDIR level is found by its
+source id and continued under its id, project, name and config (:mod:`.source`).
 
 Mapping:
 
@@ -175,6 +178,8 @@ from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, Syst
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
+from .source import (CONFIG_KEY, OfflineIndex, find_online, identity_config, named_run,
+                     offline_owner, online_owner)
 from .landed import Landed
 from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYSTEM_CODE,
                       SYSTEM_STEP_METRIC, SOURCE_KEY, environment, exit_code, histogram_buckets,
@@ -214,6 +219,7 @@ class WandbDestination(Destination):
                 f"wandb {wandb.__version__} cannot flush its run file on a timer, which tracelet "
                 "needs to confirm each write; install a newer wandb: pip install -U wandb")
         self._open: dict[int, Any] = {}
+        self._sources = OfflineIndex(self.root)  # runs by source id, read at the first lookup
         _ensure_setup()
 
     @property
@@ -232,19 +238,43 @@ class WandbDestination(Destination):
         lookup. Creates, moves and waits for nothing."""
         wid = wandb_run_id(run.run_id)
         ident = dict(identity or {})
-        if identity and identity.get("run_id") != wid:
-            return f"run missing on wandb: the checkpoint names run {identity.get('run_id')!r}"
-        if self.mode == "offline":
-            if not identity:
-                ident = {"next_step": 1}  # no checkpoint: is any folder of the run there?
-            return offline_drift(self.root, ident, wid)
-        ident.setdefault("project", wandb_project(run.project))
         try:  # not one of the boundary's calls: typed here
+            if identity and identity.get("run_id") != wid:
+                wid = self._adopted_id(run, identity)  # a run adopted by source id, still its?
+                if not wid:
+                    return ("run missing on wandb: the checkpoint names run "
+                            f"{identity.get('run_id')!r}")
+            if self.mode == "offline":
+                if not identity:
+                    ident = {"next_step": 1}  # no checkpoint: is any folder of the run there?
+                return offline_drift(self.root, ident, wid)
+            ident.setdefault("project", wandb_project(run.project))
             return online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
         except TraceletError:
             raise
         except Exception as e:
             raise typed_error(classify_wandb(e), e) from e
+
+    def _adopted_id(self, run: RunRef, identity: Mapping[str, Any]) -> str:
+        """``check_run``: the W&B id of a run adopted by source id that the checkpoint names,
+        if that run holds this source ("" if not). Offline: the head of the fragment the
+        checkpoint names (nothing moved or waited for); online: one API lookup."""
+        named = named_run(identity) if run.source_id else None
+        if named is None:
+            return ""
+        if self.mode == "offline":
+            frag = identity.get("fragment")
+            real_root = os.path.realpath(self.root)
+            path = os.path.normpath(os.path.join(real_root, frag)) if isinstance(frag, str) else ""
+            if not (frag and path.startswith(os.path.join(real_root, ""))):
+                return ""
+            found = offline_owner([path], run)
+        else:
+            import wandb
+
+            found = online_owner(wandb.Api(timeout=API_TIMEOUT_S),
+                                 identity.get("entity") or self.entity, *named, run)
+        return named[0] if found is not None and found.run_id == named[0] else ""
 
     def metric_key(self, tag: str) -> str:
         return wandb_key(tag)
@@ -279,26 +309,73 @@ class WandbDestination(Destination):
         """This run's earlier offline fragments under WANDB_DIR (:func:`.txlog.find_fragments`)."""
         return find_fragments(self.root, wid, project, exclude)
 
+    # -- the same files synced from another LOGDIR level (source.py) ---------------------------
+    def _whose(self, run: RunRef, identity: dict[str, Any] | None):
+        """Whose run the checkpoint names: (W&B id, project, the run adopted by source id or
+        None, the identity to use or None, whether the identity given was ignored, offline: the
+        run's fragments). An identity naming another W&B id than this run's own is used only
+        when that run holds this run's source (adopted at an earlier sync); else it is never
+        used, nor its paths."""
+        wid, project = wandb_run_id(run.run_id), wandb_project(run.project)
+        adopted, ignored = None, False
+        if identity and identity.get("run_id") != wid:
+            named = named_run(identity) if run.source_id else None
+            if named is not None:
+                if self.mode == "offline":
+                    frags = self.fragments(*named)
+                    adopted = offline_owner([f.path for f in frags], run)
+                    if adopted is not None:
+                        return (named[0], named[1], adopted, identity, False, frags)
+                else:
+                    import wandb
+
+                    adopted = online_owner(wandb.Api(timeout=API_TIMEOUT_S),
+                                           identity.get("entity") or self.entity, *named, run)
+            if adopted is None:
+                identity, ignored = None, True
+            else:
+                wid, project = named  # type: ignore[misc]
+        previous = self.fragments(wid, project) if self.mode == "offline" else []
+        return wid, project, adopted, identity, ignored, previous
+
+    def _find_by_source(self, run: RunRef, wid: str, previous: list[Fragment]):
+        """(The run created for the same files under another run path or project, or None;
+        offline: its fragments). Asked only when the run's own W&B id has no run yet."""
+        if not run.source_id:
+            return None, previous
+        if self.mode == "offline":
+            if previous:  # the run's own id has fragments: it continues as always
+                return None, previous
+            found = self._sources.find(run)
+            if found is None:
+                return None, previous
+            return found, self.fragments(found.run_id, found.project)
+        import wandb
+
+        return find_online(wandb.Api(timeout=API_TIMEOUT_S), self.entity, run, wid), []
+
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         import wandb
 
-        wid, ignored = wandb_run_id(run.run_id), False
-        if identity and identity.get("run_id") != wid:
-            identity, ignored = None, True  # names another run's id: never used (nor its paths)
-        ident = dict(identity or {})
-        project = wandb_project(run.project)
-        next_step = int(ident.get("next_step") or 0)
-        existed = bool(identity)
-        drift = None
         if self.mode == "offline":
             _announce(self.root)
-            previous = self.fragments(wid, project)
-            if identity:
-                drift = offline_drift(self.root, ident, wid, [f.path for f in previous])
         else:
             reach(self._base_url())  # unreachable: one line naming the cause, not a 90 s wait
+        wid, project, adopted, identity, ignored, previous = self._whose(run, identity)
+        same_source = None
+        if not identity and adopted is None:  # first sync of this path, or a lost state dir
+            adopted, previous = self._find_by_source(run, wid, previous)
+            if adopted is not None:
+                wid, project, same_source = adopted.run_id, adopted.project, adopted.where()
+        ident = dict(identity or {})
+        next_step = int(ident.get("next_step") or 0)
+        existed = bool(identity) or adopted is not None
+        drift = None
+        if self.mode == "offline":
             if identity:
-                drift = online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
+                drift = offline_drift(self.root, ident, wid, [f.path for f in previous])
+        elif identity:
+            drift = online_drift(ident, wid, self._base_url(), API_TIMEOUT_S)
         if drift:
             # What the checkpoint says was sent is not there: nothing of it is used; the
             # engine re-sends the whole run, deduped against what is still there.
@@ -309,15 +386,17 @@ class WandbDestination(Destination):
             checked = tuple(ident.get("checked_through") or (0, 0))
             next_step = max(next_step, next_free_step(previous, checked))
             existed = existed or bool(previous)
-        config = {"tracelet": {"run_id": run.run_id, "run_path": run.run_path}}
+        # a run found by source id keeps the identity (and display name) it was created with
+        config = {CONFIG_KEY: dict(adopted.config) if adopted else identity_config(run)}
         config.update(ident.get("config") or {})
+        name = (adopted.display_name or run.name) if adopted else run.name
         tags = [f"{k}:{v}"[:64] for k, v in sorted(run.tags.items())] or None
         os.makedirs(self.root, exist_ok=True)
         opened_at = time.time()
         with _LOCK:
             try:
                 r = wandb.init(project=project, entity=self.entity,
-                               id=wid, name=run.name, resume="allow", dir=self.root,
+                               id=wid, name=name, resume="allow", dir=self.root,
                                config=config, tags=tags, reinit="create_new",
                                settings=self._settings(run))
             except Exception:
@@ -350,7 +429,7 @@ class WandbDestination(Destination):
         if self.mode == "offline":  # the folder whose removal is drift (drift.py)
             new_identity["fragment"] = fragment_name(self.root, r.settings.sync_file)
         handle = RunHandle(identity=new_identity, existed=existed, identity_ignored=ignored,
-                           drift=drift, client=r, extra={
+                           drift=drift, same_source=same_source, client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
             "run_started_at": run.started_at, "sync_file": r.settings.sync_file, "run": run,
         })
