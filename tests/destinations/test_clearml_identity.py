@@ -11,6 +11,7 @@ bytes stays its own run; a project given is the only one looked in.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -148,3 +149,98 @@ def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
     assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
     assert sorted({(h[0], h[3]) for vs in _runs(harness).values() for h in vs}) == [
         ("PPP", "exp/r1"), ("QQQ", "r1")]
+
+
+def _ref(logdir, run_path: str, project: str, ck):
+    from tracelet.destinations.base import RunRef
+    from tracelet.identity import source_id_for
+    from tracelet.reader import discover_runs
+
+    [run] = [r for r in discover_runs(logdir).runs if r.name == run_path]
+    return RunRef(run_id=ck.run_id, run_path=run_path, project=project,
+                  source_dir=logdir / run_path, source_id=source_id_for(run, None),
+                  source_anywhere=True)
+
+
+def test_the_checkpoint_of_a_run_taken_by_source_id_is_confirmed_and_never_trusted_blindly(
+        tmp_path, monkeypatch):
+    """The lower level's checkpoint names the upper level's sessions: `status --check` and the
+    next open confirm them by the source id, the names and the sessions' own task.json; an
+    identity that says otherwise (edited, or naming another run's sessions) is never used: the
+    run is found again by its source id. Junk in the offline folder (unreadable task.json, a
+    broken zip, wrong types, the same source under an unrelated name) is passed over."""
+    import tracelet
+    from tracelet.checkpoint import CheckpointStore
+    from tracelet.destinations import target_key
+    from tracelet.destinations.clearml.client import ClearmlDestination
+    from tracelet.engine import state_dir_for
+
+    harness = ClearmlOfflineHarness()
+    config = harness.config = harness.setup(tmp_path, monkeypatch)
+    sub = tmp_path / "sub"
+    truth = SourceTruth()
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
+    write_simple_run(sub / "exp" / "r2", "exp/r2", truth, TAGS, [0, 1], seed=2)
+    assert tracelet.sync(sub, to="clearml", dest_config=config).exit_code == 0
+    runs = _runs(harness)
+    [r2_hex] = [k for k, vs in runs.items() if next(iter(vs))[3] == "exp/r2"]
+    [(_, _, _, _, sid)] = [next(iter(vs)) for vs in runs.values()
+                           if next(iter(vs))[3] == "exp/r1"]
+
+    # junk sorted before the real sessions: none of it is taken, none of it raises
+    junk = {"0" * 32: b"{not json", "1" * 32: b"[1, 2]",
+            "2" * 32: json.dumps({"hyperparams": {"tracelet": "x"}}).encode(),
+            "3" * 32: json.dumps({"project_name": "sub", "name": "exp/r1", "hyperparams": {
+                "tracelet": {"run_id": {"value": 5}, "run_path": {"value": ["exp/r1"]},
+                             "source_id": {"value": sid}}}}).encode(),
+            "4" * 32: json.dumps({"project_name": "sub", "name": "other/r9", "hyperparams": {
+                "tracelet": {"run_id": {"value": "x"}, "run_path": {"value": "other/r9"},
+                             "source_id": {"value": sid}}}}).encode()}
+    for name, body in junk.items():
+        (harness.offline / f"offline-{name}").mkdir()
+        (harness.offline / f"offline-{name}" / "task.json").write_bytes(body)
+    (harness.offline / f"offline-{'5' * 32}.zip").write_bytes(b"PK\x03\x04 broken")
+
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
+    second = tracelet.sync(sub / "exp", to="clearml", dest_config=config)
+    assert second.exit_code == 0, second.to_dict()
+    assert all(len(_same_source_lines(r.problems)) == 1 for r in second.runs)
+    import shutil
+
+    for name in junk:  # not Tracelet's: the read-back (as ClearML's importer) would stop at it
+        shutil.rmtree(harness.offline / f"offline-{name}")
+    (harness.offline / f"offline-{'5' * 32}.zip").unlink()
+    assert_exactly_once(harness, truth, project_fn("sub"))
+
+    store = CheckpointStore(state_dir_for(sub / "exp", None))
+    ck = store.load("clearml", target_key("clearml", config), "r1")
+    ident = ck.identity
+    assert ident["source_run"]["run_path"] == "exp/r1" and ident["run_hash"] != r2_hex
+    ref = _ref(sub / "exp", "r1", "exp", ck)
+    dest = ClearmlDestination(config)
+    try:
+        assert dest.check_run(ref, ident) is None  # the adopted sessions are this run's
+        src = ident["source_run"]
+        for bad in ({**ident, "run_hash": r2_hex},  # another run's sessions
+                    {**ident, "run_hash": "../" + "0" * 17},
+                    {**ident, "source_run": {**src, "source_id": "f" * 32}},
+                    {**ident, "source_run": {**src, "run_path": "other/r1x"}},
+                    {**ident, "source_run": {**src, "run_id": 7}},
+                    {**ident, "source_run": "exp/r1"},
+                    {**ident, "source_run": {**src, "run_id": "forged"}}):  # sessions disagree
+            assert "another run's sessions" in dest.check_run(ref, bad), bad
+            handle = dest.open_run(ref, bad)  # never used: found again by its source id
+            assert handle.identity_ignored and handle.same_source == "'exp/r1' in project 'sub'"
+            assert handle.identity["run_hash"] == ident["run_hash"]
+            dest.close_run(handle)
+    finally:
+        dest.close()
+
+    # the state dir of the lower level lost: found again by source id, nothing twice
+    shutil.rmtree(sub / "exp" / ".tracelet")
+    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [5], seed=1, append=True)
+    third = tracelet.sync(sub / "exp", to="clearml", dest_config=config)
+    assert third.exit_code == 0, third.to_dict()
+    assert all(len(_same_source_lines(r.problems)) == 1 for r in third.runs)
+    assert len(_runs(harness)) == 2
+    assert_exactly_once(harness, truth, project_fn("sub"))
