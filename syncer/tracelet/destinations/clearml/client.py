@@ -1,8 +1,10 @@
 """ClearML destination: offline sessions (ClearML's own format) or a ClearML server.
 
 Identity: project = project; task name = the run's name (``RunRef.name``; names padded to
-ClearML's 3 characters, ``mapping.clearml_name``); hyperparameters ``tracelet/run_id`` and
-``tracelet/run_path``; the same task is reused on resync.
+ClearML's 3 characters, ``mapping.clearml_name``); hyperparameters ``tracelet/run_id``,
+``tracelet/run_path`` and, for plain runs, ``tracelet/source_id``; the same task is reused on
+resync. A run with no task (offline: no session) of its own continues the one with its source
+id from another LOGDIR level, keeping that one's identity (:mod:`.sources`).
 
 * **Online** (ClearML's config file, ``CLEARML_API_HOST`` ...): the task id is kept in the
   checkpoint and confirmed by one ``tasks.get_by_id`` at open (a deleted task is drift); with
