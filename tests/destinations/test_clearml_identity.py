@@ -77,6 +77,13 @@ def test_three_levels_of_one_run_are_one_clearml_run_with_each_point_once(tmp_pa
         "plain run's name is its path under the LOGDIR given, so sync the same LOGDIR to keep "
         "one name"], p.stderr
 
+    # `status --check` asks the destination: the sessions of the upper level are this level's
+    p = subprocess.run([sys.executable, "-m", "tracelet.cli", "status", str(sub / "exp"),
+                        "--to", "clearml", "--clearml-offline", "--check", "--json"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    checked = {r["run"]: r["checked"] for r in json.loads(p.stdout)["runs"]}
+    assert p.returncode == 0 and checked == {"r1": "present", "r2": "present"}, (p.stdout, p.stderr)
+
     write_simple_run(r1, "exp/r1", truth, TAGS, list(range(45, 50)), seed=1, append=True)
     third = tracelet.sync(r1, to="clearml", dest_config=config)
     assert third.exit_code == 0, third.to_dict()
