@@ -222,8 +222,9 @@ class ClearmlDestination(Destination):
         folder = self.folder
         assert folder is not None
         ignored = False
-        if identity and _offline_rhex(folder, run, identity) is None:
-            identity, ignored = None, True  # another run's sessions (or junk): never used
+        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
+        if rhex is None:
+            identity, ignored, rhex = None, True, run_hash(run)  # another run's: never used
         if identity and identity.get("dir") and Path(identity["dir"]) != folder:
             raise DestinationError(
                 f"clearml: run '{run.run_path}' was synced to offline sessions in "
@@ -231,8 +232,6 @@ class ClearmlDestination(Destination):
                 "(CLEARML_CACHE_DIR / clearml.conf changed). Point it back, or use another "
                 "--state-dir to start this target over.")
         folder.mkdir(parents=True, exist_ok=True)
-        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
-        assert rhex is not None
         adopted = identity.get("source_run") if identity else None
         sessions = _list_sessions(folder, rhex)
         same_source = None
