@@ -355,19 +355,16 @@ def _check(row: StatusRow, root, run, manifest: dict | None, known: bool, ck: Ch
 
 def _check_ref(root, run, manifest: dict | None, project: str | None):
     """The run as ``check_run`` needs it: its id, path and project, found as ``sync`` finds
-    them (manifest ``project``, else ``--project``, else the logdir's name). Lookups only: no
+    them (manifest ``project``, else ``--project``, else the logdir's name), and a plain run's
+    source id (a run taken by it from another LOGDIR level is this run's). Lookups only: no
     params, tags or reproducibility fields."""
     from .destinations.base import RunRef
-
     from .identity import source_id_for
 
     m = manifest or {}
     return RunRef(run_id=run_id_for(run.name, run, manifest), run_path=run.name,
                   project=str(m.get("project") or project or Path(root).resolve().name),
-                  source_dir=run.path,
-                  # a plain run continued in the run of another LOGDIR level (tracelet.identity)
-                  # is known by it: one read of its first event file's head
-                  source_id=source_id_for(run, manifest),
+                  source_dir=run.path, source_id=source_id_for(run, manifest),
                   source_anywhere=not (m.get("project") or project),
                   # no tags: check_run only looks up, and they are not redacted here
                   manifest={k: v for k, v in m.items() if k != "tags"} if manifest else None)

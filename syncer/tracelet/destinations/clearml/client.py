@@ -1,8 +1,10 @@
 """ClearML destination: offline sessions (ClearML's own format) or a ClearML server.
 
 Identity: project = project; task name = the run's name (``RunRef.name``; names padded to
-ClearML's 3 characters, ``mapping.clearml_name``); hyperparameters ``tracelet/run_id`` and
-``tracelet/run_path``; the same task is reused on resync.
+ClearML's 3 characters, ``mapping.clearml_name``); hyperparameters ``tracelet/run_id``,
+``tracelet/run_path`` and, for plain runs, ``tracelet/source_id``; the same task is reused on
+resync. A run with no task (offline: no session) of its own continues the one with its source
+id from another LOGDIR level, keeping that one's identity (:mod:`.sources`).
 
 * **Online** (ClearML's config file, ``CLEARML_API_HOST`` ...): the task id is kept in the
   checkpoint and confirmed by one ``tasks.get_by_id`` at open (a deleted task is drift); with
@@ -90,6 +92,7 @@ import io
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -110,6 +113,8 @@ from .mapping import (_SCALAR_TYPE, EVENTS_PER_LINE, PARAM_SECTION, SESSION_PREF
 from .offline import (IMPORTED_SUFFIX, REPRO_KEY, _cut_unfinished_line, _list_sessions,
                       _read_session_doc, _read_session_events, _task_class, _Templates,
                       _zip_session, missing_sessions, offline_dir)
+from .sources import (SOURCE_PARAM, SourceIndex, adopted_run, find_online_task,
+                      last_session_info, matches, online_info, where)
 from .repro import (DIFF_ARTIFACT, MAX_DIFF_BYTES, command_line, diff_text, digest, iso_utc,
                     runtime_properties, script_section)
 
@@ -154,6 +159,13 @@ class ClearmlDestination(Destination):
     def target(self) -> str:
         return self._target
 
+    def _source_index(self) -> SourceIndex:
+        index = getattr(self, "_sources", None)
+        if index is None:
+            assert self.folder is not None
+            index = self._sources = SourceIndex(self.folder)
+        return index
+
     def classify(self, exc: BaseException) -> type[DestinationError]:
         for e in chain(exc):
             if isinstance(e, TraceletError):
@@ -177,13 +189,13 @@ class ClearmlDestination(Destination):
         without a recorded task, one query by run id). Creates nothing."""
         if self.offline:
             assert self.folder is not None
-            rhex = run_hash(run)
-            sessions = _list_sessions(self.folder, rhex)
             if not identity:
-                return None if sessions else (
+                return None if _list_sessions(self.folder, run_hash(run)) else (
                     f"run missing on clearml: no offline session of this run in {self.folder}")
-            if identity.get("run_hash") != rhex or _next_seq(identity) is None:
+            rhex = _offline_rhex(self.folder, run, identity)
+            if rhex is None:
                 return "the checkpoint's identity names another run's sessions (rebuilt at sync)"
+            sessions = _list_sessions(self.folder, rhex)
             if identity.get("dir") and Path(identity["dir"]) != self.folder:
                 return (f"offline folder changed: sessions were written to {identity['dir']}, "
                         f"ClearML's offline folder is now {self.folder}")
@@ -201,7 +213,7 @@ class ClearmlDestination(Destination):
         if task is None:
             return (f"run missing on clearml: task {identity['task_id']} no longer exists on "
                     f"{host}")
-        if str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
+        if not _online_ours(task, run):
             return (f"task {identity['task_id']} on {host} belongs to another run (its "
                     f"{TRACELET_SECTION}/run_id differs; rebuilt at sync)")
         return None
@@ -210,9 +222,9 @@ class ClearmlDestination(Destination):
         folder = self.folder
         assert folder is not None
         ignored = False
-        if identity and (identity.get("run_hash") != run_hash(run)
-                         or _next_seq(identity) is None):
-            identity, ignored = None, True  # another run's sessions (or junk): never used
+        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
+        if rhex is None:
+            identity, ignored, rhex = None, True, run_hash(run)  # another run's: never used
         if identity and identity.get("dir") and Path(identity["dir"]) != folder:
             raise DestinationError(
                 f"clearml: run '{run.run_path}' was synced to offline sessions in "
@@ -220,10 +232,20 @@ class ClearmlDestination(Destination):
                 "(CLEARML_CACHE_DIR / clearml.conf changed). Point it back, or use another "
                 "--state-dir to start this target over.")
         folder.mkdir(parents=True, exist_ok=True)
-        rhex = run_hash(run)
+        adopted = identity.get("source_run") if identity else None
+        sessions = _list_sessions(folder, rhex)
+        same_source = None
+        if not identity and not sessions and run.source_id:
+            found = self._source_index().find(run)  # the same files from another LOGDIR level
+            if found is not None:
+                rhex, adopted = found
+                sessions, same_source = _list_sessions(folder, rhex), where(adopted)
+            else:  # a run this pass starts: a later run of the pass with its source finds it
+                self._source_index().add(rhex, {
+                    "run_id": run.run_id, "run_path": run.run_path, "source_id": run.source_id,
+                    "project": _names(run)[0], "name": _names(run)[1]})
         for stale in folder.glob(f".{SESSION_PREFIX}{rhex}*.zip.tmp-*"):
             stale.unlink(missing_ok=True)  # a zip cut by kill -9: the folder is still there
-        sessions = _list_sessions(folder, rhex)
         drift = _offline_drift(folder, rhex, sessions, identity)
         last_seq = max(sessions, default=0)  # markers count: a name is never used twice
         ident = dict(identity or {})
@@ -236,8 +258,11 @@ class ClearmlDestination(Destination):
         ident.update({"mode": "offline", "dir": str(folder), "run_hash": rhex,
                       "next_seq": max(_next_seq(ident) or 1, last_seq + 1)})
         ident.setdefault("copies", {})
+        if adopted:  # kept: later opens confirm the sessions by it (_offline_rhex)
+            ident["source_run"] = dict(adopted)
+            run = adopted_run(run, adopted)  # sessions keep the identity the run was created with
         handle = RunHandle(identity=ident, existed=identity is not None or bool(sessions),
-                           identity_ignored=ignored, drift=drift)
+                           identity_ignored=ignored, drift=drift, same_source=same_source)
         handle.extra.update(run=run, sessions=sessions, task=None, templates=None, landed=None)
         last = sessions.get(last_seq)
         if last and last["dir"] is not None and last["zip"] is None and not last.get("marker"):
@@ -284,12 +309,26 @@ class ClearmlDestination(Destination):
             if task is None:
                 drift = (f"run missing on clearml: task {identity['task_id']} no longer exists on "
                          f"{self._target[len('online:'):]}")
-            elif str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
+            elif not _online_ours(task, run):
                 task, ignored, identity = None, True, None  # another run's task: never used
         same = task is not None
+        adopted = same_source = None
         if task is None:
             task = _find_online_task(_names(run)[0], run.run_id)
+        if task is None:
+            found = find_online_task(run)  # the same files synced from another LOGDIR level
+            if found is not None:
+                task, adopted = found
+                same_source = where(adopted)
+        elif str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") != run.run_id:
+            adopted = online_info(task)  # confirmed above: a task taken by source id before
         existed = task is not None
+        if task is not None and adopted is None and run.source_id \
+                and task.get_parameter(SOURCE_PARAM) != run.source_id:
+            with _editable(task, False):  # a task synced before source ids: once
+                task._set_parameters({SOURCE_PARAM: run.source_id}, __update=True)
+        if adopted is not None:
+            run = adopted_run(run, adopted)  # its name and identity stay as created
         if task is None:
             task = Task.create(project_name=_names(run)[0], task_name=_names(run)[1],
                                task_type=Task.TaskTypes.training)
@@ -300,7 +339,8 @@ class ClearmlDestination(Destination):
             ident["copies"] = dict(identity.get("copies") or {})
             if identity.get("repro"):
                 ident["repro"] = identity["repro"]
-        handle = RunHandle(identity=ident, existed=existed, identity_ignored=ignored, drift=drift)
+        handle = RunHandle(identity=ident, existed=existed, identity_ignored=ignored, drift=drift,
+                           same_source=same_source)
         handle.extra.update(run=run, task=task, templates=None, landed=None)
         self._store_repro(handle)
         return handle
@@ -632,6 +672,8 @@ def _prepare_session_task(task: Any, run: RunRef, seq: int | None, repro: "_Repr
             task._edit(type=tasks.TaskTypeEnum.training)
     values = {f"{TRACELET_SECTION}/run_id": run.run_id,
               f"{TRACELET_SECTION}/run_path": run.run_path}
+    if run.source_id:  # the same files from another LOGDIR level find this task (.sources)
+        values[SOURCE_PARAM] = run.source_id
     if seq is not None:
         values[f"{TRACELET_SECTION}/session"] = str(seq)
     if repro is not None and repro.command:
@@ -845,6 +887,15 @@ def _find_online_task(project: str, run_id: str) -> Any:
     return None
 
 
+def _online_ours(task: Any, run: RunRef) -> bool:
+    """Whether a server task is this run's: its ``tracelet/run_id``, or its source id under a
+    run path that is another level of this one (:mod:`.sources`)."""
+    if str(task.get_parameter(f"{TRACELET_SECTION}/run_id") or "") == run.run_id:
+        return True
+    info = online_info(task)
+    return info is not None and matches(info, run)
+
+
 def _get_task_or_none(task_id: str) -> Any:
     """The task with this id, or None when the server says it does not exist (deleted):
     ``tasks.get_by_id`` answers 400 with subcode 101 (invalid task id) or 130 (not found)."""
@@ -866,6 +917,29 @@ def _task_gone(e: BaseException) -> bool:
         if _server_codes(c) in ((400, 101), (400, 130)):  # InvalidTaskId, TaskNotFound
             return True
     return False
+
+
+_RUN_HEX_RE = re.compile(r"[0-9a-f]{20}")  # mapping.run_hash
+
+
+def _offline_rhex(folder: Path, run: RunRef, identity: Mapping[str, Any]) -> str | None:
+    """The session prefix of the run the checkpoint's identity names, if it is this run's, else
+    None: this run's own prefix, or that of a run taken by source id (``source_run``: the same
+    source id, run paths two levels of one path, and its last session, when one is readable,
+    still saying so)."""
+    if _next_seq(identity) is None:
+        return None
+    rhex = identity.get("run_hash")
+    adopted = identity.get("source_run")
+    if adopted is None:
+        return rhex if rhex == run_hash(run) else None
+    if not (isinstance(rhex, str) and _RUN_HEX_RE.fullmatch(rhex) and matches(adopted, run)):
+        return None
+    on_disk = last_session_info(folder, rhex)
+    if on_disk is not None and any(on_disk[k] != adopted[k]
+                                   for k in ("run_id", "run_path", "source_id")):
+        return None  # the sessions are another run's now
+    return rhex
 
 
 def _next_seq(identity: Mapping[str, Any]) -> int | None:
