@@ -136,10 +136,10 @@ from typing import Any, Mapping
 
 from ...errors import DestinationError, TraceletError, TransientDestinationError
 from ...faults import crash_point
+from ...identity import same_source_names
 from ...media import image_problem
 from ...params import flatten_params
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch, ImagePoint
-from ...identity import same_source_names
 from ...redact import scrubbed_logger
 from ..base import (CHECK_ONLY, Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
                     classify_error, http_status)
