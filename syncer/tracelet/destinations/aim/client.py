@@ -11,7 +11,11 @@ Identity: experiment = project; run name = the run's name (``RunRef.name``);
 known). The Aim run hash is derived from (project, run_id) (:func:`.mapping.aim_run_hash`), so the same
 Aim run is found again in O(1) even with a lost state dir, and a sync killed between creating the
 run and committing its checkpoint leaves no orphan run behind. Runs made some other way are found
-by scanning Aim's index for ``run["tracelet"]["run_id"]``.
+by scanning Aim's index for ``run["tracelet"]["run_id"]``. A plain run also carries its source id
+(``run["tracelet"]["source_id"]``, :mod:`tracelet.identity`): on its first sync under a name no
+run has, the same files synced before from another LOGDIR level are found by it in that index
+scan (:meth:`AimDestination._find_by_source`) and continued, keeping their identity, name and
+experiment.
 
 Mapping:
 
@@ -132,6 +136,7 @@ from typing import Any, Mapping
 
 from ...errors import DestinationError, TraceletError, TransientDestinationError
 from ...faults import crash_point
+from ...identity import same_source_names
 from ...media import image_problem
 from ...params import flatten_params
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch, ImagePoint
@@ -187,6 +192,7 @@ class AimDestination(Destination):
         if self.artifacts_uri is None:
             self.capabilities = dataclasses.replace(self.capabilities, artifacts=False)
         self._index_ids: dict[str, list[str]] | None = None
+        self._index_sources: dict[str, list[tuple[str, str]]] = {}
         index = self.config.get("aim_index", os.environ.get("TRACELET_AIM_INDEX", "1"))
         self.index_runs = not self.remote and str(index).lower() not in ("0", "false", "no", "off")
         self._indexer: RunIndex | None = RunIndex(self.repo, self.classify) if self.index_runs else None
@@ -228,21 +234,33 @@ class AimDestination(Destination):
         forget_run_listing()
         return run_hash in self.repo.list_all_runs()
 
-    def _find_by_run_id(self, run: RunRef) -> str | None:
-        """A run carrying ``run["tracelet"]["run_id"]`` made without our hash (older syncs,
-        another tool): looked up in Aim's index once per sync, matched on the experiment."""
+    def _scan_index(self) -> dict[str, list[str]]:
+        """Run id -> hashes of the runs in Aim's index, and (``self._index_sources``) source id
+        -> (hash, run path) of plain runs: one read of the index per sync, only for a run's
+        first sync or a lost state dir (never on the no-op path). Local and remote alike
+        (``Repo.request_tree``: a proxy tree over RPC)."""
         if self._index_ids is None:
-            self._index_ids = {}
+            self._index_ids, self._index_sources = {}, {}
             try:
                 chunks = self.repo.request_tree("meta", read_only=True,
                                                 skip_read_optimization=True).subtree(("meta", "chunks"))
                 for h in chunks.keys():
-                    rid = chunks.get((h, "attrs", "tracelet", "run_id"))
+                    rec = chunks.get((h, "attrs", "tracelet"))
+                    if not isinstance(rec, dict):
+                        continue
+                    rid, sid, path = rec.get("run_id"), rec.get("source_id"), rec.get("run_path")
                     if isinstance(rid, str):
                         self._index_ids.setdefault(rid, []).append(h)
+                    if isinstance(sid, str) and sid and isinstance(path, str):
+                        self._index_sources.setdefault(sid, []).append((h, path))
             except Exception as e:  # an empty repo has no index yet
                 log.debug("aim: index scan: %s", e)
-        for h in sorted(self._index_ids.get(run.run_id, [])):
+        return self._index_ids
+
+    def _find_by_run_id(self, run: RunRef) -> str | None:
+        """A run carrying ``run["tracelet"]["run_id"]`` made without our hash (older syncs,
+        another tool): looked up in Aim's index once per sync, matched on the experiment."""
+        for h in sorted(self._scan_index().get(run.run_id, [])):
             if not self._run_exists(h):
                 continue
             try:
@@ -253,14 +271,57 @@ class AimDestination(Destination):
                 log.debug("aim: run %s props: %s", h, e)
         return None
 
+    # -- the same files synced from another LOGDIR level (tracelet.identity) --------------------
+    def _find_by_source(self, run: RunRef) -> tuple[str, str] | None:
+        """The run created for the same plain-run files under another run path or experiment
+        (``tracelet sync sub`` then ``sub/exp``), and where it is: found by
+        ``run["tracelet"]["source_id"]`` in Aim's index, in every experiment
+        (``run.source_anywhere``: the project was not given) or in this run's, taken only if its
+        run path and this one are two levels of one path. Asked only when no run has this run's
+        hash or run id (a run's first sync or a lost state dir)."""
+        if not run.source_id:
+            return None
+        self._scan_index()
+        for h, path in sorted(self._index_sources.get(run.source_id, [])):
+            if not same_source_names(path, run.run_path) or not self._run_exists(h):
+                continue
+            try:
+                exp = self.repo.request_props(h, read_only=True).experiment
+            except Exception as e:
+                log.debug("aim: run %s props: %s", h, e)
+                continue
+            if run.source_anywhere or exp == run.project:
+                return h, f"'{path}' in experiment '{exp}'"
+        return None
+
+    def _same_source(self, run_hash: str, run: RunRef) -> bool:
+        """Whether the run at ``run_hash`` (one the checkpoint names) is this plain run reached
+        under another name: its own ``run["tracelet"]`` has this source id and a run path that is
+        another level of this one. One read of that run's meta (local or over RPC)."""
+        if not run.source_id or not self._run_exists(run_hash):  # a read would create it
+            return False
+        try:
+            tree = self.repo.request_tree("meta", run_hash, read_only=True,
+                                          skip_read_optimization=True)
+            rec = tree.subtree(("meta", "chunks", run_hash, "attrs")).get("tracelet")
+        except Exception as e:  # a run the repo lacks, or cannot read: not ours by source
+            log.debug("aim: run %s tracelet record: %s", run_hash, e)
+            return False
+        return isinstance(rec, dict) and rec.get("source_id") == run.source_id \
+            and isinstance(rec.get("run_path"), str) \
+            and same_source_names(rec["run_path"], run.run_path)
+
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         with _AIM_LOCK:
             run_hash, ignored, drift = (identity or {}).get("run_hash"), False, None
+            same_source = None  # where the run was found by source id (tracelet.identity)
             if run_hash and run_hash != aim_run_hash(run.project, run.run_id) \
+                    and not (isinstance(run_hash, str) and AIM_HASH.fullmatch(run_hash)
+                             and self._same_source(run_hash, run)) \
                     and run_hash != self._find_by_run_id(run):
-                # a hash not derived from this run and no run carrying its run id there: a
-                # run of this one deleted since (drift, below), or another run's (a crafted
-                # checkpoint: ignored)
+                # a hash not derived from this run, not this plain run's under another name and
+                # no run carrying its run id there: a run of this one deleted since (drift,
+                # below), or another run's (a crafted checkpoint: ignored)
                 if not (isinstance(run_hash, str) and AIM_HASH.fullmatch(run_hash)) \
                         or self._run_exists(run_hash):
                     run_hash, ignored = None, True
@@ -275,6 +336,8 @@ class AimDestination(Destination):
                     found = self._find_by_run_id(run)
                     if found:
                         run_hash, existed = found, True
+                    elif (same := self._find_by_source(run)) is not None:
+                        (run_hash, same_source), existed = same, True
             aim_run, changed = self._open(run, run_hash, existed)
             incarnation = self._incarnation(aim_run)
         known = (identity or {}).get("incarnation") if not (ignored or drift) else None
@@ -290,7 +353,7 @@ class AimDestination(Destination):
         if self.repo_token:
             ident["repo"] = self.repo_token
         handle = RunHandle(identity=ident, existed=existed, client=st, identity_ignored=ignored,
-                           drift=drift)
+                           drift=drift, same_source=same_source)
         handle.extra["repro_files"] = dict(run.repro_files)
         return handle
 
@@ -364,7 +427,9 @@ class AimDestination(Destination):
         try:
             if existed:
                 forget_run_listing()  # Aim checks the run exists in a listing cached 0.5 s
-                aim_run = Run(run_hash, **kw)
+                # no experiment given: Aim would move the run into it, and a run adopted by
+                # source id stays in the experiment it was created in (set below otherwise)
+                aim_run = Run(run_hash, **{**kw, "experiment": None})
             else:
                 self._create_props(run_hash, run)
                 crash_point("aim_run_open")  # 1: Aim's run record (sqlite) only
@@ -381,13 +446,22 @@ class AimDestination(Destination):
                 ) from e
             raise
         changed = False
-        if aim_run.name != run.name:
-            aim_run.name = run.name
-            changed = True
         tracelet = aim_run.get("tracelet") or {}
+        run_id, run_path = run.run_id, run.run_path
+        if _adopted(tracelet, run):
+            # the same files under another name (found by source id): the run keeps the
+            # identity, name and experiment it was created with, so that it is found again the
+            # same way from either LOGDIR level
+            run_id, run_path = tracelet["run_id"], tracelet["run_path"]
+        else:
+            if existed and aim_run.experiment != run.project:
+                aim_run.experiment = run.project
+            if aim_run.name != run.name:
+                aim_run.name = run.name
+                changed = True
         # no artifact storage: the manifest goes into the run's dict instead (README)
         manifest = None if self.artifacts_uri else _manifest_of(run)
-        want = tracelet_record(tracelet, run.run_id, run.run_path, run.tags, manifest)
+        want = tracelet_record(tracelet, run_id, run_path, run.tags, manifest, run.source_id)
         if want != tracelet:
             aim_run["tracelet"] = want
             changed = True
@@ -572,6 +646,16 @@ class AimDestination(Destination):
         # collected, which must happen while the server is still reachable.
         self._index_ids = self._indexer = None
         self.repo = None
+
+
+def _adopted(tracelet: Any, run: RunRef) -> bool:
+    """Whether a run's ``run["tracelet"]`` names another tracelet run of the same source (this
+    plain run synced before from another LOGDIR level, :mod:`tracelet.identity`)."""
+    return isinstance(tracelet, dict) and bool(run.source_id) \
+        and isinstance(tracelet.get("run_id"), str) and tracelet["run_id"] != run.run_id \
+        and tracelet.get("source_id") == run.source_id \
+        and isinstance(tracelet.get("run_path"), str) \
+        and same_source_names(tracelet["run_path"], run.run_path)
 
 
 def _manifest_of(run: RunRef) -> dict[str, Any] | None:

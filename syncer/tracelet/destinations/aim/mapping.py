@@ -107,13 +107,15 @@ def _aim_value(v: Any) -> Any:
 
 
 def tracelet_record(current: Any, run_id: str, run_path: str,
-                    tags: Mapping[str, str], manifest: Mapping[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    tags: Mapping[str, str], manifest: Mapping[str, Any] | None = None,
+                    source_id: str = "") -> dict[str, Any]:
     """The run's ``run["tracelet"]`` dict: what is there (``status``...) with the identity, the
-    manifest's tags (when it has any) and, given one, the manifest (:func:`manifest_record`)
-    set."""
+    plain run's source id (:mod:`tracelet.identity`, when it has one), the manifest's tags (when
+    it has any) and, given one, the manifest (:func:`manifest_record`) set."""
     want = {**(current if isinstance(current, dict) else {}), "run_id": run_id,
             "run_path": run_path}
+    if source_id:
+        want["source_id"] = source_id
     if tags:
         want["tags"] = dict(tags)
     if manifest is not None:
