@@ -20,55 +20,16 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.destinations.recorded_repo import API_KEY, SECRET, git, record_in_repo
 from tracelet.manifest import manifest_time
 
 pytestmark = pytest.mark.slow  # a real training process (torch) and CLI syncs
-
-SECRET = "hunter2secret"
-API_KEY = "sk-live-0123456789abcdef"
-TRAIN = '''
-import sys
-import tracelet
-from torch.utils.tensorboard import SummaryWriter
-
-lr = float(sys.argv[sys.argv.index("--lr") + 1])
-exp = tracelet.start_logging("baseline", project="repro", backend="aim",
-                             config={"track_system": False, "flush_interval": 0.1})
-exp.log_params({"lr": lr, "batch_size": 32, "api_key": sys.argv[-1]})
-w = SummaryWriter()  # no log dir: tracelet puts it in the run
-for step in range(5):
-    w.add_scalar("Loss/train", 1.0 / (step + 1), step)
-w.close()
-tracelet.stop_logging()
-'''
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """(logdir, run dir, repo, argv): one training run, recorded once for every test here."""
-    repo = tmp_path_factory.mktemp("repo")
-    _git(repo, "init", "-q", "-b", "main")
-    (repo / "train.py").write_text(TRAIN)
-    (repo / "model.py").write_text("DEPTH = 50\n")
-    _git(repo, "add", "train.py", "model.py")
-    _git(repo, "commit", "-q", "-m", "baseline")
-    _git(repo, "remote", "add", "origin", f"https://user:{SECRET}@example.com/org/repo.git")
-    (repo / "model.py").write_text("DEPTH = 101\n")  # a dirty tracked file
-    logdir = repo / "tracelet_runs"
-    argv = [sys.executable, "train.py", "--lr", "0.1", "--api-key", API_KEY]
-    env = {k: v for k, v in os.environ.items() if k != "AIM_REPO"}
-    proc = subprocess.run(argv, cwd=repo, env={**env, "TRACELET_LOGDIR": str(logdir)},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = [p.parent for p in logdir.rglob("tracelet.json") if ".tracelet" not in p.parts]
-    return logdir, run_dir, repo, argv
+    return record_in_repo(tmp_path_factory.mktemp("repo"), "aim", drop_env=("AIM_REPO",))
 
 
 def _sync(logdir: Path, aim_root: Path, *extra: str) -> dict:
@@ -105,7 +66,7 @@ def test_a_recorded_run_carries_what_reproduces_it_in_aims_fields(recorded, tmp_
     # Aim's own keys, as Run(log_system_params=True) writes them (its run page's cards)
     assert sp["git_info"] == {
         "branch": "main", "remote_origin_url": "https://example.com/org/repo.git",
-        "commit": {"hash": _git(repo, "rev-parse", "HEAD"), "timestamp": None, "author": None},
+        "commit": {"hash": git(repo, "rev-parse", "HEAD"), "timestamp": None, "author": None},
         "dirty": True}
     assert sp["packages"]["torch"] == metadata.version("torch")
     assert sp["packages"]["aim"] == metadata.version("aim")

@@ -21,54 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.destinations.recorded_repo import API_KEY, SECRET, git, record_in_repo
 from tracelet.manifest import manifest_time
 from tracelet.testing.events import T0, scalar_event, version_event, write_frames
-
-
-SECRET = "hunter2secret"
-API_KEY = "sk-live-0123456789abcdef"
-TRAIN = '''
-import sys
-import tracelet
-from torch.utils.tensorboard import SummaryWriter
-
-lr = float(sys.argv[sys.argv.index("--lr") + 1])
-exp = tracelet.start_logging("baseline", project="repro", backend="mlflow",
-                             config={"track_system": False, "flush_interval": 0.1})
-exp.log_params({"lr": lr, "batch_size": 32, "api_key": sys.argv[-1]})
-w = SummaryWriter()  # no log dir: tracelet puts it in the run
-for step in range(5):
-    w.add_scalar("Loss/train", 1.0 / (step + 1), step)
-w.close()
-tracelet.stop_logging()
-'''
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """(logdir, run dir, repo, argv): one training run, recorded once for every test here."""
-    repo = tmp_path_factory.mktemp("repo")
-    _git(repo, "init", "-q", "-b", "main")
-    (repo / "train.py").write_text(TRAIN)
-    (repo / "model.py").write_text("DEPTH = 50\n")
-    _git(repo, "add", "train.py", "model.py")
-    _git(repo, "commit", "-q", "-m", "baseline")
-    _git(repo, "remote", "add", "origin", f"https://user:{SECRET}@example.com/org/repo.git")
-    (repo / "model.py").write_text("DEPTH = 101\n")  # a dirty tracked file
-    logdir = repo / "tracelet_runs"
-    argv = [sys.executable, "train.py", "--lr", "0.1", "--api-key", API_KEY]
-    proc = subprocess.run(argv, cwd=repo, env={**os.environ, "TRACELET_LOGDIR": str(logdir)},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = [p.parent for p in logdir.rglob("tracelet.json") if ".tracelet" not in p.parts]
-    return logdir, run_dir, repo, argv
+    return record_in_repo(tmp_path_factory.mktemp("repo"), "mlflow")
 
 
 def _sync(logdir: Path, uri: str, *extra: str, env: dict | None = None) -> dict:
@@ -103,7 +64,7 @@ def test_a_recorded_run_carries_what_reproduces_it(recorded, tmp_path):
     tags = r.data.tags
     manifest = json.loads((run_dir / "tracelet.json").read_text())
 
-    assert tags["mlflow.source.git.commit"] == _git(repo, "rev-parse", "HEAD")
+    assert tags["mlflow.source.git.commit"] == git(repo, "rev-parse", "HEAD")
     assert tags["mlflow.source.git.branch"] == "main"
     assert tags["mlflow.source.git.repoURL"] == "https://example.com/org/repo.git"
     assert tags["tracelet.git.dirty"] == "true"
