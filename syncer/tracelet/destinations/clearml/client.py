@@ -64,8 +64,12 @@ on error (no half batch stays). A batch sent again after a crash (``dedupe``) is
 what the run's sessions hold and only missing events are written; after a lost state dir the
 sessions on disk are the truth (found by the run's id prefix) and the same comparison applies,
 to params (merged hyperparameters), artifacts (key + sha256) and status too, so a resync with
-nothing new writes no session. Online, nothing is asked: a re-sent event carries the same id
-and replaces itself on the server.
+nothing new writes no session. What a session holds is what ClearML's import of it would send
+(:func:`.offline._read_session_events`: its zip, else its folder; events of its own task id; a
+debug sample only with its file; a scalar only with the same value); the points found there
+are returned as ``SendResult.present`` ("confirmed N already present"). Online, nothing is
+asked: a re-sent event carries the same id and replaces itself on the server, and nothing is
+reported present (plain "synced").
 
 Errors (:meth:`ClearmlDestination.classify`): a server reply's HTTP code and ClearML subcode
 decide (``mapping.server_error_class``: 429/5xx transient; 401/403/404, and a 400 saying the
@@ -102,8 +106,8 @@ from ...media import image_problem
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub, scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status)
+from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
+                    SystemRows, chain, classify_error, http_status)
 from ...rundir import ARTIFACTS_DIR
 from .factory import clearml_offline
 from .mapping import (_SCALAR_TYPE, EVENTS_PER_LINE, PARAM_SECTION, SESSION_PREFIX, STATUS,
@@ -383,7 +387,9 @@ class ClearmlDestination(Destination):
     # -- points ------------------------------------------------------------------------------
     # Points become rows (title, series, iteration, value, timestamp_ms) first: the dedupe
     # check needs no session, so a re-send of what landed opens no new (empty) session.
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+    # ``present`` (offline, dedupe): the points the run's sessions already hold, as ClearML's
+    # import would send them (``offline._read_session_events``); online 0: nothing is asked.
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         # ClearML stores an image's bytes as they are and its UI cannot show a broken one: a
         # truncated or corrupt PNG/JPEG/GIF (checked without decoding) is quarantined instead
         rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
@@ -391,15 +397,16 @@ class ClearmlDestination(Destination):
         copies = _Copies(handle.identity["copies"])
         rows = _scalar_rows(copies, batch)
         media = _media_specs(copies, batch, {r.index for r in rejected})
-        self._write(handle, rows, media, dedupe)
+        present = self._write(handle, rows, media, dedupe)
         copies.commit()
-        return rejected
+        return SendResult(rejected=rejected, present=present)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         copies = _Copies(handle.identity["copies"])
-        self._write(handle, _system_rows(copies, rows, run.started_at), [], dedupe)
+        present = self._write(handle, _system_rows(copies, rows, run.started_at), [], dedupe)
         copies.commit()
+        return SendResult(present=present)
 
     def _templates(self, handle: RunHandle, task: Any) -> _Templates:
         t = handle.extra.get("templates")
@@ -409,13 +416,18 @@ class ClearmlDestination(Destination):
 
     # -- writing -------------------------------------------------------------------------------
     def _write(self, handle: RunHandle, rows: list[tuple], media: list[tuple],
-               dedupe: bool) -> None:
+               dedupe: bool) -> int:
+        """Write the rows and media specs; the number of them the sessions already held (left
+        out: offline dedupe; a scalar counts only with the same value)."""
+        present = 0
         if dedupe and self.offline:
             landed = self._landed(handle)
+            given = len(rows) + len(media)
             rows = [r for r in rows if landed.get(_row_id(r), _MISSING) != r[3]]
             media = [m for m in media if _media_id(m) not in landed]
+            present = given - len(rows) - len(media)
         if not rows and not media:
-            return
+            return present
         task = self._task(handle)
         templates = self._templates(handle, task)
         events = []
@@ -429,7 +441,7 @@ class ClearmlDestination(Destination):
             # No dedupe query: an event's server id is (task, iter, metric, variant[, key]),
             # so a re-sent event replaces itself.
             self._write_online(task, events, media, handle.extra["run"])
-            return
+            return 0
         path = Path(task.get_offline_mode_folder()) / "metrics.jsonl"
         size0 = path.stat().st_size if path.exists() else 0
         try:
@@ -453,6 +465,7 @@ class ClearmlDestination(Destination):
                 landed[_row_id(r)] = r[3]
             for m in media:
                 landed[_media_id(m)] = True
+        return present
 
     def _landed(self, handle: RunHandle) -> dict[tuple, Any]:
         """What this run's offline sessions already hold, keyed as the server keys events."""
