@@ -97,11 +97,12 @@ import json
 import logging
 import os
 import re
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ...errors import DestinationError, PermanentDestinationError, TraceletError
+from ...errors import DestinationError, PermanentDestinationError, StateError, TraceletError
 from ...media import image_problem
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
@@ -109,6 +110,7 @@ from ...redact import scrub, scrubbed_logger
 from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
                     SystemRows, chain, classify_error, http_status)
 from ...rundir import ARTIFACTS_DIR
+from .claim import Claim, claim
 from .factory import clearml_offline
 from .mapping import (_SCALAR_TYPE, EVENTS_PER_LINE, PARAM_SECTION, SESSION_PREFIX, STATUS,
                       TRACELET_SECTION, _Copies, _media_id, _media_specs, _names, _row_id,
@@ -139,6 +141,7 @@ class ClearmlDestination(Destination):
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
         self.offline = clearml_offline(self.config)  # the same rule as the factory's target
+        self._claims: set[Claim] = set()  # offline: the runs this destination has open
         _quiet_clearml()
         from clearml import Task
 
@@ -225,10 +228,6 @@ class ClearmlDestination(Destination):
     def _open_offline(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         folder = self.folder
         assert folder is not None
-        ignored = False
-        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
-        if rhex is None:
-            identity, ignored, rhex = None, True, run_hash(run)  # another run's: never used
         if identity and identity.get("dir") and Path(identity["dir"]) != folder:
             raise DestinationError(
                 f"clearml: run '{run.run_path}' was synced to offline sessions in "
@@ -236,6 +235,45 @@ class ClearmlDestination(Destination):
                 "(CLEARML_CACHE_DIR / clearml.conf changed). Point it back, or use another "
                 "--state-dir to start this target over.")
         folder.mkdir(parents=True, exist_ok=True)
+        held = self._claim(folder, run, identity)  # before the sessions are listed (.claim)
+        try:
+            handle = self._open_offline_claimed(folder, run, identity)
+        except BaseException:
+            self._release(held)
+            raise
+        handle.extra["claim"] = held
+        weakref.finalize(handle, held.release)  # a crashed sync that never calls close_run
+        return handle
+
+    def _claim(self, folder: Path, run: RunRef, identity: dict[str, Any] | None) -> Claim:
+        """This run's lock in the offline folder (:mod:`.claim`): its session prefix, the one its
+        checkpoint names, and its source id with the last part of its path (what every LOGDIR
+        level of the same files shares: ``exp/r1`` and ``r1``)."""
+        named = identity.get("run_hash") if identity else None
+        leaf = run.run_path.rsplit("/", 1)[-1]
+        keys = ["run:" + run_hash(run),
+                f"source:{run.source_id}/{leaf}" if run.source_id else ""]
+        if isinstance(named, str):
+            keys.append("run:" + named)
+        try:
+            held = claim(folder, keys, f"clearml: the ClearML run of '{run.run_path}' (offline "
+                                       f"sessions in {folder})")
+        except StateError as e:  # a link or FIFO where a lock file belongs: never written
+            raise DestinationError(f"clearml: {e}") from e
+        self._claims.add(held)
+        return held
+
+    def _release(self, held: Claim | None) -> None:
+        if held is not None:
+            held.release()
+            self._claims.discard(held)
+
+    def _open_offline_claimed(self, folder: Path, run: RunRef,
+                              identity: dict[str, Any] | None) -> RunHandle:
+        ignored = False
+        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
+        if rhex is None:
+            identity, ignored, rhex = None, True, run_hash(run)  # another run's: never used
         adopted = identity.get("source_run") if identity else None
         sessions = _list_sessions(folder, rhex)
         same_source = None
@@ -283,7 +321,7 @@ class ClearmlDestination(Destination):
     def _new_session(self, handle: RunHandle) -> Any:
         run: RunRef = handle.extra["run"]
         ident = handle.identity
-        seq = int(ident["next_seq"])
+        seq = _take_session_number(self.folder, ident["run_hash"], int(ident["next_seq"]))
         sid = session_id(ident["run_hash"], seq)
         cls = _task_class()
         from clearml import Task
@@ -618,6 +656,12 @@ class ClearmlDestination(Destination):
         known["status"] = cstatus
 
     def close_run(self, handle: RunHandle) -> None:
+        try:
+            self._close_session(handle)
+        finally:  # the session is zipped (or the close failed): another sync may write the run
+            self._release(handle.extra.pop("claim", None))
+
+    def _close_session(self, handle: RunHandle) -> None:
         task = handle.extra.get("task")
         if task is None:
             return
@@ -634,6 +678,8 @@ class ClearmlDestination(Destination):
         handle.extra["task"] = None
 
     def close(self) -> None:
+        for held in list(self._claims):  # a run whose close_run never came (a crashed sync)
+            self._release(held)
         try:
             from clearml.backend_interface.metrics import Metrics
 
@@ -930,6 +976,19 @@ def _task_gone(e: BaseException) -> bool:
         if _server_codes(c) in ((400, 101), (400, 130)):  # InvalidTaskId, TaskNotFound
             return True
     return False
+
+
+def _take_session_number(folder: Path | None, rhex: str, seq: int) -> int:
+    """The first session number from ``seq`` whose folder this call creates (``mkdir`` fails
+    on one that exists): a session is never shared, even with a writer that took no claim
+    (:mod:`.claim`; an older Tracelet). Its folder exists before the number is recorded."""
+    assert folder is not None
+    while True:
+        try:
+            os.mkdir(folder / session_id(rhex, seq))
+            return seq
+        except FileExistsError:
+            seq += 1
 
 
 _RUN_HEX_RE = re.compile(r"[0-9a-f]{20}")  # mapping.run_hash
