@@ -210,6 +210,10 @@ class RunHandle:
     # from another LOGDIR level): where, one phrase ("'exp/r1' in experiment 'sub'"). The
     # engine warns with both names; points are sent with dedupe (``existed``).
     same_source: str | None = None
+    # Written by another sync since this checkpoint's last one (another state dir, or the same
+    # files from another LOGDIR level), one line: the engine reports it and sends with dedupe
+    # until a whole pass completes (what the checkpoint says was sent is still there).
+    shared: str | None = None
     client: Any = None  # vendor objects; never persisted
     extra: dict[str, Any] = field(default_factory=dict)
 

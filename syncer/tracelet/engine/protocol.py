@@ -316,6 +316,9 @@ class RunSync:
         # send may be there already. The destination is the truth: dedupe all of it.
         if fresh and slot.handle.existed:
             ck.reconcile = True
+        if slot.handle.shared:  # another sync wrote to it meanwhile: the same, from here on
+            rr.note(f"{name}: {slot.handle.shared}")
+            ck.reconcile = True
         slot.dedupe_all = ck.reconcile
         ctx.slots.append(slot)
 

@@ -97,6 +97,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,9 +117,9 @@ from .mapping import (_SCALAR_TYPE, EVENTS_PER_LINE, PARAM_SECTION, SESSION_PREF
                       TRACELET_SECTION, _Copies, _media_id, _media_specs, _names, _row_id,
                       _scalar_rows, _system_rows, clearml_key, clearml_name, run_hash,
                       server_error_class, session_id)
-from .offline import (IMPORTED_SUFFIX, REPRO_KEY, _cut_unfinished_line, _list_sessions,
-                      _read_session_doc, _read_session_events, _task_class, _Templates,
-                      _zip_session, missing_sessions, offline_dir)
+from .offline import (IMPORTED_SUFFIX, REPRO_KEY, WRITER_KEY, _cut_unfinished_line,
+                      _list_sessions, _read_session_doc, _read_session_events, _task_class,
+                      _Templates, _zip_session, missing_sessions, offline_dir)
 from .sources import (SOURCE_PARAM, SourceIndex, adopted_run, find_online_task,
                       last_session_info, matches, online_info, where)
 from .repro import (DIFF_ARTIFACT, MAX_DIFF_BYTES, command_line, diff_text, digest, iso_utc,
@@ -289,8 +290,11 @@ class ClearmlDestination(Destination):
         for stale in folder.glob(f".{SESSION_PREFIX}{rhex}*.zip.tmp-*"):
             stale.unlink(missing_ok=True)  # a zip cut by kill -9: the folder is still there
         drift = _offline_drift(folder, rhex, sessions, identity)
+        shared = None if drift else _written_elsewhere(folder, sessions, identity)
         last_seq = max(sessions, default=0)  # markers count: a name is never used twice
         ident = dict(identity or {})
+        if not isinstance(ident.get("writer"), str):  # this checkpoint's mark in its sessions
+            ident["writer"] = secrets.token_hex(8)
         if drift:
             # the engine re-sends the run from its start: occurrence numbers start over too;
             # the sessions found missing are recorded, so they are drift once, not every sync
@@ -304,7 +308,8 @@ class ClearmlDestination(Destination):
             ident["source_run"] = dict(adopted)
             run = adopted_run(run, adopted)  # sessions keep the identity the run was created with
         handle = RunHandle(identity=ident, existed=identity is not None or bool(sessions),
-                           identity_ignored=ignored, drift=drift, same_source=same_source)
+                           identity_ignored=ignored, drift=drift, same_source=same_source,
+                           shared=shared)
         handle.extra.update(run=run, sessions=sessions, task=None, templates=None, landed=None)
         last = sessions.get(last_seq)
         if last and last["dir"] is not None and last["zip"] is None and not last.get("marker"):
@@ -313,7 +318,8 @@ class ClearmlDestination(Destination):
             if (last["dir"] / "task.json").exists():
                 _cut_unfinished_line(last["dir"] / "metrics.jsonl")
                 handle.extra["task"] = self._reopen_session(run, session_id(rhex, last_seq),
-                                                            last_seq, self._repro(handle))
+                                                            last_seq, self._repro(handle),
+                                                            ident["writer"])
                 handle.extra["seq"] = last_seq
         self._store_repro(handle)
         return handle
@@ -328,6 +334,7 @@ class ClearmlDestination(Destination):
 
         task = cls(chosen_id=sid, project_name=_names(run)[0], task_name=_names(run)[1],
                    task_type=Task.TaskTypes.training)
+        task.tracelet_extra[WRITER_KEY] = ident["writer"]  # in its first whole task.json
         _prepare_session_task(task, run, seq, self._repro(handle))
         handle.extra["sessions"][seq] = {"dir": Path(task.get_offline_mode_folder()), "zip": None,
                                          "marker": None}
@@ -335,8 +342,10 @@ class ClearmlDestination(Destination):
         ident["next_seq"] = seq + 1
         return task
 
-    def _reopen_session(self, run: RunRef, sid: str, seq: int, repro: "_Repro") -> Any:
+    def _reopen_session(self, run: RunRef, sid: str, seq: int, repro: "_Repro",
+                        writer: str) -> Any:
         task = _task_class()(task_id=sid)
+        task.tracelet_extra[WRITER_KEY] = writer
         task._project_name = (None, _names(run)[0])  # offline: not restored by reload
         _prepare_session_task(task, run, seq, repro)  # again: the kill may have come before it
         return task
@@ -976,6 +985,28 @@ def _task_gone(e: BaseException) -> bool:
         if _server_codes(c) in ((400, 101), (400, 130)):  # InvalidTaskId, TaskNotFound
             return True
     return False
+
+
+def _written_elsewhere(folder: Path, sessions: Mapping[int, Any],
+                       identity: Mapping[str, Any] | None) -> str | None:
+    """One line naming the sessions of this run that another sync wrote since this checkpoint's
+    last one (another ``--state-dir``, the same files from another LOGDIR level), else None.
+    They are the sessions from the identity's ``next_seq`` on whose ``task.json`` does not
+    carry this checkpoint's ``writer`` (one unfinished folder of this checkpoint's own killed
+    sync carries it). Costs nothing in the common case: no session from ``next_seq`` on."""
+    if not identity:
+        return None  # a first sync (or a lost state dir): the engine dedupes all of it anyway
+    writer, next_seq = identity.get("writer"), _next_seq(identity) or 1
+    others = [seq for seq in sorted(sessions) if seq >= next_seq and (
+        not isinstance(writer, str) or _read_session_doc(sessions[seq]).get(WRITER_KEY) != writer)]
+    if not others:
+        return None
+    rhex = identity.get("run_hash")
+    names = ", ".join(session_id(str(rhex), seq) for seq in others[:3]) + (
+        f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return (f"offline session(s) {names} in {folder} were written by another sync since this "
+            "checkpoint's last one (another --state-dir, or the same files from another LOGDIR "
+            "level): this sync compares what it sends with the sessions, each point once")
 
 
 def _take_session_number(folder: Path | None, rhex: str, seq: int) -> int:

@@ -35,6 +35,7 @@ from .mapping import _SESSION_RE, SESSION_PREFIX
 
 IMPORTED_SUFFIX = ".imported"  # <zip>.imported: written by the import helper (task id)
 REPRO_KEY = "tracelet_repro"  # task.json: digest of the reproducibility fields it holds
+WRITER_KEY = "tracelet_writer"  # task.json: the checkpoint (state dir) that wrote the session
 
 
 def offline_dir() -> Path:
