@@ -13,7 +13,9 @@ import puts them into ONE task.
 Offline, the lookup reads one ``task.json`` per run in the offline folder (its last readable
 session: it carries the latest name, and the source id even for a run whose earlier sessions
 were written before source ids existed), once a minute at most (:class:`SourceIndex`), and
-only on a run's first sync or after a lost state dir; never on the no-op path.
+only on a run's first sync or after a lost state dir; never on the no-op path. A run not found
+lists the folder once more and reads only the runs that appeared since (another sync may have
+just written it under its other name: :mod:`.claim` makes that sync finish first).
 """
 from __future__ import annotations
 
