@@ -254,7 +254,7 @@ def test_a_run_another_process_writes_is_skipped_busy_and_its_other_destinations
     assert_exactly_once(mlflow, truth, project_fn("sub"))
 
 
-def test_a_busy_run_holds_none_of_its_locks_and_threads_of_one_sync_wait(tmp_path):
+def test_a_busy_run_holds_none_of_its_locks_and_threads_of_one_sync_wait(tmp_path, monkeypatch):
     """All of a run's locks or none: a claim refused on one key leaves the others free for
     another process. In one process (worker threads) a claim waits for the thread holding it:
     it is granted only after that one released."""
@@ -308,6 +308,16 @@ held.release()
     first.release()
     t.join(60)
     assert order == ["first released", "second granted"]
+
+    # the wait is bounded: a claim this process never released makes the run busy, no hang
+    import tracelet.destinations.clearml.claim as claim_mod
+
+    monkeypatch.setattr(claim_mod, "_THREAD_WAIT_S", 0.0)
+    kept = claim(folder, ["run:a"], "run x")
+    with pytest.raises(LockedError, match="another worker thread of this sync"):
+        claim(folder, ["run:a"], "run z")
+    kept.release()
+    claim(folder, ["run:a"], "run z").release()
 
 
 def test_a_session_number_whose_folder_exists_is_never_reused(tmp_path):

@@ -19,23 +19,26 @@ a kill -9 leaves nothing stale). Held by another process: the run is skipped at 
 "Busy" line and exit 75 (EX_TEMPFAIL), like a (run, target) lock, and synced by the next pass.
 ``lockf`` does not exclude the threads of one process (``--workers``, two LOGDIRs in one sync),
 so this process's claims are also kept in a set: a thread waits for another thread of the same
-sync (all keys at once: no deadlock), which is never "busy".
+sync (all keys at once: no deadlock; at most 10 minutes), which is not "busy".
 """
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable
 
 from ..._fs import exclusive_lock
+from ...errors import LockedError
 
 LOCK_DIR = ".tracelet-offline-locks"  # next to the offline folder
 _HINT = ("Busy: another sync (another LOGDIR level of the same files, or another state dir) is "
          "writing this ClearML run now; this run is skipped and retried at the next sync "
          "(exit 75).")
 
+_THREAD_WAIT_S = 600.0  # a run's sync in another thread of this process (a big run: minutes)
 _held: set[str] = set()  # lock files this process holds (lockf does not exclude its threads)
 _cond = threading.Condition()
 
@@ -71,8 +74,14 @@ def claim(folder: Path, keys: Iterable[str], what: str) -> Claim:
     process holds one: nothing stays held)."""
     paths = lock_paths(folder, keys)
     with _cond:
+        deadline = time.monotonic() + _THREAD_WAIT_S
         while _held.intersection(paths):  # another thread of this sync: it finishes the run
-            _cond.wait()
+            left = deadline - time.monotonic()
+            if left <= 0:  # bounded: a claim never released (a bug) must not hang the sync
+                raise LockedError(f"{what} is being written by another worker thread of this "
+                                  "sync (the same ClearML run under another name in this "
+                                  "pass). " + _HINT)
+            _cond.wait(left)
         _held.update(paths)
     stack = ExitStack()
     try:
