@@ -173,8 +173,8 @@ from ..._fs import atomic_file
 from ...media import image_problem
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status, typed_error)
+from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
+                    SystemRows, chain, classify_error, http_status, typed_error)
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
@@ -183,9 +183,9 @@ from .source import (CONFIG_KEY, OfflineIndex, find_online, identity_config, nam
 from .landed import Landed
 from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYSTEM_CODE,
                       SYSTEM_STEP_METRIC, SOURCE_KEY, environment, exit_code, histogram_buckets,
-                      json_value, media_rows, param_key, scalar_rows, source_file, source_hash,
-                      system_part_hash, system_rows, update_summary, upload_hint, wandb_key,
-                      wandb_project, wandb_run_id)
+                      json_value, landed_points, media_rows, param_key, scalar_rows, source_file,
+                      source_hash, system_part_hash, system_rows, update_summary, upload_hint,
+                      wandb_key, wandb_project, wandb_run_id)
 from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
                     is_files_with, is_history_step, next_free_step, record_field, source_texts)
 
@@ -461,7 +461,7 @@ class WandbDestination(Destination):
             saved[name] = digest
 
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         rel = source_file(handle.extra["source_dir"], batch.path)
         fk = source_hash(rel)
         ords = handle.identity["ords"].get(rel)
@@ -495,7 +495,9 @@ class WandbDestination(Destination):
                                         base[1] + len(batch.histograms),
                                         base[2] + len(batch.images), base[3] + len(batch.texts),
                                         base[4] + len(batch.audio)]
-        return rejected
+        # the points left out because W&B holds them: "confirmed N already present"
+        return SendResult(rejected, landed_points(batch, fk, base, landed,
+                                                  {r.index for r in rejected}))
 
     @staticmethod
     def _note_points(handle: RunHandle, batch: Batch) -> None:
@@ -515,9 +517,9 @@ class WandbDestination(Destination):
             ident["first_wall"] = min(walls)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         if not rows.num_rows:
-            return
+            return SendResult()
         # A part has no name here; its content identifies it (parts are immutable).
         fk = system_part_hash(rows.timestamps, rows.names)
         attempt_key = ("system", fk, 0, rows.num_rows)
@@ -525,6 +527,7 @@ class WandbDestination(Destination):
         skip = self._landed(handle).covered(fk, SYSTEM_CODE, 0, rows.num_rows) if dedupe else ()
         self._log_rows(handle, system_rows(rows, fk, handle.extra.get("run_started_at"), skip),
                        attempt_key)
+        return SendResult(present=len(skip))  # the part's rows W&B holds were left out
 
     def _log_rows(self, handle: RunHandle, rows: list, attempt_key: tuple) -> None:
         """Log rows with consecutive explicit ``_step`` values; return once they are on disk."""
