@@ -63,8 +63,11 @@ run page            the TRAINING's git commit/remote and host in the Run record 
                     ``git_commit``, ``git_remote_url``, ``host``); program, args, executable,
                     python, os, host, git, start time (``RunRef.started_at``, else the first
                     event's wall time) in W&B's environment record (``wandb-metadata.json``,
-                    :func:`.mapping.environment`) and the summary (each scalar's last value by
-                    wall time, kept in the identity) at ``close_run``; ``RunRef.repro_files``
+                    :func:`.mapping.environment`), the start time also as the run's (a Run
+                    record update, :func:`_publish_start`: each fragment's first Run record
+                    keeps its sync time, the order ``wandb sync`` uploads fragments in) and
+                    the summary (each scalar's last value by wall time, kept in the identity)
+                    at ``close_run``; ``RunRef.repro_files``
                     as run files at ``open_run`` (when changed), ``tracelet/requirements.txt``
                     also as ``requirements.txt`` and ``git_diff.patch`` also as ``diff.patch``
                     (W&B's own names)
@@ -102,7 +105,8 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
 - ``send(..., dedupe=True)`` (a range that may have landed: kill -9 between send and commit, a
   failed send, a lost state dir) reads what landed (offline: every earlier fragment of this run
   id, read with the transaction-log framing; online: the API's history) and writes only the
-  points whose ordinal is not there, as new rows above every existing ``_step``. A kill -9
+  points whose ordinal is not there, as new rows above every existing ``_step``, and returns
+  how many it left out (``SendResult.present``: "confirmed N already present"). A kill -9
   while the W&B service was writing leaves a prefix of the rows; a half-written last record is
   cut off at the next ``open_run`` (``wandb sync`` stops at it otherwise).
 - ``send`` returns only after its last row is in the ``.wandb`` file (the service flushes it
@@ -699,6 +703,7 @@ class WandbDestination(Destination):
         rec = json_format.ParseDict(fields, pb.EnvironmentRecord(), ignore_unknown_fields=True)
         if started is not None:
             rec.started_at.FromMicroseconds(int(started * 1e6))
+            _publish_start(r, started)
         rec.writer_id = "tracelet"
         interface.publish_environment(rec)
 
@@ -852,6 +857,23 @@ def _ensure_setup() -> None:
                 os.environ.pop("WANDB_SERVICE", None)
             wandb.setup()  # one service process for every run of this sync
             _SETUP_DONE = True
+
+
+def _publish_start(r, started: float) -> None:
+    """The training's start as the run's start time: a Run record update (what W&B's own
+    ``run.name = ...`` writes) whose ``start_time`` is ``started``.
+
+    wandb 0.31 has no setting for it (``wandb.init`` overwrites ``Settings.x_start_time`` and
+    stamps the first Run record with the time of the call). The first Run record of each
+    fragment keeps that sync time on purpose: ``wandb sync`` uploads the fragments of one run in
+    the order of their FIRST Run record's start time (wandb-core ``runsync``; tracelet's own
+    :func:`.txlog.find_fragments` reads the same), and a later Run record is an update of the
+    run. So every fragment says the same start, and the upload order is untouched."""
+    interface = getattr(r, "_interface", None)
+    if not hasattr(r, "_start_time") or not hasattr(interface, "publish_run"):
+        return  # another wandb: the start stays in the environment record (wandb-metadata.json)
+    r._start_time = started
+    interface.publish_run(r)
 
 
 def _announce(root: str) -> None:
