@@ -67,10 +67,9 @@ run page            the TRAINING's git commit/remote and host in the Run record 
                     record update, :func:`_publish_start`: each fragment's first Run record
                     keeps its sync time, the order ``wandb sync`` uploads fragments in) and
                     the summary (each scalar's last value by wall time, kept in the identity)
-                    at ``close_run``; ``RunRef.repro_files``
-                    as run files at ``open_run`` (when changed), ``tracelet/requirements.txt``
-                    also as ``requirements.txt`` and ``git_diff.patch`` also as ``diff.patch``
-                    (W&B's own names)
+                    at ``close_run``; ``RunRef.repro_files`` as run files at ``open_run``
+                    (when changed), ``tracelet/requirements.txt`` also as ``requirements.txt``
+                    and ``git_diff.patch`` also as ``diff.patch`` (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
                     preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The end

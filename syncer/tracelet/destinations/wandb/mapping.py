@@ -267,9 +267,9 @@ def landed_points(batch: Batch, fk: str, base: Sequence[int], landed: Landed | N
     if landed is None:
         return 0
     n = 0
-    for kind, points, b in ((SCALAR, batch.scalars, base[0]), (HISTOGRAM, batch.histograms, base[1]),
-                            (IMAGE, batch.images, base[2]), (TEXT, batch.texts, base[3]),
-                            (AUDIO, batch.audio, base[4])):
+    for kind, points, b in ((SCALAR, batch.scalars, base[0]),
+                            (HISTOGRAM, batch.histograms, base[1]), (IMAGE, batch.images, base[2]),
+                            (TEXT, batch.texts, base[3]), (AUDIO, batch.audio, base[4])):
         skip = landed.covered(fk, KIND_CODE[kind], b, len(points))
         n += len(skip - set(refused)) if kind == IMAGE else len(skip)
     return n
