@@ -63,11 +63,13 @@ run page            the TRAINING's git commit/remote and host in the Run record 
                     ``git_commit``, ``git_remote_url``, ``host``); program, args, executable,
                     python, os, host, git, start time (``RunRef.started_at``, else the first
                     event's wall time) in W&B's environment record (``wandb-metadata.json``,
-                    :func:`.mapping.environment`) and the summary (each scalar's last value by
-                    wall time, kept in the identity) at ``close_run``; ``RunRef.repro_files``
-                    as run files at ``open_run`` (when changed), ``tracelet/requirements.txt``
-                    also as ``requirements.txt`` and ``git_diff.patch`` also as ``diff.patch``
-                    (W&B's own names)
+                    :func:`.mapping.environment`), the start time also as the run's (a Run
+                    record update, :func:`_publish_start`: each fragment's first Run record
+                    keeps its sync time, the order ``wandb sync`` uploads fragments in) and
+                    the summary (each scalar's last value by wall time, kept in the identity)
+                    at ``close_run``; ``RunRef.repro_files`` as run files at ``open_run``
+                    (when changed), ``tracelet/requirements.txt`` also as ``requirements.txt``
+                    and ``git_diff.patch`` also as ``diff.patch`` (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
                     preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The end
@@ -102,7 +104,8 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
 - ``send(..., dedupe=True)`` (a range that may have landed: kill -9 between send and commit, a
   failed send, a lost state dir) reads what landed (offline: every earlier fragment of this run
   id, read with the transaction-log framing; online: the API's history) and writes only the
-  points whose ordinal is not there, as new rows above every existing ``_step``. A kill -9
+  points whose ordinal is not there, as new rows above every existing ``_step``, and returns
+  how many it left out (``SendResult.present``: "confirmed N already present"). A kill -9
   while the W&B service was writing leaves a prefix of the rows; a half-written last record is
   cut off at the next ``open_run`` (``wandb sync`` stops at it otherwise).
 - ``send`` returns only after its last row is in the ``.wandb`` file (the service flushes it
@@ -173,8 +176,8 @@ from ..._fs import atomic_file
 from ...media import image_problem
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status, typed_error)
+from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
+                    SystemRows, chain, classify_error, http_status, typed_error)
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
@@ -183,9 +186,9 @@ from .source import (CONFIG_KEY, OfflineIndex, find_online, identity_config, nam
 from .landed import Landed
 from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYSTEM_CODE,
                       SYSTEM_STEP_METRIC, SOURCE_KEY, environment, exit_code, histogram_buckets,
-                      json_value, media_rows, param_key, scalar_rows, source_file, source_hash,
-                      system_part_hash, system_rows, update_summary, upload_hint, wandb_key,
-                      wandb_project, wandb_run_id)
+                      json_value, landed_points, media_rows, param_key, scalar_rows, source_file,
+                      source_hash, system_part_hash, system_rows, update_summary, upload_hint,
+                      wandb_key, wandb_project, wandb_run_id)
 from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
                     is_files_with, is_history_step, next_free_step, record_field, source_texts)
 
@@ -461,7 +464,7 @@ class WandbDestination(Destination):
             saved[name] = digest
 
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         rel = source_file(handle.extra["source_dir"], batch.path)
         fk = source_hash(rel)
         ords = handle.identity["ords"].get(rel)
@@ -495,7 +498,9 @@ class WandbDestination(Destination):
                                         base[1] + len(batch.histograms),
                                         base[2] + len(batch.images), base[3] + len(batch.texts),
                                         base[4] + len(batch.audio)]
-        return rejected
+        # the points left out because W&B holds them: "confirmed N already present"
+        return SendResult(rejected, landed_points(batch, fk, base, landed,
+                                                  {r.index for r in rejected}))
 
     @staticmethod
     def _note_points(handle: RunHandle, batch: Batch) -> None:
@@ -515,9 +520,9 @@ class WandbDestination(Destination):
             ident["first_wall"] = min(walls)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         if not rows.num_rows:
-            return
+            return SendResult()
         # A part has no name here; its content identifies it (parts are immutable).
         fk = system_part_hash(rows.timestamps, rows.names)
         attempt_key = ("system", fk, 0, rows.num_rows)
@@ -525,6 +530,7 @@ class WandbDestination(Destination):
         skip = self._landed(handle).covered(fk, SYSTEM_CODE, 0, rows.num_rows) if dedupe else ()
         self._log_rows(handle, system_rows(rows, fk, handle.extra.get("run_started_at"), skip),
                        attempt_key)
+        return SendResult(present=len(skip))  # the part's rows W&B holds were left out
 
     def _log_rows(self, handle: RunHandle, rows: list, attempt_key: tuple) -> None:
         """Log rows with consecutive explicit ``_step`` values; return once they are on disk."""
@@ -696,6 +702,7 @@ class WandbDestination(Destination):
         rec = json_format.ParseDict(fields, pb.EnvironmentRecord(), ignore_unknown_fields=True)
         if started is not None:
             rec.started_at.FromMicroseconds(int(started * 1e6))
+            _publish_start(r, started)
         rec.writer_id = "tracelet"
         interface.publish_environment(rec)
 
@@ -849,6 +856,23 @@ def _ensure_setup() -> None:
                 os.environ.pop("WANDB_SERVICE", None)
             wandb.setup()  # one service process for every run of this sync
             _SETUP_DONE = True
+
+
+def _publish_start(r, started: float) -> None:
+    """The training's start as the run's start time: a Run record update (what W&B's own
+    ``run.name = ...`` writes) whose ``start_time`` is ``started``.
+
+    wandb 0.31 has no setting for it (``wandb.init`` overwrites ``Settings.x_start_time`` and
+    stamps the first Run record with the time of the call). The first Run record of each
+    fragment keeps that sync time on purpose: ``wandb sync`` uploads the fragments of one run in
+    the order of their FIRST Run record's start time (wandb-core ``runsync``; tracelet's own
+    :func:`.txlog.find_fragments` reads the same), and a later Run record is an update of the
+    run. So every fragment says the same start, and the upload order is untouched."""
+    interface = getattr(r, "_interface", None)
+    if not hasattr(r, "_start_time") or not hasattr(interface, "publish_run"):
+        return  # another wandb: the start stays in the environment record (wandb-metadata.json)
+    r._start_time = started
+    interface.publish_run(r)
 
 
 def _announce(root: str) -> None:

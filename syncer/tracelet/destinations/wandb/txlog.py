@@ -11,9 +11,9 @@ needed (``wandb.proto`` is imported inside the functions that parse).
 Offline, each sync of a run writes one fragment ``$WANDB_DIR/wandb/offline-run-<time>-<id>/
 run-<id>.wandb`` (:class:`Fragment`). What this module does with them:
 
-- :func:`find_fragments`: a run's fragments in ``wandb sync`` upload order (their Run record's
-  start time); a fragment without a Run record (a sync killed inside ``wandb.init``: no data,
-  and ``wandb sync`` of the whole folder would fail on it) is renamed
+- :func:`find_fragments`: a run's fragments in ``wandb sync`` upload order (their first Run
+  record's start time); a fragment without a Run record (a sync killed inside ``wandb.init``:
+  no data, and ``wandb sync`` of the whole folder would fail on it) is renamed
   ``*.wandb.tracelet-empty``;
 - :func:`next_free_step`: the first ``_step`` above everything they hold, cutting off a record
   the writer never finished (``wandb sync`` stops at it, and skips the run's later fragments);
@@ -209,7 +209,7 @@ class Fragment:
     """One offline run folder (``offline-run-<time>-<id>``): one sync of one run."""
 
     path: str  # the .wandb file
-    start_time: tuple[int, int]  # the Run record's start time: `wandb sync` uploads in this order
+    start_time: tuple[int, int]  # the FIRST Run record's start: `wandb sync` uploads in this order
     project: str
 
 
@@ -298,7 +298,9 @@ def _scan_open_files() -> dict[str, str] | None:
 
 
 def read_run_record(path: str):
-    """The ``RunRecord`` at the head of a ``.wandb`` file, or None if it has none (yet)."""
+    """The first ``RunRecord`` of a ``.wandb`` file, or None if it has none (yet). Its
+    ``start_time`` is the time of the sync that wrote the file (what ``wandb sync`` orders a
+    run's fragments by); a later Run record is an update (the training's start time)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     try:
