@@ -108,3 +108,21 @@ def test_a_normal_sync_never_counts_hparams_present(tmp_path):
                   hparams_event(HPARAMS, 9)])
     d = dest(sync(logdir))
     assert d.points_present == 0 and dest_text(d) == "synced hparams 1, scalar 1", d
+
+
+def test_torch_add_hparams_run_is_confirmed_on_resync(tmp_path):
+    """PyTorch's own ``SummaryWriter.add_hparams``: a child folder (folded into the run) with
+    the hparams and their ``hparam/*`` metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = tmp_path / "logs"
+    w = SummaryWriter(str(logdir / "torch"))
+    for s in range(4):
+        w.add_scalar("loss", 1.0 / (s + 1), s)
+    w.add_hparams({"lr": 0.01, "bsize": 16, "opt": "sgd", "flag": True},
+                  {"hparam/accuracy": 0.9})  # a child folder named by time: folded
+    w.close()
+    first = dest(sync(logdir), "torch")
+    assert first.points_sent.get("hparams") == 1 and first.points_present == 0, first
+    d = dest(sync(logdir, resync=True), "torch")
+    assert dest_text(d) == f"confirmed {first.points} already present", d
