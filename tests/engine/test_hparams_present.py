@@ -98,7 +98,6 @@ def test_a_normal_sync_never_counts_hparams_present(tmp_path):
     synced: nothing was confirmed by a destination."""
     logdir = tmp_path / "logs"
     hparams_run(logdir / "a", HPARAMS)
-    (logdir / "b").mkdir(parents=True)
     d = dest(sync(logdir))
     assert d.points_present == 0 and dest_text(d) == "synced hparams 1, scalar 5"
     # the same hparams again in a second file (a resumed training): ck.params has them, no
