@@ -67,9 +67,10 @@ to params (merged hyperparameters), artifacts (key + sha256) and status too, so 
 nothing new writes no session. What a session holds is what ClearML's import of it would send
 (:func:`.offline._read_session_events`: its zip, else its folder; events of its own task id; a
 debug sample only with its file; a scalar only with the same value); the points found there
-are returned as ``SendResult.present`` ("confirmed N already present"). Online, nothing is
-asked: a re-sent event carries the same id and replaces itself on the server, and nothing is
-reported present (plain "synced").
+are returned as ``SendResult.present`` ("confirmed N already present"), and the params the
+sessions hold with the same value as ``ParamsResult.present`` (so TensorBoard hparams count
+too). Online, nothing is asked: a re-sent event carries the same id and replaces itself on the
+server, and nothing is reported present (plain "synced").
 
 Errors (:meth:`ClearmlDestination.classify`): a server reply's HTTP code and ClearML subcode
 decide (``mapping.server_error_class``: 429/5xx transient; 401/403/404, and a 400 saying the
@@ -108,8 +109,8 @@ from ...media import image_problem
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub, scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
-                    SystemRows, chain, classify_error, http_status)
+from ..base import (Capabilities, Destination, ParamsResult, Rejected, RunHandle, RunRef,
+                    SendResult, SystemRows, chain, classify_error, http_status)
 from ...rundir import ARTIFACTS_DIR
 from .claim import Claim, claim
 from .factory import clearml_offline
@@ -613,20 +614,25 @@ class ClearmlDestination(Destination):
             handle.extra["known"] = known  # only once complete, as _landed
         return known
 
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         values = {str(k): param_text(v) for k, v in params.items()}
+        present: list[str] = []
         if self.offline:
+            # what the run's sessions hold (task.json hyperparams) with the same value is
+            # present; online nothing is asked, so nothing is reported present
             have = self._known(handle)["params"]
+            present = [k for k, v in values.items() if have.get(k) == v]
             values = {k: v for k, v in values.items() if have.get(k) != v}
             if not values:
-                return []
+                return ParamsResult(present=present)
         task = self._task(handle)
         with _editable(task, self.offline):
             task._set_parameters({f"{PARAM_SECTION}/{k}": v for k, v in values.items()},
                                  __update=True)
         if self.offline:
             self._known(handle)["params"].update(values)
-        return []  # ClearML params are not write-once: the new value replaces the old one
+        # ClearML params are not write-once: the new value replaces the old one (no conflicts)
+        return ParamsResult(present=present)
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         todo = [(Path(p), rel, _sha256(p)) for p, rel in files]

@@ -52,7 +52,10 @@ text                ``wandb.Html`` holding the text verbatim in ``<pre>`` (HTML-
                     light (a file per point, no artifact per point as ``wandb.Table`` makes)
                     and the text is kept exactly; Markdown is shown as written, not rendered
 hparams, params     run config (``config.update(..., allow_val_change=True)``): the latest
-                    value wins, so ``log_params`` never reports conflicts
+                    value wins, so ``log_params`` never reports conflicts; names the config
+                    already held with the same value are reported present (the checkpoint's
+                    copy; after a resync, reset or drift, offline, the earlier fragments'
+                    config records; online only the copy)
 system metrics      history keys ``system/<name>`` with their own step metric ``system_step``
                     (seconds since the run started; ``define_metric("system/*",
                     step_metric="system_step")``), ``_timestamp`` = sample time
@@ -176,8 +179,8 @@ from ..._fs import atomic_file
 from ...media import image_problem
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
-                    SystemRows, chain, classify_error, http_status, typed_error)
+from ..base import (Capabilities, Destination, ParamsResult, Rejected, RunHandle, RunRef,
+                    SendResult, SystemRows, chain, classify_error, http_status, typed_error)
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
@@ -189,8 +192,9 @@ from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYST
                       json_value, landed_points, media_rows, param_key, scalar_rows, source_file,
                       source_hash, system_part_hash, system_rows, update_summary, upload_hint,
                       wandb_key, wandb_project, wandb_run_id)
-from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
-                    is_files_with, is_history_step, next_free_step, record_field, source_texts)
+from .txlog import (F_HISTORY, Fragment, LogScanner, config_values, find_fragments,
+                    is_config_with, is_exit, is_files_with, is_history_step, next_free_step,
+                    record_field, source_texts)
 
 log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
@@ -435,6 +439,9 @@ class WandbDestination(Destination):
                            drift=drift, same_source=same_source, client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
             "run_started_at": run.started_at, "sync_file": r.settings.sync_file, "run": run,
+            # no checkpoint's copy of the config to trust (first sync, resync, reset, drift):
+            # log_params asks the earlier fragments what the config holds (_held_config)
+            "config_unknown": not identity or bool(drift),
         })
         try:
             self._save_repro(handle, run)
@@ -617,10 +624,13 @@ class WandbDestination(Destination):
             os.close(fd)
 
     # -- params, artifacts, status -------------------------------------------------------------
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         values = {param_key(k): json_value(v) for k, v in params.items()}
         if not values:
-            return []
+            return ParamsResult()
+        held = self._held_config(handle)
+        present = [k for k in params
+                   if param_key(k) in held and _same_json(held[param_key(k)], values[param_key(k)])]
         handle.client.config.update(values, allow_val_change=True)
         keys = set(values)
         self._wait_written(handle, is_config_with(keys), "config update")
@@ -628,7 +638,26 @@ class WandbDestination(Destination):
         copy.update(values)
         if len(json.dumps(copy, default=str)) <= MAX_CONFIG_COPY_BYTES:
             handle.identity["config"] = copy
-        return []  # W&B config takes the latest value: nothing is refused
+        return ParamsResult(present=present)  # W&B config takes the latest value: no conflicts
+
+    def _held_config(self, handle: RunHandle) -> Mapping[str, Any]:
+        """The run config W&B held before this call: the checkpoint's copy (what earlier syncs
+        sent, which every fragment's init repeats) or, when there is none to trust (resync,
+        reset, drift), offline, what the run's earlier fragments leave (read once per open).
+        Online nothing more is asked (an API call per params send): only the copy counts."""
+        held: dict[str, Any] = {}
+        if handle.extra.get("config_unknown") and self.mode == "offline":
+            cached = handle.extra.get("fragment_config")
+            if cached is None:
+                ident = handle.identity
+                current = os.path.abspath(handle.extra["sync_file"])
+                cached = {}
+                for frag in self.fragments(ident["run_id"], ident["project"], exclude=current):
+                    cached.update(config_values(frag.path))  # upload order: the latest wins
+                handle.extra["fragment_config"] = cached
+            held.update(cached)
+        held.update(handle.identity.get("config") or {})
+        return held
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         named = [(path, "artifacts/" + rel.replace(os.sep, "/")) for path, rel in files]
@@ -819,6 +848,15 @@ def classify_wandb(exc: BaseException) -> type[DestinationError]:
 def _not_on_server(exc: BaseException) -> bool:
     """The API says the run (or its project) does not exist: nothing has landed yet."""
     return any(isinstance(e, _sdk_types("gone")) or _status(e) == 404 for e in _causes(exc))
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Two config values have the same JSON text (keys sorted): ``1`` is not ``true``."""
+    try:
+        return json.dumps(a, sort_keys=True, allow_nan=True) == \
+            json.dumps(b, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
 
 
 def _api_source_texts(ident: Mapping[str, Any]) -> Iterator[str]:

@@ -18,6 +18,7 @@ run-<id>.wandb`` (:class:`Fragment`). What this module does with them:
 - :func:`next_free_step`: the first ``_step`` above everything they hold, cutting off a record
   the writer never finished (``wandb sync`` stops at it, and skips the run's later fragments);
 - :func:`source_texts`: the ``_tracelet`` texts of their history rows (what landed);
+- :func:`config_values`: the run config they leave (which params W&B already holds);
 - :func:`wait_for_writers`: before any of that, wait until no other process (a killed sync's
   W&B service, which outlives it by a second or two) holds a fragment open;
 - the ``is_*`` predicates: has the service written a given record to the live fragment yet.
@@ -441,6 +442,32 @@ def source_texts(path: str) -> Iterator[str]:
                 text = _item_value(item)
                 if isinstance(text, str):
                     yield text
+
+
+def config_values(path: str) -> dict[str, Any]:
+    """The run config a ``.wandb`` file leaves (its Run record's config, then its config
+    updates and removals in order): top-level key -> JSON value. A value that is not JSON
+    (the file is anyone's) is left out."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out: dict[str, Any] = {}
+    for _, raw in LogScanner(path).poll():
+        kind = record_field(raw)
+        if kind not in (F_RUN, F_CONFIG):
+            continue
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        config = rec.run.config if kind == F_RUN else rec.config
+        for item in config.update:
+            key = item.key or (item.nested_key[0] if len(item.nested_key) == 1 else "")
+            try:
+                out[key] = json.loads(item.value_json)
+            except ValueError:
+                out.pop(key, None)
+        for item in config.remove:
+            out.pop(item.key or (item.nested_key[0] if item.nested_key else ""), None)
+    out.pop("", None)
+    return out
 
 
 # -- has the service written it yet --------------------------------------------------------------
