@@ -117,7 +117,9 @@ Remote (``aim://``): the same calls go through Aim's RPC client; a send waits un
 queue has delivered its writes (``TRACELET_AIM_REMOTE_TIMEOUT_S``, default 120 s). Aim's client
 retries a vanished server forever; the wait turns that into a transient error. Sends are not
 atomic there (the landed record follows the points). Indexing is left to ``aim up`` on the
-server's repo.
+server's repo. Whether the server has a run is asked of its run listing, which it answers from
+a copy kept 0.5 s (:class:`.storage.RemoteRunListing`: "no" is asked again once that copy is
+newer than this destination).
 """
 from __future__ import annotations
 
@@ -147,7 +149,7 @@ from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distri
                       manifest_record, media_groups, nest_params, system_params,
                       system_part_key, system_samples, tracelet_record)
 from .repo import aim_repo_root, ensure_local_repo, open_local_repo, repo_name, repo_token
-from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RunIndex, _AimRun,
+from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RemoteRunListing, RunIndex, _AimRun,
                       forget_run_listing)
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
@@ -197,6 +199,7 @@ class AimDestination(Destination):
         self.index_runs = not self.remote and str(index).lower() not in ("0", "false", "no", "off")
         self._indexer: RunIndex | None = RunIndex(self.repo, self.classify) if self.index_runs else None
         self.repo_token = None if self.remote else repo_token(self.repo.path)
+        self._remote_runs = RemoteRunListing(self.repo) if self.remote else None
 
     @property
     def target(self) -> str:
@@ -231,8 +234,7 @@ class AimDestination(Destination):
     def _run_exists(self, run_hash: str) -> bool:
         if not self.remote:
             return os.path.isdir(os.path.join(self.repo.path, "meta", "chunks", run_hash))
-        forget_run_listing()
-        return run_hash in self.repo.list_all_runs()
+        return run_hash in self._remote_runs
 
     def _scan_index(self) -> dict[str, list[str]]:
         """Run id -> hashes of the runs in Aim's index, and (``self._index_sources``) source id
@@ -644,7 +646,7 @@ class AimDestination(Destination):
     def close(self) -> None:
         # Drop Aim objects now: a remote repo's client releases its server-side resources when
         # collected, which must happen while the server is still reachable.
-        self._index_ids = self._indexer = None
+        self._index_ids = self._indexer = self._remote_runs = None
         self.repo = None
 
 

@@ -11,7 +11,8 @@ containers, and the run index.
 * :class:`RunIndex` — Aim's ``RepoIndexManager.index`` for one run (what ``aim up`` does when a
   run changes), retried shortly while ``aim up`` holds the index DB.
 * container lookups (:func:`_full_prefix`, :func:`_root_container`), Aim's cached run listing
-  (:func:`forget_run_listing`), a remote repo's write queue (:func:`_drain_remote_queue`).
+  (:func:`forget_run_listing`), a remote repo's run listing (:class:`RemoteRunListing`), its
+  write queue (:func:`_drain_remote_queue`).
 
 Everything here reaches into Aim 3.x internals (``RunTracker``, ``sequence_infos``, container
 pools); each use checks the shape it relies on and falls back to Aim's public path when it
@@ -493,6 +494,36 @@ def forget_run_listing() -> None:
     clear = getattr(getattr(Repo, "_all_run_hashes", None), "cache_clear", None)
     if clear is not None:
         clear()
+
+
+# Aim's server answers ``list_all_runs`` from ITS Repo's listing, cached 0.5 s
+# (aim/sdk/repo.py: ``Repo._all_run_hashes``, ``@ttl_cache(ttl=0.5)``), which a client cannot
+# clear (:func:`forget_run_listing` clears this process's only): Aim's 0.5 s and a margin.
+SERVER_LISTING_TTL_S = 0.6
+
+
+class RemoteRunListing:
+    """Whether a remote repo has a run, as of this destination's start at the latest.
+
+    A run made by a sync that ended less than 0.5 s before this one started (the tests' two
+    syncs in a row; a retry) may be missing from the server's cached listing: "not there" is
+    asked again once that listing has expired (at most :data:`SERVER_LISTING_TTL_S` after the
+    start, once per destination), else the run would be made again or taken as deleted."""
+
+    def __init__(self, repo: Any):
+        self.repo = repo
+        self.fresh_from = time.monotonic() + SERVER_LISTING_TTL_S
+
+    def __contains__(self, run_hash: str) -> bool:
+        forget_run_listing()
+        if run_hash in self.repo.list_all_runs():
+            return True
+        wait = self.fresh_from - time.monotonic()
+        if wait <= 0:
+            return False
+        time.sleep(wait)  # computed after this destination started: what earlier syncs made
+        forget_run_listing()
+        return run_hash in self.repo.list_all_runs()
 
 
 def _root_container(tree: Any) -> Any:
