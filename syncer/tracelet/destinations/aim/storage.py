@@ -317,11 +317,11 @@ class _AimRun:
             ctx = self._contexts[repeat] = Context(repeat_context(repeat))
         return ctx
 
-    def put(self, name: str, step: int, wall: float, value: Any, dedupe: bool) -> None:
+    def put(self, name: str, step: int, wall: float, value: Any, dedupe: bool) -> bool:
         """Store one source point at ``step`` in the first free slot (context ``{}``, then
         ``{"tracelet_repeat": 1}``...: :func:`.mapping.repeat_context`), or nowhere if
         ``dedupe`` and a slot not claimed by this sync already holds it: same time, and for
-        metrics the same value."""
+        metrics the same value. True if it was there already (not stored again)."""
         tracker = self.tracker
         base = self.context(0)
         seq = tracker.sequence_infos.get((base.idx, name))
@@ -335,7 +335,7 @@ class _AimRun:
             else:
                 tracker._track(value, wall, name, step, None, context=base.to_dict())
             self.claims.add_increasing(key, step)
-            return
+            return False
         repeat = 0
         while True:
             ctx = self.context(repeat)
@@ -345,11 +345,11 @@ class _AimRun:
                 if stored is None:
                     tracker._track(value, wall, name, step, None, context=ctx.to_dict())
                     self.claims.add(key, step)
-                    return
+                    return False
                 if dedupe and stored[1] == wall and (
                         stored[0] is _NOT_COMPARED or _same_float(stored[0], value)):
                     self.claims.add(key, step)
-                    return
+                    return True
             repeat += 1
 
     def _direct(self, key: tuple[int, str], seq: Any) -> "_DirectMetric | None":
@@ -387,9 +387,10 @@ class _AimRun:
 
     # -- system metrics ------------------------------------------------------------------------
     def put_system(self, name: str, context: dict, ts: float, value: float, *,
-                   dedupe: bool) -> None:
+                   dedupe: bool) -> bool:
         """Append a sample like Aim's resource tracker (step = next index). With ``dedupe``, a
-        sample whose time is already in the sequence (and not matched yet) has landed."""
+        sample whose time is already in the sequence (and not matched yet) has landed: True,
+        nothing is stored."""
         from aim.storage.context import Context
 
         ctx = Context(context)
@@ -401,8 +402,9 @@ class _AimRun:
             n = landed.get(ts, 0)
             if n:
                 landed[ts] = n - 1
-                return
+                return True
         self.tracker._track(value, ts, name, None, None, context=context)
+        return False
 
     def _landed_times(self, key: tuple[int, str]) -> dict[float, int]:
         seq = self.tracker.sequence_infos.get(key)
