@@ -203,7 +203,10 @@ def aim_server(tmp_path) -> Iterator[AimServer]:
                 time.sleep(0.3)
         yield AimServer(repo, f"aim://127.0.0.1:{port}", log)
     finally:
-        gc.collect()  # Aim's remote objects release their server resources while it is up
+        # Aim's remote objects release their server resources while it is up (else Aim's exit
+        # handler retries forever); its cached run listing holds a remote Repo as well
+        Repo._all_run_hashes.cache_clear()
+        gc.collect()
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(20)

@@ -177,3 +177,32 @@ def test_remote_aim_server_finds_the_run_by_source_id(aim_server, tmp_path):
     index_repo(aim_server.repo)
     assert _all_runs(str(aim_server.repo)) == runs
     assert_exactly_once(h, truth, project_fn("sub"))
+
+
+@pytest.mark.server
+def test_a_run_made_just_before_is_on_the_aim_server(aim_server, tmp_path):
+    """The server answers Aim's run listing from a copy it keeps 0.5 s (``Repo._all_run_hashes``
+    there), which the client cannot clear: a run made right after that copy was taken (here:
+    its folder put back in place) is still found, not taken as missing."""
+    from aim import Repo, Run
+
+    from tracelet.destinations.aim.client import AimDestination
+    from tracelet.destinations.base import RunRef
+
+    made = Run(repo=str(aim_server.repo), system_tracking_interval=None,
+               log_system_params=False, capture_terminal_logs=False)
+    run_hash = made.hash
+    made.close()
+    made = None
+    chunks = aim_server.repo / ".aim" / "meta" / "chunks"
+    (chunks / run_hash).rename(tmp_path / "away")
+    remote = Repo.from_path(aim_server.url)
+    assert run_hash not in remote.list_all_runs()  # the server's copy, taken without the run
+    (tmp_path / "away").rename(chunks / run_hash)
+    dest = AimDestination({"aim_repo": aim_server.url})
+    try:
+        ref = RunRef(run_id="r", run_path="r", project="p", source_dir=tmp_path)
+        assert dest.check_run(ref, {"run_hash": run_hash}) is None
+    finally:
+        dest.close()
+        remote = None

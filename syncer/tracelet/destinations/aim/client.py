@@ -657,8 +657,11 @@ class AimDestination(Destination):
 
     def close(self) -> None:
         # Drop Aim objects now: a remote repo's client releases its server-side resources when
-        # collected, which must happen while the server is still reachable.
+        # collected, which must happen while the server is still reachable (else Aim's exit
+        # handler retries the release forever). Aim's cached run listing holds the Repo too.
         self._index_ids = self._indexer = self._remote_runs = None
+        if self.remote:
+            forget_run_listing()
         self.repo = None
 
 
