@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import WARM_NOTE, fill_cache, warm_env  # noqa: E402
 from bench_sync_mlflow import write_points  # noqa: E402
 
 EV = "events.out.tfevents.1700000000.bench.1.0"
@@ -159,12 +160,16 @@ def main() -> None:
     proc, endpoint = start_moto(work / "moto.log")
     creds = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
              "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    env = {**os.environ, **creds, "TRACELET_MEMORY_STORE": str(work / "memory.journal")}
+    env = warm_env(work / "pycache", {**os.environ, **creds,
+                                      "TRACELET_MEMORY_STORE": str(work / "memory.journal")})
+    fill_cache(env, "tracelet.cli", "tracelet.storage", "tracelet.destinations.memory.client",
+               "s3fs")
     s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench",
                       aws_secret_access_key="bench", region_name="us-east-1")
     bucket = "tracelet-bench"
     s3.create_bucket(Bucket=bucket)
-    print(f"moto server {endpoint}; cores: {os.cpu_count()}; load avg: {os.getloadavg()[0]:.1f}")
+    print(f"moto server {endpoint}; cores: {os.cpu_count()}; load avg: {os.getloadavg()[0]:.1f}; "
+          f"{WARM_NOTE}")
     try:
         e = bench_export(s3, bucket, work, env, a.points)
         print(f"export of {e['points']:,} points ({e['bytes'] / 2**20:.1f} MiB object): "

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
+from _bench import WARM_NOTE, fill_cache, warm_env  # scripts/ (this script's folder)
 from tracelet.reader import frame_record
 
 T0 = 1_700_000_000.0
@@ -84,7 +85,10 @@ def main() -> None:
         source = work / "source"
         if not source.exists():
             write_runs(source, a.runs)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELET_RETRY")}
+        env = warm_env(work / "pycache",
+                       {k: v for k, v in os.environ.items() if not k.startswith("TRACELET_RETRY")})
+        fill_cache(env, "tracelet.cli", "tracelet.destinations.memory.client",
+                   "tracelet.destinations.mlflow.client", "mlflow")
         workers = ["--workers", str(a.workers)] if a.workers > 1 else []
         port = dead_port()
         results = {}
@@ -107,7 +111,7 @@ def main() -> None:
         skipped = sum(r["destinations"]["mlflow"]["state"] == "skipped" for r in down["runs"])
         synced = sum(r["destinations"]["memory"]["state"] == "synced" for r in down["runs"])
         print(f"{a.runs} changed plain runs, workers {a.workers}, cores {os.cpu_count()}, "
-              f"load avg {os.getloadavg()[0]:.1f}")
+              f"load avg {os.getloadavg()[0]:.1f}; {WARM_NOTE}")
         print(f"  healthy  --to memory                     {healthy_s:7.1f} s")
         print(f"  down     --to memory,mlflow (refused)    {down_s:7.1f} s  "
               f"(memory synced {synced}, mlflow tried by {tried} run(s), skipped {skipped})")

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import warm_env  # noqa: E402 - scripts/ (this script's folder)
+
 WALL0 = 1_700_000_000.0
 _CHUNK_EVENTS = 100_000  # events framed per write(): bounds the writer's memory
 
@@ -223,9 +225,7 @@ def bench_speed(root: Path, points: int, with_tbparse: bool) -> dict:
     # The CLI against a floor process (interpreter start, read the file, crc32c of its bytes),
     # both with a warm byte-code cache: the machine sets PYTHONDONTWRITEBYTECODE=1, which
     # would make every run recompile what it imports.
-    cache = root / "pycache"
-    warm = {**os.environ, "PYTHONPYCACHEPREFIX": str(cache)}
-    warm.pop("PYTHONDONTWRITEBYTECODE", None)
+    warm = warm_env(root / "pycache")
     event_file = next((logdir / "run").iterdir())
     floor_cmd = [sys.executable, "-c", "import sys, crc32c; crc32c.crc32c(open(sys.argv[1], "
                  "'rb').read())", str(event_file)]

@@ -195,6 +195,37 @@ def test_workers_share_the_breaker_and_the_cli_says_it_in_one_line(tmp_path, sho
     assert "hunter2" not in p.stderr
 
 
+def test_nothing_listening_costs_one_run_a_few_tries_not_the_whole_policy(tmp_path, monkeypatch,
+                                                                            mlflow_calls):
+    """The default policy (6 tries, ~15 s) with --workers 1: a target that refuses connections
+    is tried NOTHING_THERE_TRIES times by the first run, then skipped for the pass (a pass of
+    1,000 quick runs takes seconds: waiting out 15 s would make it cost several passes' time;
+    scripts/bench_down.py). Counted by calls, never by time; the waits are shortened only in
+    scale (base delay), not in number of tries."""
+    import tracelet
+    from tracelet.engine.breaker import NOTHING_THERE_TRIES
+    from tracelet.retry import RETRY_ATTEMPTS
+
+    assert NOTHING_THERE_TRIES < RETRY_ATTEMPTS
+    monkeypatch.setattr("tracelet.retry.RETRY_BASE_DELAY_S", 0.01)
+    port = free_port()  # nothing listens there
+    logdir = tmp_path / "logs"
+    build_kill_logdir(logdir, runs=5, steps=3)
+    report = tracelet.sync(logdir, to="memory,mlflow",
+                           dest_config={"mlflow_uri": f"http://127.0.0.1:{port}",
+                                        "memory_store": str(tmp_path / "journal")})
+    assert report.exit_code == 1
+    tried = runs_that_called(mlflow_calls)
+    assert len(tried) == 1 and list(tried.values()) == [NOTHING_THERE_TRIES], mlflow_calls
+    states = Counter(r.destinations["mlflow"].state for r in report.runs)
+    assert states == {"failed": 1, "skipped": 4}, states
+    [failed] = [r.destinations["mlflow"] for r in report.runs
+                if r.destinations["mlflow"].state == "failed"]
+    assert (f"connection refused at http://127.0.0.1:{port} (gave up: the destination is down, "
+            f"{NOTHING_THERE_TRIES} tries in a row found nothing there") in failed.error
+    assert {r.destinations["memory"].state for r in report.runs} == {"synced"}
+
+
 @pytest.mark.slow
 def test_next_pass_probes_with_one_run_then_syncs_all_once_the_server_is_back(
         tmp_path, short_retries, mlflow_calls):
@@ -342,15 +373,29 @@ class _Workers:
 
 
 def test_runs_failing_at_once_open_the_breaker_one_run_alone_does_not():
-    from tracelet.engine.breaker import OPEN, RUNS_FAILING_AT_ONCE, Breaker
+    from tracelet.engine.breaker import NOTHING_THERE_TRIES, OPEN, RUNS_FAILING_AT_ONCE, Breaker
 
     err = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    busy = TimeoutError("timed out")  # a server that is there: slow, busy, restarting workers
     workers = _Workers(RUNS_FAILING_AT_ONCE)
     try:
         alone = Breaker("mlflow", "k")
-        for _ in range(10):  # one run's own retries: it waits out the policy (a restart is fine)
+        for _ in range(10):  # one run's own retries: it waits out the policy for a busy server
+            workers.run(0, lambda: alone.failed_try(busy))
+        assert alone.down() is None
+        # ... and, refused with an answer or a busy failure in between, nothing there in a row
+        for _ in range(3):
+            for _ in range(NOTHING_THERE_TRIES - 1):
+                workers.run(0, lambda: alone.failed_try(err))
+            workers.run(0, lambda: alone.failed_try(busy))
+        workers.run(0, lambda: alone.failed_try(err))
+        workers.run(0, alone.answered)
+        for _ in range(NOTHING_THERE_TRIES - 1):
             workers.run(0, lambda: alone.failed_try(err))
         assert alone.down() is None
+        workers.run(0, lambda: alone.failed_try(err))  # nothing listens: no use waiting 15 s
+        assert alone.state == OPEN and alone.cause == "connection refused"
+        assert alone.why == f"{NOTHING_THERE_TRIES} tries in a row found nothing there"
         b = Breaker("mlflow", "k")
         for i in range(RUNS_FAILING_AT_ONCE - 1):
             workers.run(i, lambda: b.failed_try(err))

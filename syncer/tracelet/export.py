@@ -54,6 +54,7 @@ from .errors import NotRegularFileError, SourceError, UsageError
 from .redact import DEFAULT as DEFAULT_REDACTOR, Redactor
 from .reader import (AUDIO, HISTOGRAM, HPARAMS, IMAGE, KINDS, SCALAR, TEXT, Batch, EventFileReader,
                      HistogramPoint, discover_runs, root_run_name)
+from .reader.points import TagTable, TypedScalars
 from .reader.events import unreadable_message
 
 STDOUT = "-"  # the output name that streams CSV to standard output
@@ -66,13 +67,21 @@ TEXT_SUMMARY_CHARS = 200  # text points are summarised, not stored: the table st
 HPARAMS_TAG = "_hparams_/session_start_info"  # the tag TensorBoard itself stores hparams under
 
 
-def _schema():
+KIND_NAMES = KINDS + (SYSTEM,)  # the kind column's dictionary: kind number = index here
+
+
+def _schema(dictionary: bool = False):
+    """The export schema; ``dictionary``: run, tag and kind as dictionary columns, the form the
+    tables are built in (numbers into a few names, no string per row). The files say ``string``
+    for them: Parquet stores them dictionary-encoded with plain string type (the Arrow schema is
+    not stored), CSV writes the names."""
     import pyarrow as pa
 
+    text = pa.dictionary(pa.int32(), pa.string()) if dictionary else pa.string()
     return pa.schema([
-        ("run", pa.string()),
-        ("tag", pa.string()),
-        ("kind", pa.string()),
+        ("run", text),
+        ("tag", text),
+        ("kind", text),
         ("step", pa.int64()),
         ("wall_time", pa.float64()),
         ("value", pa.float64()),
@@ -177,14 +186,15 @@ class FileScan:
     :meth:`problems` describe the file. An unreadable file is a problem, not an exception.
     """
 
-    def __init__(self, path: str | os.PathLike, location=None):
+    def __init__(self, path: str | os.PathLike, location=None, typed_scalars: bool = False):
         from .storage import ObjectPath
 
         self.path = path if isinstance(path, ObjectPath) else Path(path)
         # an object store: the run's location (its listing has the size), or, for a URL that
         # names one object, a location rooted at it (asked with one HEAD)
         self.location = location
-        self.reader = EventFileReader(self.path)
+        # typed_scalars: the reader's TypedScalars (export's Arrow columns), not lists
+        self.reader = EventFileReader(self.path, typed_scalars=typed_scalars)
         self.size_bytes = 0
         self.records = 0
         self.points = 0
@@ -304,22 +314,30 @@ def _text_summary(text: str) -> str:
 
 
 def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR):
-    """All points of one batch as a table with the export schema (see the module docstring).
+    """All points of one batch as a table with the export schema (see the module docstring) in
+    its dictionary form (:func:`_schema`).
 
-    Columns are built from raw buffers (:func:`_strings`, :func:`_numbers`): ``pa.array`` and
-    ``pa.scalar`` import pandas (~0.15 s) to check their input, which ``tracelet export`` never
-    needs."""
+    Scalars come as :class:`TypedScalars` from the reader (``typed_scalars=True``): their typed
+    buffers become the step/wall_time/value columns as they are, their tag numbers the tag
+    column's indices. Columns are built from raw buffers: ``pa.array`` and ``pa.scalar`` import
+    pandas (~0.15 s) to check their input, which ``tracelet export`` never needs."""
     import pyarrow as pa
 
-    schema = _schema()
+    schema = _schema(dictionary=True)
+    s = batch.scalars
+    if not isinstance(s, TypedScalars):  # lists (a reader made without typed_scalars)
+        typed = TypedScalars(capacity=len(s))
+        for point in zip(s.tags, s.steps, s.wall_times, s.values):
+            typed.append(*point)
+        s = typed
+    table = s.table
     parts = []
-    n = len(batch.scalars)
+    n = s.n
     if n:
-        s = batch.scalars
         parts.append(pa.Table.from_arrays([
-            _repeat(run, n), _strings(s.tags), _repeat(SCALAR, n),
-            _numbers(s.steps, "int64"), _numbers(s.wall_times, "float64"),
-            _numbers(s.values, "float64"), pa.nulls(n, pa.string()),
+            _repeat(run, n), _dictionary(s.ids, n, table), _kind(SCALAR, n),
+            _buffer(pa.int64(), s.steps, n), _buffer(pa.float64(), s.wall_times, n),
+            _buffer(pa.float64(), s.values, n), pa.nulls(n, pa.string()),
         ], schema=schema))
     rows: list[tuple] = []  # (tag, kind, step, wall_time, summary): the rarer kinds
     for h in batch.histograms:
@@ -345,8 +363,10 @@ def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR
         tags, kinds, steps, walls, summaries = zip(*rows)
         m = len(rows)
         parts.append(pa.Table.from_arrays([
-            _repeat(run, m), _strings(tags), _strings(kinds), _numbers(steps, "int64"),
-            _numbers(walls, "float64"), pa.nulls(m, pa.float64()), _strings(summaries),
+            _repeat(run, m), _dictionary(_ids(map(table.id, tags), m), m, table),
+            _dictionary(_ids(map(KIND_NAMES.index, kinds), m), m, _KIND_TABLE),
+            _numbers(steps, "int64"), _numbers(walls, "float64"), pa.nulls(m, pa.float64()),
+            _strings(summaries),
         ], schema=schema))
     if not parts:
         return schema.empty_table()
@@ -362,8 +382,61 @@ def _numbers(values, dtype: str):
                                  [None, pa.py_buffer(data)])
 
 
+def _buffer(type_, data, n: int):
+    """The first ``n`` items of a typed buffer (an ``array.array``) as an Arrow column, no copy."""
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(type_, n, [None, pa.py_buffer(data)])
+
+
+def _ids(numbers, n: int):
+    from array import array
+
+    return array("i", numbers)
+
+
+class _Names:
+    """The dictionary (Arrow string array) of a :class:`TagTable`, rebuilt only when it grew: a
+    column's dictionary stays the same object from batch to batch, so Parquet keeps one
+    dictionary page per column chunk instead of falling back to plain encoding."""
+
+    __slots__ = ("table", "size", "array")
+
+    def __init__(self):
+        self.table, self.size, self.array = None, -1, None
+
+    def of(self, table: TagTable):
+        names = table.names
+        if table is not self.table or len(names) != self.size:
+            encoded = [v.encode("utf-8", "surrogatepass") for v in names]
+            self.table, self.size = table, len(names)
+            self.array = _string_column([len(e) for e in encoded], b"".join(encoded), len(names))
+        return self.array
+
+
+_TAG_NAMES = _Names()
+_KIND_TABLE = TagTable()
+for _k in KIND_NAMES:
+    _KIND_TABLE.id(_k)
+_KIND_NAMES = _Names()
+
+
+def _dictionary(ids, n: int, table: TagTable):
+    import pyarrow as pa
+
+    names = (_KIND_NAMES if table is _KIND_TABLE else _TAG_NAMES).of(table)
+    return pa.DictionaryArray.from_buffers(pa.dictionary(pa.int32(), pa.string()), n,
+                                           [None, pa.py_buffer(ids)], names)
+
+
+def _kind(kind: str, n: int):
+    import numpy as np
+
+    return _dictionary(np.full(n, KIND_NAMES.index(kind), dtype=np.int32), n, _KIND_TABLE)
+
+
 def _string_column(lengths, data: bytes, n: int):
-    """A ``large_string`` column from each row's byte length and the rows' bytes joined."""
+    """A ``string`` column from each row's byte length and the rows' bytes joined."""
     import numpy as np
     import pyarrow as pa
 
@@ -377,24 +450,26 @@ def _string_column(lengths, data: bytes, n: int):
 
 
 def _strings(values):
-    """A string column built from raw buffers: the distinct values are encoded once (tags repeat:
-    a batch holds a few) and the rows' bytes joined in C. No dictionary column decoded by Arrow:
-    ``dictionary_decode`` imports ``pyarrow.compute``, a tenth of a cold export's start."""
+    """A string column built from raw buffers: the distinct values are encoded once and the
+    rows' bytes joined in C."""
     import numpy as np
 
     encoded = {v: v.encode("utf-8", "surrogatepass") for v in dict.fromkeys(values)}
-    if len(encoded) == 1:
-        return _repeat(values[0], len(values))
     size = {v: len(e) for v, e in encoded.items()}
     lengths = np.fromiter(map(size.__getitem__, values), dtype=np.int64, count=len(values))
     return _string_column(lengths, b"".join(map(encoded.__getitem__, values)), len(values))
 
 
 def _repeat(value: str, n: int):
+    """A dictionary column of one value ``n`` times (the run column)."""
     import numpy as np
+    import pyarrow as pa
 
     encoded = value.encode("utf-8", "surrogatepass")
-    return _string_column(np.full(n, len(encoded), dtype=np.int64), encoded * n, n)
+    names = _string_column([len(encoded)], encoded, 1)
+    return pa.DictionaryArray.from_buffers(pa.dictionary(pa.int32(), pa.string()), n,
+                                           [None, pa.py_buffer(np.zeros(n, dtype=np.int32))],
+                                           names)
 
 
 class _TableSink:
@@ -403,7 +478,7 @@ class _TableSink:
     def __init__(self, fmt: str, tmp: Path | None, stream=None):
         import pyarrow as pa
 
-        self.fmt, self.schema = fmt, _schema()
+        self.fmt, self.schema = fmt, _schema(dictionary=True)
         self._pending: list = []
         self._pending_rows = 0
         self._file = None
@@ -416,8 +491,11 @@ class _TableSink:
 
             # Dictionary pages only where values repeat: on floats they cost time and save
             # nothing. Snappy: Parquet's usual codec (every reader has it), cheaper than zstd.
+            # store_schema=False: readers see run/tag/kind as the strings they are, not as
+            # Arrow dictionary columns (still dictionary-encoded in the file)
             self._writer = pq.ParquetWriter(tmp, self.schema, compression="snappy",
-                                            use_dictionary=["run", "tag", "kind"])
+                                            use_dictionary=["run", "tag", "kind"],
+                                            store_schema=False)
         else:
             import pyarrow.csv as pacsv
 
@@ -533,7 +611,7 @@ def export_logdir(logdir: str | os.PathLike | list, output: str | os.PathLike,
                 summary.runs += 1
                 for path in run.event_files:
                     summary.files += 1
-                    scan = FileScan(path, run.location)
+                    scan = FileScan(path, run.location, typed_scalars=True)
                     for batch in scan.batches():
                         sink.write(batch_to_table(batch, name, redactor))
                         for kind, n in batch.point_counts().items():
@@ -653,7 +731,7 @@ def _system_tables(run, parts: list, name: str, problems: list[str]):
     from .sidecar import read_part
 
     start = _run_start(run, problems)
-    schema = _schema()
+    schema = _schema(dictionary=True)
     for part in parts:
         notes: list[str] = []
         try:
@@ -682,8 +760,10 @@ def _system_tables(run, parts: list, name: str, problems: list[str]):
         if start is None:
             start = float(ts.min())
         steps = np.maximum(np.floor(ts - start), 0).astype("int64")
+        metrics = TagTable()
+        ids = _ids(map(metrics.id, table.column("name").to_pylist()), n)
         yield pa.Table.from_arrays([
-            _repeat(name, n), _strings(table.column("name").to_pylist()), _repeat(SYSTEM, n),
+            _repeat(name, n), _dictionary(ids, n, metrics), _kind(SYSTEM, n),
             _numbers(steps, "int64"), _numbers(ts, "float64"),
             _numbers(table.column("value").to_numpy(), "float64"), pa.nulls(n, pa.string()),
         ], schema=schema)

@@ -147,6 +147,33 @@ _URL = re.compile(r"\b(?:https?|grpcs?|wss?)://[^\s'\"<>()\[\]]+", re.IGNORECASE
 _HOST_PORT = re.compile(r"host='([^']+)', port=(\d+)")
 
 
+# Causes that mean nothing is there to answer at all: no process listens on the port, the host
+# or its network cannot be reached, its name does not resolve. Unlike a timeout, a reset or an
+# HTTP 429/503 (a server that is there, busy or restarting its workers), trying again within
+# seconds learns nothing new: the circuit breaker opens after a few of these in a row.
+NOTHING_THERE = frozenset({"connection refused", "host unreachable", "network unreachable",
+                           "host down", "network down", "host name not resolved"})
+
+
+def _transport_cause(links: list[BaseException]) -> str | None:
+    for e in reversed(links):  # the deepest link knows best: the socket's errno over a wrapper
+        if isinstance(e, OSError) and e.errno in _ERRNO_CAUSES:
+            return _ERRNO_CAUSES[e.errno]
+        names = {c.__name__ for c in type(e).__mro__}
+        what = next((c for group, c in _CLASS_CAUSES if names & group), None)
+        if what is not None:
+            return what
+    return None
+
+
+def nothing_there(exc: BaseException) -> bool:
+    """``exc`` says no server is there at all (:data:`NOTHING_THERE`): refused, unreachable,
+    unresolvable."""
+    from .destinations.base import chain
+
+    return _transport_cause(list(chain(exc))) in NOTHING_THERE
+
+
 def cause_line(exc: BaseException) -> str:
     """What went wrong, in one line, from ``exc``'s chain (types, errnos, HTTP status, the URL
     of the failing request reduced to scheme://host:port): ``connection refused at
@@ -155,15 +182,7 @@ def cause_line(exc: BaseException) -> str:
     from .destinations.base import chain, http_status
 
     links = list(chain(exc))
-    what = None
-    for e in reversed(links):  # the deepest link knows best: the socket's errno over a wrapper
-        if isinstance(e, OSError) and e.errno in _ERRNO_CAUSES:
-            what = _ERRNO_CAUSES[e.errno]
-            break
-        names = {c.__name__ for c in type(e).__mro__}
-        what = next((c for group, c in _CLASS_CAUSES if names & group), None)
-        if what is not None:
-            break
+    what = _transport_cause(links)
     if what is None:  # a status is attached by the outermost vendor exception
         for e in links:
             status = http_status(e)

@@ -8,7 +8,7 @@ leveldb-log records (32 KiB blocks, 7-byte chunk headers, CRC-32 over type byte 
 What the server keeps is modelled on wandb-core's sync (``core/internal/runsync``):
 
 - the fragments (``offline-run-*`` folders) of one run id are uploaded one after another in the
-  order of their Run record's ``start_time``;
+  order of their first Run record's ``start_time`` (a later Run record updates the run);
 - a fragment without a Run record makes ``wandb sync`` fail before uploading anything;
 - a fragment is read up to its first unreadable record; a file ending inside a record stops
   that fragment with an error and the run's later fragments are not uploaded;
@@ -110,7 +110,8 @@ class Fragment:
     path: Path
     run_id: str = ""
     project: str = ""
-    start: tuple = (0, 0)
+    start: tuple = (0, 0)  # the first Run record's start time: `wandb sync` upload order
+    run_start: float = 0.0  # the run's start time after every Run record (the last one's)
     config: dict = field(default_factory=dict)
     rows: list = field(default_factory=list)  # (written _step, row)
     files: list = field(default_factory=list)
@@ -132,9 +133,12 @@ def load_fragment(path: Path) -> Fragment:
         for rec in read_records(path):
             kind = rec.WhichOneof("record_type")
             if kind == "run":
+                if not frag.has_run:  # wandb-core orders fragments by the first Run record's
+                    frag.start = (rec.run.start_time.seconds, rec.run.start_time.nanos)
                 frag.has_run = True
                 frag.run_id, frag.project = rec.run.run_id, rec.run.project
-                frag.start = (rec.run.start_time.seconds, rec.run.start_time.nanos)
+                # later Run records update the run (RunParams.Update): the last start wins
+                frag.run_start = rec.run.start_time.ToMicroseconds() / 1e6
                 frag.display_name, frag.host = rec.run.display_name, rec.run.host
                 frag.entity = rec.run.entity
                 frag.git = {"remote_url": rec.run.git.remote_url, "commit": rec.run.git.commit}

@@ -35,21 +35,24 @@ def git(repo: Path, *args: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def record_in_repo(repo: Path, backend: str, drop_env: tuple[str, ...] = ()
+def record_in_repo(repo: Path, backend: str, drop_env: tuple[str, ...] = (), subdir: str = ""
                    ) -> tuple[Path, Path, Path, list[str]]:
     """(logdir, run dir, repo, argv) of ``python train.py --lr 0.1 --api-key <key>`` run in a
-    fresh repo at ``repo`` (``drop_env``: variables the training must not see)."""
+    fresh repo at ``repo`` (``drop_env``: variables the training must not see; ``subdir``: the
+    folder of the repo that holds ``train.py`` and ``model.py`` and that the training runs in)."""
+    work = repo / subdir if subdir else repo
+    work.mkdir(parents=True, exist_ok=True)
     git(repo, "init", "-q", "-b", "main")
-    (repo / "train.py").write_text(TRAIN % backend)
-    (repo / "model.py").write_text("DEPTH = 50\n")
-    git(repo, "add", "train.py", "model.py")
+    (work / "train.py").write_text(TRAIN % backend)
+    (work / "model.py").write_text("DEPTH = 50\n")
+    git(repo, "add", *((work / f).relative_to(repo).as_posix() for f in ("train.py", "model.py")))
     git(repo, "commit", "-q", "-m", "baseline")
     git(repo, "remote", "add", "origin", f"https://user:{SECRET}@example.com/org/repo.git")
-    (repo / "model.py").write_text("DEPTH = 101\n")  # a dirty tracked file
+    (work / "model.py").write_text("DEPTH = 101\n")  # a dirty tracked file
     logdir = repo / "tracelet_runs"
     argv = [sys.executable, "train.py", "--lr", "0.1", "--api-key", API_KEY]
     env = {k: v for k, v in os.environ.items() if k not in drop_env}
-    proc = subprocess.run(argv, cwd=repo, env={**env, "TRACELET_LOGDIR": str(logdir)},
+    proc = subprocess.run(argv, cwd=work, env={**env, "TRACELET_LOGDIR": str(logdir)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = [p.parent for p in logdir.rglob("tracelet.json") if ".tracelet" not in p.parts]

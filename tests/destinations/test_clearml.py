@@ -504,8 +504,9 @@ def test_unreadable_session_zip_fails_the_destination_not_the_points(cml, tmp_pa
 
 def test_a_session_read_failing_half_way_lets_no_landed_point_through(cml, tmp_path):
     """After a lost state dir, what the sessions hold is read once per run; a read that fails
-    part way (here session 2's metrics.jsonl cannot be read) must not leave a partial record
-    that the engine's resend of the halves then trusts: nothing is written again."""
+    part way (here session 2's metrics.jsonl cannot be read from its zip, what ClearML imports)
+    must not leave a partial record that the engine's resend of the halves then trusts: nothing
+    is written again."""
     logdir = tmp_path / "logs"
     truth = SourceTruth()
     write_simple_run(logdir / "r", "r", truth, ["loss"], list(range(30)))
@@ -514,14 +515,19 @@ def test_a_session_read_failing_half_way_lets_no_landed_point_through(cml, tmp_p
     assert sync_once(logdir, cml, "p").exit_code == 0
     s1, s2 = cml.sessions("p", "r")
     shutil.rmtree(logdir / ".tracelet")
-    (s2.folder / "metrics.jsonl").rename(tmp_path / "metrics.jsonl")
-    (s2.folder / "metrics.jsonl").mkdir()  # read_bytes fails: EISDIR
+    good = s2.zip_path.read_bytes()
+    with zipfile.ZipFile(s2.zip_path) as zf:  # one byte of metrics.jsonl's data flipped
+        info = zf.getinfo("metrics.jsonl")
+    h = info.header_offset  # local header: 30 bytes, then name and extra (lengths at 26, 28)
+    at = h + 30 + int.from_bytes(good[h + 26:h + 28], "little") \
+        + int.from_bytes(good[h + 28:h + 30], "little") + info.compress_size // 2
+    s2.zip_path.write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:])
     report = sync_once(logdir, cml, "p")
     d = report.runs[0].destinations["clearml"]
     assert report.exit_code != 0 and d.state == "failed" and not d.quarantined, report.to_dict()
+    assert "not a readable zip" in (d.error or ""), d.error
     assert [s.name for s in cml.sessions("p", "r")] == [s1.name, s2.name]  # nothing re-sent
-    (s2.folder / "metrics.jsonl").rmdir()
-    (tmp_path / "metrics.jsonl").rename(s2.folder / "metrics.jsonl")
+    s2.zip_path.write_bytes(good)
     assert sync_once(logdir, cml, "p").exit_code == 0
     assert [s.name for s in cml.sessions("p", "r")] == [s1.name, s2.name]
     assert_exactly_once(cml, truth, project_fn("p"))

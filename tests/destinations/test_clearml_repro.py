@@ -1,55 +1,27 @@
 """ClearML: what reproduces a recorded run lands where ClearML's own ``Task.init`` puts it.
 
-One run recorded for real: a git repository made here (a commit, a remote with credentials, a
-dirty tracked file), a training script run as a subprocess (``python train.py --lr 0.1``) that
-calls ``tracelet.start_logging`` and writes with torch's ``SummaryWriter()``; synced offline;
-the session's ``task.json`` read back as a file and through ClearML's own data model (what
-ClearML's offline ``Task`` loads, and what its importer sends)."""
+One run recorded for real (``tests.destinations.recorded_repo``, shared with the MLflow and Aim
+tests): a git repository made here (a commit, a remote with credentials, a dirty tracked file),
+a training script run as a subprocess in the repo's ``src`` folder (``python train.py --lr 0.1
+--api-key <key>``) that calls ``tracelet.start_logging`` and writes with torch's
+``SummaryWriter()``; synced offline; the session's ``task.json`` read back as a file and through
+ClearML's own data model (what ClearML's offline ``Task`` loads, and what its importer sends)."""
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
-import subprocess
 import sys
 import zipfile
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
 from tests.destinations.harness_clearml import ClearmlOfflineHarness
+from tests.destinations.recorded_repo import API_KEY, SECRET, git, record_in_repo
 from tracelet.destinations.clearml.repro import locate_script
 from tracelet.engine import SyncOptions, run_sync
-
-SYNCER = Path(__file__).resolve().parents[2] / "syncer"
-
-TRAIN = '''
-import argparse, sys
-import tracelet
-from torch.utils.tensorboard import SummaryWriter
-
-p = argparse.ArgumentParser()
-p.add_argument("--lr", type=float)
-args = p.parse_args()
-with tracelet.start_logging("repro", project="proj", backend=["clearml"],
-                            config={"logdir": LOGDIR, "track_system": False,
-                                    "flush_interval": 0.1}) as exp:
-    exp.log_params({"lr": args.lr})
-    w = SummaryWriter()
-    for step in range(5):
-        w.add_scalar("loss", 1.0 / (step + 1), step)
-    w.close()
-    print(exp.run_dir)
-'''
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True, env=env).stdout.strip()
-
 
 @pytest.fixture
 def cml(tmp_path, monkeypatch):
@@ -58,25 +30,15 @@ def cml(tmp_path, monkeypatch):
     return h
 
 
-@pytest.fixture
-def recorded(tmp_path):
-    """(logdir, run dir, repo, commit): the run a real training wrote."""
-    repo, logdir = tmp_path / "repo", tmp_path / "runs"
-    (repo / "src").mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "main")
-    (repo / "src" / "train.py").write_text(TRAIN.replace("LOGDIR", repr(str(logdir))))
-    (repo / "src" / "model.py").write_text("DEPTH = 18\n")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "first")
-    _git(repo, "remote", "add", "origin", "https://user:secret@example.com/org/repo.git")
-    (repo / "src" / "model.py").write_text("DEPTH = 50\n")  # dirty: a tracked file changed
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRACELET_"))}
-    env["PYTHONPATH"] = str(SYNCER)
-    proc = subprocess.run([sys.executable, "train.py", "--lr", "0.1"], cwd=repo / "src", env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    return logdir, run_dir, repo, _git(repo, "rev-parse", "HEAD")
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """(logdir, run dir, repo, argv, commit): one training run (``repro/baseline``) recorded
+    once for every test here, run in the repo's ``src`` folder; the training sees none of the
+    CLEARML_/TRACELET_ variables of the test."""
+    drop = tuple(k for k in os.environ if k.startswith(("CLEARML_", "TRACELET_")))
+    logdir, run_dir, repo, argv = record_in_repo(tmp_path_factory.mktemp("repo"), "clearml",
+                                                 drop_env=drop, subdir="src")
+    return logdir, run_dir, repo, argv, git(repo, "rev-parse", "HEAD")
 
 
 def _sync(logdir, h, **kw):
@@ -84,26 +46,22 @@ def _sync(logdir, h, **kw):
                                                progress=False, **kw))
 
 
-def _docs(h) -> list[dict]:
-    return [s.doc for s in sorted(h.sessions("proj", "proj/repro"), key=lambda s: s.name)]
-
-
 def test_a_recorded_run_carries_what_reproduces_it(cml, recorded):
-    logdir, run_dir, repo, commit = recorded
+    logdir, run_dir, repo, argv, commit = recorded
     report = _sync(logdir, cml)
     assert report.exit_code == 0, report.to_dict()
-    (session,) = cml.sessions("proj", "proj/repro")
+    (session,) = cml.sessions("repro", "repro/baseline")
     doc = session.doc
     manifest = json.loads((run_dir / "tracelet.json").read_text())
 
     # the execution section, as Task.init fills it
     script = doc["script"]
     assert script["repository"] == "https://example.com/org/repo.git"  # no credentials
-    assert "secret" not in json.dumps(doc)
+    assert SECRET not in json.dumps(doc) and API_KEY not in json.dumps(doc)
     assert script["branch"] == "main"
     assert script["version_num"] == commit
     diff = (run_dir / "artifacts" / "git_diff.patch").read_text()
-    assert "+DEPTH = 50" in diff and script["diff"] == diff
+    assert "+DEPTH = 101" in diff and script["diff"] == diff
     assert script["working_dir"] == "src"  # the folder it ran in, relative to the repository
     assert script["entry_point"] == "train.py"
     assert script["binary"] == "python%d.%d" % sys.version_info[:2]
@@ -131,12 +89,13 @@ def test_a_recorded_run_carries_what_reproduces_it(cml, recorded):
 
     # name, identity, params, the command
     # a recorded run shows its run path less "<project>/" (README "Run names")
-    assert doc["name"] == "repro" and doc["project_name"] == "proj"
+    assert doc["name"] == "baseline" and doc["project_name"] == "repro"
     hp = doc["hyperparams"]
-    assert hp["tracelet"]["run_path"]["value"] == "proj/repro"
+    assert hp["tracelet"]["run_path"]["value"] == "repro/baseline"
     assert hp["tracelet"]["run_id"]["value"] == manifest["run_id"]
     assert hp["General"]["lr"]["value"] == "0.1"
-    assert hp["tracelet"]["command"]["value"].endswith("train.py --lr 0.1")
+    assert hp["General"]["api_key"]["value"] == "***REDACTED***"
+    assert hp["tracelet"]["command"]["value"] == shlex.join([*argv[:-1], "***REDACTED***"])
     assert doc["status"] == "completed"
 
     # the manifest (and requirements) as task artifacts, with their files in the session
@@ -146,7 +105,7 @@ def test_a_recorded_run_carries_what_reproduces_it(cml, recorded):
     stored = json.loads(session.read("data/" + arts["tracelet/tracelet.json"]["uri"]
                                      .replace(folder, "", 1)))
     assert stored["run_id"] == manifest["run_id"] and stored["git"]["commit"] == commit
-    assert "secret" not in json.dumps(stored)
+    assert SECRET not in json.dumps(stored) and API_KEY not in json.dumps(stored)
     with zipfile.ZipFile(session.zip_path) as zf:
         assert "task.json" in zf.namelist()
 
@@ -168,7 +127,7 @@ def test_a_recorded_run_carries_what_reproduces_it(cml, recorded):
 
 
 def test_an_unchanged_recorded_run_writes_no_new_session(cml, recorded):
-    logdir, _, _, _ = recorded
+    logdir = recorded[0]
     assert _sync(logdir, cml).exit_code == 0
     before = sorted(p.name for p in cml.offline.iterdir())
     for kw in ({}, {"resync": True}):  # the fast path, then everything compared again

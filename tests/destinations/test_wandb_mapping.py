@@ -21,8 +21,8 @@ from tracelet.destinations.keys import tag_hash
 from tracelet.destinations.wandb.landed import Landed
 from tracelet.destinations.wandb.mapping import (
     EXIT_CODES, MAX_HISTOGRAM_BINS, RESERVED_KEYS, SOURCE_KEY, STEP_METRIC, SYSTEM_CODE,
-    SYSTEM_STEP_METRIC, exit_code, finite_edges, histogram_buckets, json_value, media_rows,
-    param_key, parse_source, scalar_rows, source_file, source_text, system_part_hash,
+    SYSTEM_STEP_METRIC, exit_code, finite_edges, histogram_buckets, json_value, landed_points,
+    media_rows, param_key, parse_source, scalar_rows, source_file, source_text, system_part_hash,
     system_rows, wandb_key, wandb_project, wandb_run_id)
 from tracelet.reader import EventFileReader
 from tracelet.reader.points import (HISTOGRAM, IMAGE, TEXT, AUDIO, Batch, HistogramPoint,
@@ -226,6 +226,25 @@ def test_media_rows_skip_what_landed():
     rows = media_rows(batch, "f", [0, 10, 20, 30, 40], landed, make)
     named = sorted(seg for _, text in rows for seg in text.split(":")[1].split(","))
     assert named == ["i21", "i22", "i23", "t30"]
+
+
+def test_landed_points_counts_what_the_rows_leave_out():
+    landed = Landed()
+    landed.add_source("f:h10,i20,i23,t31")  # i23: an image the mapping refuses this time
+    landed.add_source("g:i20")  # another file's
+    landed.finish()
+    batch = _media_batch()
+    base = [0, 10, 20, 30, 40]
+    make = {k: (lambda p, o, k=k: (k, o)) for k in (HISTOGRAM, TEXT, AUDIO, IMAGE)}
+    for refused in (set(), {3}):
+        rows = media_rows(batch, "f", base, landed, make, refused)
+        sent = sum(len(text.split(":")[1].split(",")) for _, text in rows)
+        present = landed_points(batch, "f", base, landed, refused)
+        # every point is in a row, refused, or present: never two of them
+        assert sent + len(refused) + present == batch.points, (refused, rows)
+        assert present == (4 if not refused else 3)
+    assert landed_points(batch, "f", base, None) == 0  # not a dedupe send
+    assert landed_points(batch, "g", base, landed) == 1
 
 
 def test_system_rows():

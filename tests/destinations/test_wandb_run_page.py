@@ -1,6 +1,8 @@
 """What W&B's run page shows for a recorded run (#11 item 2): git commit and remote (no
 credentials), program/command, host, python, config, summary (each scalar's last value), the
-reproducibility files and the diff, the start time, all of the TRAINING (not of the sync).
+reproducibility files and the diff, the start time, all of the TRAINING (not of the sync): a
+real ``python train.py`` run in a git repository (``recorded_repo``, as the MLflow and Aim
+reproducibility tests).
 
 Read back from the offline ``.wandb`` files with W&B's own protobufs (harness_wandb): the Run
 record (git, host, display name), the environment record (what wandb-core writes to
@@ -11,18 +13,15 @@ from __future__ import annotations
 import json
 import platform
 import socket
-import subprocess
 import sys
 
 import pytest
 
-import tracelet
 from tests.destinations.harness_wandb import WandbOfflineHarness
+from tests.destinations.recorded_repo import API_KEY, SECRET, git, record_in_repo
 from tracelet.destinations.wandb.mapping import environment, program_args
+from tracelet.manifest import manifest_time
 from tracelet.testing.conformance import sync_once
-
-FAST = {"metrics_interval": 0.05, "metrics_flush_interval": 0.2, "metrics_part_samples": 3,
-        "flush_interval": 0.1, "track_system": False}
 
 
 @pytest.fixture
@@ -32,39 +31,13 @@ def wb(tmp_path, monkeypatch):
     return h
 
 
-def git(*args, cwd):
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
-def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, monkeypatch,
-                                                                  project):
+def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, project):
     from torch.utils.tensorboard import SummaryWriter
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    git("init", "-q", "-b", "main", cwd=repo)
-    git("config", "user.email", "t@example.com", cwd=repo)
-    git("config", "user.name", "t", cwd=repo)
-    git("remote", "add", "origin", "https://alice:ghp_SECRET@github.com/acme/train.git", cwd=repo)
-    (repo / "train.py").write_text("lr = 0.1\n")
-    git("add", "train.py", cwd=repo)
-    git("commit", "-q", "-m", "init", cwd=repo)
-    (repo / "train.py").write_text("lr = 0.2\n")  # a dirty tree: the diff is saved
-    head = git("rev-parse", "HEAD", cwd=repo)
-    monkeypatch.chdir(repo)
-    monkeypatch.setattr(sys, "argv", [str(repo / "train.py"), "--lr", "0.2"])
-    logdir = tmp_path / "runs"
-    cfg = {**FAST, "logdir": str(logdir), "track_git": True, "track_env": True}
-    with tracelet.start_logging("baseline", project=project, backend=["wandb"],
-                                config=cfg) as exp:
-        exp.log_params({"learning_rate": 0.2, "optimizer": {"name": "adamw"}})
-        w = SummaryWriter()  # redirected into the run
-        for step in range(10):
-            w.add_scalar("Loss/train", 1.0 / (step + 1), step)
-            w.add_scalar("acc", step / 10, step)
-        w.close()
-        run_dir = exp.run_dir
+    logdir, run_dir, repo, argv = record_in_repo(repo, "wandb")
+    head = git(repo, "rev-parse", "HEAD")
     manifest = json.loads((run_dir / "tracelet.json").read_text())
     report = sync_once(logdir, wb, project)
     assert report.exit_code == 0, report.to_dict()
@@ -75,43 +48,49 @@ def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, 
     assert len(frags) == 1
     f = frags[0]
     # the Run record: what W&B's run page shows as the git state and host
-    assert f.git == {"remote_url": "https://github.com/acme/train.git", "commit": head}
+    assert f.git == {"remote_url": "https://example.com/org/repo.git", "commit": head}
     # a recorded run shows its run path less "<project>/" (README "Run names")
     assert f.host == socket.gethostname() and f.display_name == run_path.split("/", 1)[1]
+    # the run's start time: the training's (a Run record update; test_wandb_start_time.py)
+    assert f.run_start == pytest.approx(manifest_time(manifest["started_at"]), abs=1e-3)
     # the environment record (wandb-metadata.json)
     e = f.environment
-    assert e["program"] == str(repo / "train.py") and e["codePath"] == "train.py"
-    assert e["args"] == ["--lr", "0.2"] and e["executable"] == sys.executable
+    assert e["program"] == "train.py" and e["codePath"] == "train.py"
+    assert e["args"] == ["--lr", "0.1", "--api-key", "***REDACTED***"]
+    assert e["executable"] == sys.executable == argv[0]
     assert e["python"] == platform.python_version() and e["host"] == socket.gethostname()
-    assert e["git"] == {"remote": "https://github.com/acme/train.git", "commit": head}
+    assert e["git"] == {"remote": "https://example.com/org/repo.git", "commit": head}
     assert e["startedAt"].startswith(manifest["started_at"][:19]), (e["startedAt"],
                                                                     manifest["started_at"])
     assert e["writerId"] == "tracelet"
     everything = json.dumps([f.environment, f.config, f.git, f.summary])
-    assert "ghp_SECRET" not in everything and "alice" not in everything
-    # config: the params; summary: each scalar's last value
-    assert f.config["learning_rate"] == 0.2 and f.config["optimizer/name"] == "adamw", f.config
-    assert f.summary["Loss/train"] == pytest.approx(0.1) and f.summary["acc"] == pytest.approx(0.9)
+    assert SECRET not in everything and "user:" not in everything and API_KEY not in everything
+    # config: the params (nested ones are flattened: the conformance tests); summary: each
+    # scalar's last value
+    assert f.config["lr"] == 0.1 and f.config["batch_size"] == 32, f.config
+    assert f.config["api_key"] == "***REDACTED***"
+    assert f.summary["Loss/train"] == pytest.approx(0.2)
     # run files: the reproducibility files (also requirements.txt, W&B's name) and the diff
     # (artifacts/git_diff.patch as every artifact, and diff.patch, W&B's name for it)
     assert {"tracelet/tracelet.json", "tracelet/requirements.txt", "requirements.txt",
             "artifacts/git_diff.patch", "diff.patch"} <= set(f.files), f.files
     files_dir = f.path.parent / "files"
-    assert "+lr = 0.2" in (files_dir / "diff.patch").read_text()
+    assert "+DEPTH = 101" in (files_dir / "diff.patch").read_text()
     assert "torch==" in (files_dir / "requirements.txt").read_text()
-    assert "ghp_SECRET" not in (files_dir / "tracelet" / "tracelet.json").read_text()
+    assert SECRET not in (files_dir / "tracelet" / "tracelet.json").read_text()
 
     # a later sync: new points move the summary; unchanged repro files are not saved again
     exp_dir_writer = SummaryWriter(log_dir=str(run_dir))
-    exp_dir_writer.add_scalar("acc", 0.95, 10)
+    exp_dir_writer.add_scalar("acc", 0.95, 5)
     exp_dir_writer.close()
     assert sync_once(logdir, wb, project).exit_code == 0
     frags = sorted([g for g in wb.fragments() if (g.config.get("tracelet") or {}).get(
         "run_path") == run_path], key=lambda g: g.start)
     assert len(frags) == 2
     assert frags[1].summary["acc"] == pytest.approx(0.95)
-    assert frags[1].summary["Loss/train"] == pytest.approx(0.1)  # not in this fragment's rows
+    assert frags[1].summary["Loss/train"] == pytest.approx(0.2)  # not in this fragment's rows
     assert "tracelet/requirements.txt" not in frags[1].files
+    assert frags[1].run_start == f.run_start
 
 
 def test_program_and_args_of_recorded_commands():

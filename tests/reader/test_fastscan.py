@@ -21,6 +21,7 @@ from tensorboard.compat.proto import event_pb2, graph_pb2, summary_pb2
 from tracelet.reader import EventFileReader, frame_record, masked_crc32c
 from tracelet.reader import events as events_mod
 from tracelet.reader import records as records_mod
+from tracelet.reader.points import TypedScalars
 from tracelet.testing.events import (DT_FLOAT, Value, framed, scalar_event, summary_event, tensor,
                                      tensor_value, version_event, write_frames)
 
@@ -51,14 +52,17 @@ def _norm(x):
 
 
 def _read(path, *, fast: bool, offset=0, tag_plugins=None, end=None, max_points=20_000,
-          first_only=False):
+          first_only=False, typed=False):
     prev = os.environ.pop("TRACELET_NO_FASTSCAN", None)
     if not fast:
         os.environ["TRACELET_NO_FASTSCAN"] = "1"
     try:
-        r = EventFileReader(path, offset, tag_plugins)
+        r = EventFileReader(path, offset, tag_plugins, typed_scalars=typed)
         out = []
         for b in r.batches(end=end, max_points=max_points):
+            if typed:  # export's layout: compared as the lists it stands for
+                assert isinstance(b.scalars, TypedScalars)
+                b.scalars = b.scalars.to_columns()
             # type check: the fast path must hand out the same column types
             assert all(type(t) is str for t in b.scalars.tags)
             assert all(type(s) is int for s in b.scalars.steps)
@@ -75,10 +79,12 @@ def _read(path, *, fast: bool, offset=0, tag_plugins=None, end=None, max_points=
 
 
 def assert_same(path, **kw):
-    fast = _read(path, fast=True, **kw)
+    """The C and the Python path agree, in the engine's list layout and in export's typed one."""
     slow = _read(path, fast=False, **kw)
-    assert fast[0] == slow[0], "batches differ"
-    assert fast[1:] == slow[1:], "status / unparsable / tag_plugins differ"
+    for fast, typed in ((True, False), (True, True), (False, True)):
+        other = _read(path, fast=fast, typed=typed, **kw)
+        assert other[0] == slow[0], f"batches differ (C path: {fast}, typed: {typed})"
+        assert other[1:] == slow[1:], "status / unparsable / tag_plugins differ"
     return slow
 
 
@@ -213,6 +219,35 @@ def test_unicode_and_many_tags(tmp_path):
     write_frames(p, evs)
     for mp in (999, 20_000):
         assert_same(p, max_points=mp)
+
+
+@needs_ext
+@pytest.mark.parametrize("fast", [True, False])
+def test_typed_scalars_share_one_tag_table_per_file(tmp_path, fast, monkeypatch):
+    """Export's layout: every batch of a file numbers its tags in one table, each tag once, also
+    after the C tag cache starts over (more than 4,096 tags) and across slow (protobuf) records
+    holding simple_values next to C-decoded ones."""
+    if not fast:
+        monkeypatch.setenv("TRACELET_NO_FASTSCAN", "1")
+    tags = [f"many/{k}" for k in range(5000)] + ["loss"]
+    evs = [scalar_event(t, k, float(k)) for k, t in enumerate(tags)]
+    evs.append(raw_event([raw_value(b"loss", 1.0), raw_value(b"many/3", 2.0, field(9, 2, b""))],
+                         extra=field(4, 0, varint(1))))  # a field C refuses: Python decodes it
+    evs += [scalar_event(t, 9000 + k, 3.0) for k, t in enumerate(tags[:50])]
+    p = tmp_path / "ev"
+    write_frames(p, evs)
+    reader = EventFileReader(p, typed_scalars=True)
+    batches = list(reader.batches(max_points=777))
+    assert len(batches) > 5
+    tables = {id(b.scalars.table) for b in batches}
+    assert len(tables) == 1
+    names = batches[0].scalars.names
+    assert sorted(names) == sorted(set(tags)) and len(names) == len(set(names))
+    got = [(names[i], s) for b in batches
+           for i, s in zip(b.scalars.ids[:b.scalars.n], b.scalars.steps[:b.scalars.n])]
+    want = [(t, s) for b in EventFileReader(p).batches(max_points=777)
+            for t, s in zip(b.scalars.tags, b.scalars.steps)]
+    assert got == want and len(got) == 5001 + 2 + 50
 
 
 @needs_ext

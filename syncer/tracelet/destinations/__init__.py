@@ -11,8 +11,8 @@ Destinations never import the engine.
 """
 from __future__ import annotations
 
-from .base import (Capabilities, Destination, DestinationFactory, Option, Rejected, RunHandle,
-                   RunRef, SendResult, SystemRows)
+from .base import (Capabilities, Destination, DestinationFactory, Option, ParamsResult,
+                   Rejected, RunHandle, RunRef, SendResult, SystemRows)
 from .registry import (all_factories, create_destination, get_factory, is_known,
                        known_destinations, register, target_key, unregister)
 
@@ -25,7 +25,8 @@ def clearml_offline(config=None) -> bool:
 
 
 __all__ = [
-    "Capabilities", "Destination", "DestinationFactory", "Option", "Rejected", "RunHandle",
+    "Capabilities", "Destination", "DestinationFactory", "Option", "ParamsResult", "Rejected",
+    "RunHandle",
     "RunRef", "SendResult", "SystemRows", "all_factories", "clearml_offline", "create_destination",
     "get_factory", "is_known", "known_destinations", "register", "target_key", "unregister",
 ]

@@ -30,7 +30,11 @@ call               guarantee
 ``send_system``    Same contract for the rows of one sidecar part (:class:`SystemRows`);
                    returns None or a :class:`SendResult` (``present``: rows already there).
 ``log_params``     Set params; return the names the destination refused because a different
-                   value is already there (write-once params): reported, never raised.
+                   value is already there (write-once params): reported, never raised. It
+                   returns that list, or a :class:`ParamsResult` (``conflicts`` and
+                   ``present``: the names it already held with the same value), so that the
+                   TensorBoard hparams of a resync whose params were all there count as
+                   "already present" too (:func:`params_outcome`).
 ``log_artifacts``  Upload files under their relative names; re-uploading a name overwrites.
 ``finish``         Set the run's status/end time; idempotent.
 =================  ============================================================================
@@ -123,6 +127,28 @@ def send_outcome(result: Any) -> tuple[list[Rejected], int]:
 
 
 @dataclass(frozen=True)
+class ParamsResult:
+    """What ``log_params`` may return instead of the list of conflicting names.
+
+    ``conflicts``: the names refused because the destination keeps another value (write-once);
+    ``present``: the names it already held with the same value as given (nothing written for
+    them). A name in neither was written. The engine counts a batch's TensorBoard hparams as
+    ``points_present`` only when every one of their params was present; a destination that
+    cannot tell returns a plain list (nothing present)."""
+
+    conflicts: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+
+
+def params_outcome(result: Any) -> tuple[list[str], list[str]]:
+    """``(conflicts, present)`` of whatever ``log_params`` returned (None, a list of names, or a
+    :class:`ParamsResult`): a plain list is conflicts only, nothing present."""
+    if isinstance(result, ParamsResult):
+        return [str(k) for k in result.conflicts], [str(k) for k in result.present]
+    return list(result or ()), []
+
+
+@dataclass(frozen=True)
 class RunRef:
     """A source run as a destination sees it. The engine has read and validated the manifest;
     destinations use these fields and never parse times or files themselves."""
@@ -210,6 +236,10 @@ class RunHandle:
     # from another LOGDIR level): where, one phrase ("'exp/r1' in experiment 'sub'"). The
     # engine warns with both names; points are sent with dedupe (``existed``).
     same_source: str | None = None
+    # Written by another sync since this checkpoint's last one (another state dir, or the same
+    # files from another LOGDIR level), one line: the engine reports it and sends with dedupe
+    # until a whole pass completes (what the checkpoint says was sent is still there).
+    shared: str | None = None
     client: Any = None  # vendor objects; never persisted
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -252,7 +282,9 @@ class Destination(abc.ABC):
         """Send one sidecar part's rows as ``system/<name>`` (or the vendor's own names)."""
         raise NotImplementedError
 
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle,
+                   params: Mapping[str, Any]) -> "list[str] | ParamsResult":
+        """Set ``params``; return the names refused (a list) or a :class:`ParamsResult`."""
         raise NotImplementedError
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:

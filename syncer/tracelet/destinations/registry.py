@@ -15,7 +15,6 @@ never scans.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import threading
@@ -112,6 +111,8 @@ def all_factories() -> list[DestinationFactory]:
 
 def unknown_message(name: str, what: str = "destination") -> str:
     names = known_destinations()
+    import difflib  # only for a name that is wrong: ~13 ms at start
+
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"unknown {what} '{name}'; {hint}choose from {', '.join(names)}"

@@ -7,7 +7,11 @@ breakers), shared by the worker threads of a sync:
 * **open** — a call to this target exhausted its retries (:class:`RetriesExhaustedError`, the
   typed error of a transient failure that lasted the whole policy, ~15 s by default), or
   :data:`RUNS_FAILING_AT_ONCE` runs' calls failed transiently with nothing answered in between
-  (workers: several runs meet the dead target at once, no need to wait out the policy): every
+  (workers: several runs meet the dead target at once, no need to wait out the policy), or one
+  run's tries found nothing there :data:`NOTHING_THERE_TRIES` times in a row (connection
+  refused, host unreachable, name not resolved: ``retry.nothing_there``; ~1.5 s with the
+  default policy — a pass of 1,000 quick runs takes a few seconds, and waiting out the whole
+  policy would make a dead destination cost it several times over): every
   other run of the pass skips this destination at once, without a call
   (:class:`DestinationDownError`); calls of other runs already waiting for their next try stop
   there. Their checkpoints stay as they were; the pass reports one line per open breaker
@@ -17,8 +21,11 @@ breakers), shared by the worker threads of a sync:
   outcome. The probe is answered (success, or any error but a transient one) -> closed; its
   retries run out -> open again.
 
-Only a transient failure that outlasts the retry policy opens a breaker: a destination that
-answers, even with an error (403, a refused point), is up, and that error stays the run's.
+Only transient failures open a breaker: a destination that answers, even with an error (403, a
+refused point), is up, and that error stays the run's. A server that is there but slow or busy
+(timeouts, resets, HTTP 429/503) gets the whole policy; one that is not there at all (nothing
+listens) is skipped for the pass after a few refused tries — a restart that takes longer than
+that costs one pass (exit 1, "retry next pass"), never a point.
 """
 from __future__ import annotations
 
@@ -26,13 +33,17 @@ import threading
 import time
 
 from ..errors import DestinationDownError, RetriesExhaustedError
-from ..retry import cause_line, error_chain
+from ..retry import cause_line, error_chain, nothing_there
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 # Distinct runs (worker threads) whose calls to one target failed transiently, with no answer
-# from it in between: the target is down. One run alone (--workers 1) waits out the policy: a
-# server restarting for a few seconds must not cost the pass.
+# from it in between: the target is down. One run alone (--workers 1) waits out the policy for
+# a server that is there but failing (timeouts, 503s): a busy server must not cost the pass.
 RUNS_FAILING_AT_ONCE = 3
+# Tries of one run in a row that found nothing there (refused, unreachable, unresolvable), with
+# no answer in between: the target is down. With the default policy (0.5 s doubling) the third
+# refused try comes 1.5 s after the first.
+NOTHING_THERE_TRIES = 3
 
 
 class Breaker:
@@ -48,6 +59,7 @@ class Breaker:
         self.cond = threading.Condition()
         self.prober: int | None = None  # thread making the half-open probe
         self.failing: set[int] = set()  # threads whose call failed transiently, none answered since
+        self.refused: dict[int, int] = {}  # thread -> its tries in a row that found nothing there
 
     # -- asked before a call ----------------------------------------------------------------------
     def down(self) -> DestinationDownError | None:
@@ -83,27 +95,45 @@ class Breaker:
     # -- told after a call --------------------------------------------------------------------------
     def answered(self) -> None:
         """The destination answered (a result, or an error that is not transient): closed."""
-        if self.state == CLOSED and not self.failing:
+        if self.state == CLOSED and not self.failing and not self.refused:
             return  # the common case: no lock per call
         with self.cond:
             self.failing.clear()  # it answered: the failures before are not "at once" any more
+            self.refused.clear()
             if self.state == HALF_OPEN:
                 self.state, self.prober = CLOSED, None
                 self.cond.notify_all()
 
     def failed_try(self, err: BaseException) -> None:
         """A call failed transiently and will be tried again: with
-        :data:`RUNS_FAILING_AT_ONCE` runs failing so, the breaker opens (their calls stop at
-        once; see :meth:`wait`). Half-open, only the probe calls: its retries decide."""
+        :data:`RUNS_FAILING_AT_ONCE` runs failing so, or one run's :data:`NOTHING_THERE_TRIES`
+        tries in a row finding nothing there, the breaker opens (the calls stop at once; see
+        :meth:`wait`). Half-open, only the probe calls: the same rules decide its fate."""
+        me = threading.get_ident()
         with self.cond:
+            if self.state == OPEN:
+                return
+            refused = self.refused.get(me, 0) + 1 if nothing_there(err) else 0
+            if refused:
+                self.refused[me] = refused
+            else:
+                self.refused.pop(me, None)
+            if refused >= NOTHING_THERE_TRIES:
+                self._open(err, f"{refused} tries in a row found nothing there")
+                return
             if self.state != CLOSED:
                 return
-            self.failing.add(threading.get_ident())
+            self.failing.add(me)
             if len(self.failing) >= RUNS_FAILING_AT_ONCE:
-                self.state, self.cause, self.detail = OPEN, cause_line(err), error_chain(err)
-                self.opened_by = self.why = f"{len(self.failing)} runs failing at once"
-                self.failing.clear()
-                self.cond.notify_all()
+                self._open(err, f"{len(self.failing)} runs failing at once")
+
+    def _open(self, err: BaseException, why: str) -> None:
+        self.state, self.cause, self.detail = OPEN, cause_line(err), error_chain(err)
+        self.opened_by = self.why = why
+        self.prober = None
+        self.failing.clear()
+        self.refused.clear()
+        self.cond.notify_all()
 
     def trip(self, err: RetriesExhaustedError, what: str = "") -> None:
         with self.cond:
@@ -115,12 +145,14 @@ class Breaker:
                 self.why = f"{what} of another run ran out of retries"
             self.prober = None
             self.failing.clear()
+            self.refused.clear()
             self.cond.notify_all()
 
     def release(self) -> None:
         """The probe ended without an answer (an unexpected error): another call probes."""
         with self.cond:
             self.failing.discard(threading.get_ident())
+            self.refused.pop(threading.get_ident(), None)
             if self.prober == threading.get_ident():
                 self.prober = None
                 self.cond.notify_all()

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 
 from ..checkpoint import (FileState, check_file_identity, remember_identity,
                           track_incomplete_tail)
-from ..destinations.base import SystemRows, send_outcome
+from ..destinations.base import SystemRows, params_outcome, send_outcome
 from ..errors import FileReplacedError, NotRegularFileError, SourceError
 from ..params import flatten_params, param_text
 from ..quarantine import cause_text
@@ -139,12 +139,16 @@ class ParamsFacet(Facet):
                                lambda items: (slot.handle, dict(items)), what="log params")
 
     def acknowledge(self, ctx, slot: Slot, unit, new: dict[str, Any], outcomes) -> None:
+        present: set[str] = set()
         if outcomes is not None:
             conflicts: list[str] = []
             refused = 0
             for status, items, result in outcomes:
                 if status == "ok":
-                    conflicts.extend(result or [])
+                    c, p = params_outcome(result)
+                    conflicts.extend(c)
+                    held = set(p) - set(c)
+                    present.update(k for k, _ in items if k in held)
                     continue
                 refused += 1
                 ctx.delivery.quarantine(slot, None, f"param {items[0][0]!r} rejected by "
@@ -155,7 +159,10 @@ class ParamsFacet(Facet):
                     f"param '{k}': destination keeps its earlier value; new value "
                     f"{param_text(new[k])!r} not applied ({slot.name} params are write-once)")
             slot.report.params_sent += len(new) - len(conflicts) - refused
+            slot.report.params_present += len(present)
             ctx.delivery.count_quarantined(slot, {"params": refused})
+        slot.params_present.difference_update(new)  # what this send wrote or was refused
+        slot.params_present.update(present)
         slot.ck.params.update({k: param_text(v) for k, v in new.items()})
 
     def deliver(self, ctx, slots: list[Slot]) -> None:
@@ -303,27 +310,39 @@ class EventsFacet(Facet):
         for slot, fs, old_pending in joined:
             if slot.failed or fs.offset != batch.start_offset:
                 continue
+            hparams_present = False
             if batch.hparams:
                 # Params first: they commit on their own, and must never commit a destination
                 # state (W&B's point ordinals) that is ahead of the committed offset.
-                merged: dict[str, Any] = {}
-                for hp in batch.hparams:
-                    merged.update(hp.hparams)
-                # Lightning writes the same hparams into hparams.yaml (typed, nested) and into
-                # the event file (flattened, numbers as floats): the file's value is the one
-                # sent, so the two never conflict on a write-once destination
-                merged = {k: v for k, v in merged.items() if k not in ctx.file_params}
-                ParamsFacet(merged).deliver(ctx, [slot])
+                hparams_present = self.deliver_hparams(ctx, slot, batch)
                 if slot.failed:
                     continue
             if slot.dest is not None:
                 d.note_keys(slot, batch)
             if slot.dest is not None and batch.points:
                 dedupe = batch.start_offset < old_pending
-                d.deliver(ctx.store, slot, fs, batch, dedupe, plugins, ctx.rr)
+                landed = d.deliver(ctx.store, slot, fs, batch, dedupe, plugins, ctx.rr)
             else:
                 d.land(slot, fs, batch, {})
                 ctx.commit(slot)
+                landed = True
+            if landed and hparams_present:
+                slot.report.points_present += len(batch.hparams)
+
+    @staticmethod
+    def deliver_hparams(ctx, slot: Slot, batch: Batch) -> bool:
+        """Send the params of a batch's hparams; True when the destination already held every
+        one of them with the value sent (this sync's sends said so, :attr:`Slot.params_present`):
+        then the hparams points count as already present ("confirmed N already present")."""
+        merged: dict[str, Any] = {}
+        for hp in batch.hparams:
+            merged.update(hp.hparams)
+        # Lightning writes the same hparams into hparams.yaml (typed, nested) and into the
+        # event file (flattened, numbers as floats): the file's value is the one sent (by the
+        # params facet), so the two never conflict on a write-once destination
+        ParamsFacet({k: v for k, v in merged.items() if k not in ctx.file_params}
+                    ).deliver(ctx, [slot])
+        return bool(merged) and all(k in slot.params_present for k in merged)
 
 
 # -- sidecar --------------------------------------------------------------------------------------

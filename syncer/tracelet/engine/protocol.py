@@ -239,9 +239,7 @@ class RunSync:
             self.locks.enter_context(store.lock(run.name, f"run '{run.name}' on {name}",
                                                 target_key=tk))
         except LockedError as e:
-            dr.state, dr.error = "locked", str(e)
-            rr.locked = True
-            rr.note(str(e))
+            _locked_out(dr, rr, e)
             return
         try:
             ck = store.load(name, tk, run.name, ref.run_id)
@@ -284,8 +282,12 @@ class RunSync:
                     legacy_keys=ck.key_scheme < KEY_SCHEME and ck.total_points > 0,
                     target_key=tk, run_path=run.name)
         ck.key_scheme = KEY_SCHEME
-        ok, slot.handle = engine.delivery.call(store, slot, dest.open_run, ref, ck.identity,
-                                               what="open run")
+        try:
+            ok, slot.handle = engine.delivery.call(store, slot, dest.open_run, ref, ck.identity,
+                                                   what="open run")
+        except LockedError as e:  # the destination's own lock of its run (another sync holds
+            _locked_out(dr, rr, e)  # it under another run name or state dir): as above
+            return
         if not ok:
             return
         if slot.handle.identity_ignored and not fresh:
@@ -313,6 +315,9 @@ class RunSync:
         # Lost state dir but the run exists on the destination: everything we are about to
         # send may be there already. The destination is the truth: dedupe all of it.
         if fresh and slot.handle.existed:
+            ck.reconcile = True
+        if slot.handle.shared:  # another sync wrote to it meanwhile: the same, from here on
+            rr.note(f"{name}: {slot.handle.shared}")
             ck.reconcile = True
         slot.dedupe_all = ck.reconcile
         ctx.slots.append(slot)
@@ -414,6 +419,14 @@ class RunSync:
         if not isinstance(tags, dict) or not tags:
             return manifest
         return {**manifest, "tags": self.engine.redactor.params(tags)}  # type: ignore[dict-item]
+
+
+def _locked_out(dr: DestReport, rr: RunReport, e: LockedError) -> None:
+    """This (run, destination) is being synced by another sync: skipped, exit 75, retried at the
+    next sync; the checkpoint stays as it is."""
+    dr.state, dr.error = "locked", str(e)
+    rr.locked = True
+    rr.note(str(e))
 
 
 def _write(path: Path, data: bytes) -> Path:

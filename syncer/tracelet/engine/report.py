@@ -29,6 +29,7 @@ class DestReport:
     other: dict[str, int] = field(default_factory=dict)  # non-point records seen (graph, ...)
     skipped_records: int = 0
     params_sent: int = 0
+    params_present: int = 0  # of params_sent, those the destination already held (same value)
     param_conflicts: list[str] = field(default_factory=list)
     artifacts_sent: int = 0
     # refused for good by the destination, per kind (scalar ... params, artifact, system):

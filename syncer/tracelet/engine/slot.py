@@ -1,7 +1,7 @@
 """A slot: one destination's view of one run during a sync (checkpoint, report, handle)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..checkpoint import Checkpoint
 from ..destinations.base import Destination, RunHandle
@@ -29,6 +29,10 @@ class Slot:
     # values read from a checkpoint
     target_key: str = ""
     run_path: str = ""
+    # params this sync found the destination already held with the value sent (log_params'
+    # ParamsResult.present; a later send of the name that wrote or was refused drops it): the
+    # TensorBoard hparams of a batch count as present only when all their names are here
+    params_present: set[str] = field(default_factory=set)
     _ledger: KeyLedger | None = None
 
     def ledger(self) -> KeyLedger:

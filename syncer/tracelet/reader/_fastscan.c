@@ -18,6 +18,11 @@
  *
  * Framing outcomes mirror records.iter_records; the Python caller owns refills, "not yet",
  * corruption reporting and batch sealing (see events.EventFileReader._batches_fast).
+ *
+ * Two layouts for the decoded points: scan() appends Python objects to four lists (the engine's
+ * ScalarColumns); scan_typed() writes tag numbers, steps, wall times and values as raw machine
+ * values into the array.array buffers of a points.TypedScalars (`tracelet export`, which hands
+ * them to Arrow as they are): no object per point.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -283,12 +288,16 @@ typedef struct {
     const char *utf8; /* the str's own UTF-8 buffer (== the raw tag bytes) */
     Py_ssize_t len;
     uint32_t hash;
+    uint64_t gen;     /* typed columns: `id` is the tag's number in the table of generation `gen` */
+    Py_ssize_t id;
 } TagSlot;
 
 typedef struct {
     PyObject_HEAD
     TagSlot *slots;
     Py_ssize_t live;
+    PyObject *table;  /* typed columns: the tag table (names list) the slots' ids refer to */
+    uint64_t gen;     /* bumped whenever `table` changes: ids of older generations are stale */
 } Scanner;
 
 static void
@@ -311,7 +320,7 @@ tag_hash(const uint8_t *p, size_t n)
 /* New reference to the str for tag bytes [p, p+n); NULL with no exception set = not valid
  * UTF-8 (caller refuses the record); NULL with an exception = a real error. */
 static PyObject *
-tag_lookup(Scanner *self, const uint8_t *p, Py_ssize_t n)
+tag_lookup(Scanner *self, const uint8_t *p, Py_ssize_t n, TagSlot **slot_out)
 {
     uint32_t h = tag_hash(p, (size_t)n);
     size_t k = h & (TAG_SLOTS - 1);
@@ -321,6 +330,7 @@ tag_lookup(Scanner *self, const uint8_t *p, Py_ssize_t n)
             break;
         if (s->hash == h && s->len == n && memcmp(s->utf8, p, (size_t)n) == 0) {
             Py_INCREF(s->str);
+            *slot_out = s;
             return s->str;
         }
         k = (k + 1) & (TAG_SLOTS - 1);
@@ -349,22 +359,134 @@ tag_lookup(Scanner *self, const uint8_t *p, Py_ssize_t n)
     s->utf8 = utf8;
     s->len = ulen;
     s->hash = h;
+    s->gen = 0; /* generations start at 1: no id cached yet */
     self->live++;
+    *slot_out = s;
     return str;
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Event decoding                                                                            */
 
+/* Where decoded points go. List mode: four lists (tags, steps, wall_times, values) of Python
+ * objects, the engine's ScalarColumns. Typed mode (points.TypedScalars, `tracelet export`): the
+ * tag's number in a tag table (names list + str -> number dict, shared by all batches of a file)
+ * and the step, wall time and value as raw int32/int64/double in four array.array buffers, so no
+ * Python object is made per point. */
 typedef struct {
-    PyObject *tags, *steps, *walls, *values;
+    int typed;
+    PyObject *tags, *steps, *walls, *values; /* list mode (borrowed) */
+    PyObject *obj, *names, *index;            /* typed mode (borrowed / owned, owned) */
+    PyObject *arrays[4];                      /* owned: ids, steps, wall_times, values */
+    Py_buffer views[4];
+    int have_views;
+    Py_ssize_t n, cap;                        /* points held; room in the buffers */
 } Columns;
 
 enum { DECODED = 0, REFUSED = 1, FAILED = -1 };
 
+static const char *const typed_fields[4] = {"ids", "steps", "wall_times", "values"};
+static const Py_ssize_t typed_sizes[4] = {4, 8, 8, 8};
+
+static void
+typed_release(Columns *c)
+{
+    if (c->have_views) {
+        for (int k = 0; k < 4; k++)
+            PyBuffer_Release(&c->views[k]);
+        c->have_views = 0;
+    }
+}
+
+/* Writable views of the four buffers; cap = the points they all have room for. */
+static int
+typed_acquire(Columns *c)
+{
+    c->cap = PY_SSIZE_T_MAX;
+    for (int k = 0; k < 4; k++) {
+        if (PyObject_GetBuffer(c->arrays[k], &c->views[k], PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+            for (int j = 0; j < k; j++)
+                PyBuffer_Release(&c->views[j]);
+            return -1;
+        }
+        if (c->views[k].itemsize != typed_sizes[k]) {
+            for (int j = 0; j <= k; j++)
+                PyBuffer_Release(&c->views[j]);
+            PyErr_Format(PyExc_TypeError, "scan_typed(): %s must hold %zd-byte items",
+                         typed_fields[k], typed_sizes[k]);
+            return -1;
+        }
+        Py_ssize_t room = c->views[k].len / typed_sizes[k];
+        if (room < c->cap)
+            c->cap = room;
+    }
+    c->have_views = 1;
+    return 0;
+}
+
+/* Room for one more point: the buffers are grown by TypedScalars._grow() (views released
+ * first: an array.array cannot resize while exported). */
+static int
+typed_reserve(Columns *c)
+{
+    if (c->n < c->cap)
+        return 0;
+    typed_release(c);
+    PyObject *r = PyObject_CallMethod(c->obj, "_grow", NULL);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    if (typed_acquire(c) < 0)
+        return -1;
+    if (c->n >= c->cap) {
+        PyErr_SetString(PyExc_RuntimeError, "TypedScalars._grow() did not make room");
+        return -1;
+    }
+    return 0;
+}
+
+/* The tag's number in the table: from the slot when it was given in this generation, else the
+ * table's dict (Python's slow path adds tags there too), else appended as a new name. */
+static Py_ssize_t
+typed_tag_id(Scanner *self, Columns *c, TagSlot *slot)
+{
+    if (slot->gen == self->gen)
+        return slot->id;
+    PyObject *num = PyDict_GetItemWithError(c->index, slot->str);
+    Py_ssize_t id;
+    if (num) {
+        id = PyLong_AsSsize_t(num);
+        if (id == -1 && PyErr_Occurred())
+            return -1;
+    }
+    else {
+        if (PyErr_Occurred())
+            return -1;
+        id = PyList_GET_SIZE(c->names);
+        if (id > INT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "more than 2**31 distinct tags");
+            return -1;
+        }
+        num = PyLong_FromSsize_t(id);
+        if (!num)
+            return -1;
+        int err = PyList_Append(c->names, slot->str) || PyDict_SetItem(c->index, slot->str, num);
+        Py_DECREF(num);
+        if (err)
+            return -1;
+    }
+    slot->gen = self->gen;
+    slot->id = id;
+    return id;
+}
+
 static int
 truncate_columns(Columns *c, Py_ssize_t n0)
 {
+    if (c->typed) { /* the refused record's points are simply not counted */
+        c->n = n0;
+        return 0;
+    }
     PyObject *lists[4] = {c->tags, c->steps, c->walls, c->values};
     for (int k = 0; k < 4; k++)
         if (PyList_GET_SIZE(lists[k]) > n0 && PyList_SetSlice(lists[k], n0, PY_SSIZE_T_MAX, NULL))
@@ -421,12 +543,15 @@ decode_event(Scanner *self, const uint8_t *p, const uint8_t *end, Columns *cols,
     if (!sum || sum == sum_end)
         return DECODED; /* no values: the Python path counts such an event as nothing */
 
-    Py_ssize_t n0 = PyList_GET_SIZE(cols->values);
-    PyObject *step_obj = PyLong_FromLongLong(step);
-    PyObject *wall_obj = step_obj ? PyFloat_FromDouble(wall) : NULL;
+    Py_ssize_t n0 = cols->typed ? cols->n : PyList_GET_SIZE(cols->values);
+    PyObject *step_obj = NULL, *wall_obj = NULL;
     int rc = FAILED;
     Py_ssize_t count = 0;
-    if (!wall_obj)
+    if (!cols->typed) {
+        step_obj = PyLong_FromLongLong(step);
+        wall_obj = step_obj ? PyFloat_FromDouble(wall) : NULL;
+    }
+    if (!cols->typed && !wall_obj)
         goto done;
 
     p = sum;
@@ -468,11 +593,26 @@ decode_event(Scanner *self, const uint8_t *p, const uint8_t *end, Columns *cols,
         }
         if (!tag || !have_value)
             goto refuse;
-        PyObject *tag_obj = tag_lookup(self, tag, tag_end - tag);
+        TagSlot *slot = NULL;
+        PyObject *tag_obj = tag_lookup(self, tag, tag_end - tag, &slot);
         if (!tag_obj) {
             if (PyErr_Occurred())
                 goto done;
             goto refuse;
+        }
+        if (cols->typed) {
+            Py_ssize_t id = typed_tag_id(self, cols, slot);
+            Py_DECREF(tag_obj);
+            if (id < 0 || typed_reserve(cols) < 0)
+                goto done;
+            Py_ssize_t at = cols->n++;
+            double value = (double)f;
+            ((int32_t *)cols->views[0].buf)[at] = (int32_t)id;
+            ((int64_t *)cols->views[1].buf)[at] = step;
+            memcpy((double *)cols->views[2].buf + at, &wall, sizeof(double));
+            memcpy((double *)cols->views[3].buf + at, &value, sizeof(double));
+            count++;
+            continue;
         }
         PyObject *val_obj = PyFloat_FromDouble((double)f);
         if (!val_obj) {
@@ -526,6 +666,7 @@ Scanner_dealloc(Scanner *self)
         tags_clear(self);
         PyMem_Free(self->slots);
     }
+    Py_CLEAR(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -540,27 +681,16 @@ PyDoc_STRVAR(scan_doc,
 "buf[x:y]; for SCAN_NEED_BODY `x` is the record's data length; for SCAN_CORRUPT and\n"
 "SCAN_ZERO_HEADER the bad header starts at `i`.");
 
+/* The framing/decoding loop shared by scan() and scan_typed(); args[0] = buf, args[1] = i,
+ * `room` already parsed. */
 static PyObject *
-Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
+scan_records(Scanner *self, PyObject *bufobj, PyObject *iobj, Py_ssize_t room, Columns *cols)
 {
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "scan() takes 7 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    Columns cols = {args[2], args[3], args[4], args[5]};
-    for (int k = 2; k < 6; k++)
-        if (!PyList_Check(args[k])) {
-            PyErr_SetString(PyExc_TypeError, "scan(): the four columns must be lists");
-            return NULL;
-        }
-    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t i = PyLong_AsSsize_t(iobj);
     if (i == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t room = PyLong_AsSsize_t(args[6]);
-    if (room == -1 && PyErr_Occurred())
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (PyObject_GetBuffer(bufobj, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     const uint8_t *buf = view.buf;
     const Py_ssize_t n = view.len;
@@ -604,7 +734,7 @@ Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         Py_ssize_t got = 0;
-        int rc = decode_event(self, data, data_end, &cols, &got);
+        int rc = decode_event(self, data, data_end, cols, &got);
         if (rc == FAILED) {
             PyBuffer_Release(&view);
             return NULL;
@@ -628,8 +758,97 @@ Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("innnnKn", code, i, records, appended, bad, x, y);
 }
 
+static PyObject *
+Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "scan() takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Columns cols = {0};
+    cols.tags = args[2];
+    cols.steps = args[3];
+    cols.walls = args[4];
+    cols.values = args[5];
+    for (int k = 2; k < 6; k++)
+        if (!PyList_Check(args[k])) {
+            PyErr_SetString(PyExc_TypeError, "scan(): the four columns must be lists");
+            return NULL;
+        }
+    Py_ssize_t room = PyLong_AsSsize_t(args[6]);
+    if (room == -1 && PyErr_Occurred())
+        return NULL;
+    return scan_records(self, args[0], args[1], room, &cols);
+}
+
+PyDoc_STRVAR(scan_typed_doc,
+"scan_typed(buf, i, columns, room) -> the tuple scan() returns\n\n"
+"scan() into a points.TypedScalars: `columns.names` (list) and `columns.index` (dict) are its\n"
+"tag table, `columns.ids` / `steps` / `wall_times` / `values` array.array('i'/'q'/'d'/'d')\n"
+"buffers of which the first `columns.n` items are points; C writes after them, grows them with\n"
+"`columns._grow()` and sets `columns.n`.");
+
+static PyObject *
+Scanner_scan_typed(Scanner *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "scan_typed() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Columns cols = {0};
+    cols.typed = 1;
+    cols.obj = args[2];
+    Py_ssize_t room = PyLong_AsSsize_t(args[3]);
+    if (room == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *result = NULL, *nobj = NULL;
+    cols.names = PyObject_GetAttrString(cols.obj, "names");
+    cols.index = cols.names ? PyObject_GetAttrString(cols.obj, "index") : NULL;
+    if (!cols.index)
+        goto out;
+    if (!PyList_Check(cols.names) || !PyDict_Check(cols.index)) {
+        PyErr_SetString(PyExc_TypeError, "scan_typed(): names must be a list, index a dict");
+        goto out;
+    }
+    for (int k = 0; k < 4; k++)
+        if (!(cols.arrays[k] = PyObject_GetAttrString(cols.obj, typed_fields[k])))
+            goto out;
+    nobj = PyObject_GetAttrString(cols.obj, "n");
+    if (!nobj || ((cols.n = PyLong_AsSsize_t(nobj)) == -1 && PyErr_Occurred()))
+        goto out;
+    if (cols.names != self->table) { /* another tag table: every cached id is stale */
+        Py_INCREF(cols.names);
+        Py_XSETREF(self->table, cols.names);
+        self->gen++;
+    }
+    if (typed_acquire(&cols) < 0)
+        goto out;
+    if (cols.n < 0 || cols.n > cols.cap) {
+        PyErr_SetString(PyExc_ValueError, "scan_typed(): n is beyond the buffers");
+        goto out;
+    }
+    result = scan_records(self, args[0], args[1], room, &cols);
+    typed_release(&cols);
+    if (result) { /* the points written so far are kept whatever happens next */
+        PyObject *count = PyLong_FromSsize_t(cols.n);
+        if (!count || PyObject_SetAttrString(cols.obj, "n", count) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(count);
+    }
+out:
+    typed_release(&cols);
+    Py_XDECREF(nobj);
+    for (int k = 0; k < 4; k++)
+        Py_XDECREF(cols.arrays[k]);
+    Py_XDECREF(cols.index);
+    Py_XDECREF(cols.names);
+    return result;
+}
+
 static PyMethodDef Scanner_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))Scanner_scan, METH_FASTCALL, scan_doc},
+    {"scan_typed", (PyCFunction)(void (*)(void))Scanner_scan_typed, METH_FASTCALL,
+     scan_typed_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,13 +19,13 @@ import errno
 import math
 import os
 import stat
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import numpy as np
-from google.protobuf.message import DecodeError
-from tensorboard.compat.proto import event_pb2
+if TYPE_CHECKING:
+    import numpy as np
 
-from .points import AudioPoint, Batch, HistogramPoint, HParamsPoint, ImagePoint, TextPoint
+from .points import (AudioPoint, Batch, HistogramPoint, HParamsPoint, ImagePoint, TagTable,
+                     TextPoint, TypedScalars)
 from .records import (FOOTER_BYTES, HEADER_BYTES, LENGTH_CRC_MISMATCH, MAX_NOTED,
                       MAX_RECORD_BYTES, FramingStatus, _refill, iter_records, length_too_large,
                       note_bad_data)
@@ -35,22 +35,38 @@ try:  # built by setup.py where a C compiler exists; optional, same results, ten
 except ImportError:
     _fastscan = None
 
-_parse_event = event_pb2.Event.FromString
+# protobuf and TensorBoard's Event class are imported on the first record C does not decode
+# (:func:`_load_protobuf`): a PyTorch file read by the C scanner never needs them (~10 ms).
+_parse_event = None
 
-# TensorFlow DataType enum -> (numpy dtype, typed repeated field of TensorProto)
+
+class DecodeError(Exception):
+    """Stands for protobuf's DecodeError until :func:`_load_protobuf` replaces it."""
+
+
+def _load_protobuf() -> None:
+    global _parse_event, DecodeError
+    from google.protobuf.message import DecodeError as _DecodeError
+    from tensorboard.compat.proto import event_pb2
+
+    DecodeError = _DecodeError
+    _parse_event = event_pb2.Event.FromString
+
+# TensorFlow DataType enum -> (numpy dtype, typed repeated field of TensorProto). numpy itself is
+# imported where a tensor is decoded: a sync of PyTorch files never needs it (~50 ms at start).
 _DTYPES = {
-    1: (np.float32, "float_val"),
-    2: (np.float64, "double_val"),
-    3: (np.int32, "int_val"),
-    4: (np.uint8, "int_val"),
-    5: (np.int16, "int_val"),
-    6: (np.int8, "int_val"),
-    9: (np.int64, "int64_val"),
-    10: (np.bool_, "bool_val"),
-    17: (np.uint16, "int_val"),
-    19: (np.float16, "half_val"),
-    22: (np.uint32, "uint32_val"),
-    23: (np.uint64, "uint64_val"),
+    1: ("float32", "float_val"),
+    2: ("float64", "double_val"),
+    3: ("int32", "int_val"),
+    4: ("uint8", "int_val"),
+    5: ("int16", "int_val"),
+    6: ("int8", "int_val"),
+    9: ("int64", "int64_val"),
+    10: ("bool", "bool_val"),
+    17: ("uint16", "int_val"),
+    19: ("float16", "half_val"),
+    22: ("uint32", "uint32_val"),
+    23: ("uint64", "uint64_val"),
 }
 DT_STRING = 7
 DT_BFLOAT16 = 14
@@ -115,6 +131,8 @@ def tensor_to_ndarray(t) -> np.ndarray:
     exactly elements x item size, more values than elements, a compact form beyond the caps, a
     negative dimension, an absurd rank), and ``ValueError`` for a dtype it does not decode.
     """
+    import numpy as np
+
     shape, n = _shape_of(t)
     if t.dtype == DT_STRING:
         vals = list(t.string_val)
@@ -196,8 +214,12 @@ class EventFileReader:
     """
 
     def __init__(self, path: str | os.PathLike, offset: int = 0, tag_plugins: dict | None = None,
-                 opener=None):
+                 opener=None, typed_scalars: bool = False):
         self.path = os.fspath(path)
+        # typed_scalars: batches carry their scalars as :class:`TypedScalars` (one tag table for
+        # the file) instead of lists: what ``tracelet export`` turns into Arrow columns as is
+        self._tags = TagTable() if typed_scalars else None
+        self._capacity = DEFAULT_BATCH_POINTS
         self.start_offset = offset
         self.tag_plugins: dict[str, str] = dict(tag_plugins or {})
         self.status = FramingStatus(offset=offset)
@@ -218,6 +240,7 @@ class EventFileReader:
         with (self._opener(self.path) if self._opener else open_event_file(self.path)) as f:
             if end is None:
                 end = os.fstat(f.fileno()).st_size if self._opener is None else f.seek(0, 2)
+            self._capacity = max_points + 64  # a batch is sealed once it holds max_points
             yield from self._batches(f, end, max_points)
 
     def skip_details(self, limit: int = 10) -> str:
@@ -227,7 +250,10 @@ class EventFileReader:
         return shown + (f"; and {more:,} more" if more > 0 else "")
 
     def _new_batch(self, start: int) -> Batch:
-        return Batch(path=self.path, start_offset=start)
+        if self._tags is None:
+            return Batch(path=self.path, start_offset=start)
+        return Batch(path=self.path, start_offset=start,
+                     scalars=TypedScalars(self._tags, self._capacity))
 
     def _batches(self, f, end: int, max_points: int) -> Iterator[Batch]:
         if _fastscan is not None and not _fastscan_disabled():
@@ -267,7 +293,8 @@ class EventFileReader:
         """
         status = self.status
         status.offset = pos = self.start_offset
-        scan = _fastscan.Scanner().scan
+        scanner = _fastscan.Scanner()
+        scan, typed = scanner.scan, self._tags is not None
         buf = b""
         i = 0  # index into buf of the next record; buf[0] is file offset `pos`
         batch = self._new_batch(self.start_offset)
@@ -276,9 +303,13 @@ class EventFileReader:
         weight = 0
         while True:
             cols = batch.scalars
-            code, i, n_records, n_points, n_bad, x, y = scan(
-                buf, i, cols.tags, cols.steps, cols.wall_times, cols.values, max_points - weight
-            )
+            if typed:
+                code, i, n_records, n_points, n_bad, x, y = scanner.scan_typed(
+                    buf, i, cols, max_points - weight)
+            else:
+                code, i, n_records, n_points, n_bad, x, y = scan(
+                    buf, i, cols.tags, cols.steps, cols.wall_times, cols.values,
+                    max_points - weight)
             records += n_records
             weight += n_points
             status.bad_data_crc += n_bad
@@ -339,6 +370,8 @@ class EventFileReader:
         """Decode one record's payload (starting at byte ``offset``) into ``batch``; its weight,
         or None if unparsable. A value refused as malformed is left out and its record counted
         as skipped (once); the record's other values are kept."""
+        if _parse_event is None:
+            _load_protobuf()
         try:
             ev = _parse_event(data)
         except DecodeError as e:
@@ -356,9 +389,13 @@ class EventFileReader:
         cols = batch.scalars
         weight = 0
         refused = False
+        typed = self._tags is not None
         for v in values:
             kind = v.WhichOneof("value")
-            if kind == "simple_value":  # inlined ScalarColumns.append: this is the hot loop
+            if kind == "simple_value" and typed:
+                cols.append(v.tag, step, wall, v.simple_value)
+                weight += 1
+            elif kind == "simple_value":  # inlined ScalarColumns.append: this is the hot loop
                 cols.tags.append(v.tag)
                 cols.steps.append(step)
                 cols.wall_times.append(wall)
@@ -439,6 +476,8 @@ class EventFileReader:
         return 0
 
     def _decode_tensor(self, v, tag: str, plugin: str, step: int, wall: float, batch: Batch) -> int:
+        import numpy as np
+
         t = v.tensor
         if plugin == "hparams":
             return self._decode_hparams(v, step, wall, batch)

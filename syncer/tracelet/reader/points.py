@@ -1,11 +1,13 @@
 """Typed points: what the reader hands to every other layer.
 
 Scalars dominate (millions per run), so they travel column-wise in :class:`ScalarColumns`
-(plain lists, cheap to append, turned into an Arrow table on demand). The rarer kinds are small
-frozen dataclasses.
+(plain lists, cheap to append, turned into an Arrow table on demand) or, for ``tracelet export``,
+in :class:`TypedScalars` (typed buffers and a tag table: no Python object per point). The rarer
+kinds are small frozen dataclasses.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -149,6 +151,68 @@ class ScalarColumns:
                 "value": pa.array(self.values, pa.float64()),
             }
         )
+
+
+class TagTable:
+    """The tags of one file in order of first sight: ``names[i]`` is tag number ``i``. Shared by
+    every :class:`TypedScalars` of a file, so their numbers agree from batch to batch."""
+
+    __slots__ = ("names", "index")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+
+    def id(self, tag: str) -> int:
+        i = self.index.get(tag)
+        if i is None:
+            i = self.index[tag] = len(self.names)
+            self.names.append(tag)
+        return i
+
+
+class TypedScalars:
+    """Scalar points in typed buffers (``tracelet export``'s layout): point ``i`` is tag
+    ``names[ids[i]]``, ``steps[i]``, ``wall_times[i]``, ``values[i]`` for ``i < n``. The buffers
+    (``array('i'/'q'/'d'/'d')``) may be longer than ``n``; the C reader writes into them
+    directly (``Scanner.scan_typed``) and calls :meth:`_grow` when they are full."""
+
+    __slots__ = ("table", "names", "index", "ids", "steps", "wall_times", "values", "n")
+
+    def __init__(self, table: TagTable | None = None, capacity: int = 1024) -> None:
+        self.table = table if table is not None else TagTable()
+        self.names, self.index = self.table.names, self.table.index
+        capacity = max(int(capacity), 16)
+        self.ids = array("i", bytes(4 * capacity))
+        self.steps = array("q", bytes(8 * capacity))
+        self.wall_times = array("d", bytes(8 * capacity))
+        self.values = array("d", bytes(8 * capacity))
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _grow(self) -> None:
+        more = max(len(self.values), 16)  # doubling: appends stay amortised O(1)
+        self.ids.frombytes(bytes(4 * more))
+        for col in (self.steps, self.wall_times, self.values):
+            col.frombytes(bytes(8 * more))
+
+    def append(self, tag: str, step: int, wall_time: float, value: float) -> None:
+        n = self.n
+        if n >= len(self.values):
+            self._grow()
+        self.ids[n] = self.table.id(tag)
+        self.steps[n] = step
+        self.wall_times[n] = wall_time
+        self.values[n] = value
+        self.n = n + 1
+
+    def to_columns(self) -> ScalarColumns:
+        """The same points as :class:`ScalarColumns` (tests compare the two layouts)."""
+        n, names = self.n, self.names
+        return ScalarColumns([names[i] for i in self.ids[:n]], self.steps[:n].tolist(),
+                             self.wall_times[:n].tolist(), self.values[:n].tolist())
 
 
 @dataclass(slots=True)

@@ -22,7 +22,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from crc32c import crc32c
 
 HEADER_BYTES = 12  # u64 length + u32 length crc
 FOOTER_BYTES = 4  # u32 data crc
@@ -43,8 +42,15 @@ def length_too_large(length: int) -> str:
             f"({MAX_RECORD_BYTES:,} bytes, protobuf's limit): not a record being written")
 
 
+_crc32c = None  # crc32c.crc32c, imported on first use: the C reader checks CRCs itself, and
+#                the package's import (its version lookup through importlib.metadata) costs ~15 ms
+
+
 def masked_crc32c(data) -> int:
-    crc = crc32c(data)
+    global _crc32c
+    if _crc32c is None:
+        from crc32c import crc32c as _crc32c
+    crc = _crc32c(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 

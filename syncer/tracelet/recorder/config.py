@@ -6,7 +6,6 @@ written.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -166,6 +165,8 @@ def _check_backend_names(names: list[str]) -> None:
     problems = []
     for name in names:
         if name not in valid:
+            import difflib  # only for a name that is wrong: ~13 ms at start
+
             close = difflib.get_close_matches(name, valid, n=1)
             problems.append(f"unknown backend {name!r}; " + (f"did you mean {close[0]}? " if close else ""))
     if problems:

@@ -69,6 +69,27 @@ def tensor_value(tag: str, t: tensor_pb2.TensorProto, plugin: str = "") -> Value
     return v
 
 
+def hparams_event(hparams: dict, step: int = 0, wall: float | None = None) -> event_pb2.Event:
+    """The hparams plugin's ``session_start_info`` event (what Keras' hparams callback, torch's
+    ``add_hparams`` and Lightning write): strings, bools and numbers (numbers are doubles on the
+    wire, so ``64`` reads back as ``64.0``)."""
+    from google.protobuf import struct_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    def value(v) -> struct_pb2.Value:
+        if isinstance(v, bool):
+            return struct_pb2.Value(bool_value=v)
+        if isinstance(v, str):
+            return struct_pb2.Value(string_value=v)
+        return struct_pb2.Value(number_value=float(v))
+
+    info = plugin_data_pb2.SessionStartInfo(hparams={k: value(v) for k, v in hparams.items()})
+    content = plugin_data_pb2.HParamsPluginData(version=0, session_start_info=info)
+    return summary_event(step, T0 + step if wall is None else wall, [Value(
+        tag="_hparams_/session_start_info",
+        metadata=plugin_metadata("hparams", content.SerializeToString()))])
+
+
 def framed(payload: Payload) -> bytes:
     """One TFRecord frame of an event (or of raw payload bytes, valid protobuf or not)."""
     return frame_record(payload if isinstance(payload, bytes) else payload.SerializeToString())

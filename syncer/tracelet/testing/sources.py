@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tensorboard.compat.proto import summary_pb2
 
-from .events import (DT_DOUBLE, DT_FLOAT, DT_STRING, EVENT_NAME, T0, event_record, header_record,
-                     image_bytes, plugin_metadata, tensor, tensor_value, wav_bytes)
+from .events import (DT_DOUBLE, DT_FLOAT, DT_STRING, EVENT_NAME, T0, event_record, framed,
+                     header_record, hparams_event, image_bytes, tensor, tensor_value, wav_bytes)
 
 
 @dataclass
@@ -86,9 +86,6 @@ def write_points(path: Path, points, *, file_name: str = EVENT_NAME, append: boo
 def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
     """TF2 layout: tensor scalars with plugin metadata on the first value only, a tensor
     histogram, a string-tensor image and text, and an hparams session_start_info."""
-    from tensorboard.plugins.hparams import plugin_data_pb2
-    from google.protobuf import struct_pb2
-
     path.mkdir(parents=True, exist_ok=True)
     chunks = [header_record()]
 
@@ -126,11 +123,7 @@ def write_tf2_run(path: Path, run: str, truth: SourceTruth) -> None:
         av = tensor_value("speech", tensor(DT_STRING, [2, 2], string_val=clips), "audio")
         chunks.append(event_record(i, T0 + 6500 + i, [av]))
     truth.audio[run] = 4
-    hp = plugin_data_pb2.HParamsPluginData(version=0, session_start_info=plugin_data_pb2.SessionStartInfo(
-        hparams={"optimizer": struct_pb2.Value(string_value="adam"),
-                 "units": struct_pb2.Value(number_value=64)}))
-    chunks.append(event_record(0, T0 + 7000, [summary_pb2.Summary.Value(
-        tag="_hparams_/session_start_info", metadata=plugin_metadata("hparams", hp.SerializeToString()))]))
+    chunks.append(framed(hparams_event({"optimizer": "adam", "units": 64}, 0, T0 + 7000)))
     truth.params.setdefault(run, {}).update({"optimizer": "adam", "units": "64"})
     (path / "events.out.tfevents.1700000000.tfhost.2.v2").write_bytes(b"".join(chunks))
 

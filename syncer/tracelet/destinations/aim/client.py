@@ -572,16 +572,23 @@ class AimDestination(Destination):
         return SendResult(present=present)
 
     # -- params, artifacts, status -------------------------------------------------------------
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> Any:  # a ParamsResult
+        # imports kept local: this function's edit stays apart from the send path's
+        from ...params import param_text
+        from ..base import ParamsResult
+
         aim_run = handle.client.run
         current = aim_run.get("hparams") or {}
         flat = flatten_params(current) if isinstance(current, dict) else {}
+        # the run's params (run["hparams"]) that already hold the same value are present
+        present = [k for k, v in params.items()
+                   if k in flat and param_text(flat[k]) == param_text(v)]
         flat.update(params)
         nested = nest_params(flat)
         if nested != current:
             aim_run["hparams"] = nested
             self._index_if(handle.client, True)
-        return []  # Aim params are mutable: nothing is refused
+        return ParamsResult(present=present)  # Aim params are mutable: nothing is refused
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         aim_run = handle.client.run

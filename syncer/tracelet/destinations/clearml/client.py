@@ -64,8 +64,13 @@ on error (no half batch stays). A batch sent again after a crash (``dedupe``) is
 what the run's sessions hold and only missing events are written; after a lost state dir the
 sessions on disk are the truth (found by the run's id prefix) and the same comparison applies,
 to params (merged hyperparameters), artifacts (key + sha256) and status too, so a resync with
-nothing new writes no session. Online, nothing is asked: a re-sent event carries the same id
-and replaces itself on the server.
+nothing new writes no session. What a session holds is what ClearML's import of it would send
+(:func:`.offline._read_session_events`: its zip, else its folder; events of its own task id; a
+debug sample only with its file; a scalar only with the same value); the points found there
+are returned as ``SendResult.present`` ("confirmed N already present"), and the params the
+sessions hold with the same value as ``ParamsResult.present`` (so TensorBoard hparams count
+too). Online, nothing is asked: a re-sent event carries the same id and replaces itself on the
+server, and nothing is reported present (plain "synced").
 
 Errors (:meth:`ClearmlDestination.classify`): a server reply's HTTP code and ClearML subcode
 decide (``mapping.server_error_class``: 429/5xx transient; 401/403/404, and a 400 saying the
@@ -93,26 +98,29 @@ import json
 import logging
 import os
 import re
+import secrets
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ...errors import DestinationError, PermanentDestinationError, TraceletError
+from ...errors import DestinationError, PermanentDestinationError, StateError, TraceletError
 from ...media import image_problem
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub, scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status)
+from ..base import (Capabilities, Destination, ParamsResult, Rejected, RunHandle, RunRef,
+                    SendResult, SystemRows, chain, classify_error, http_status)
 from ...rundir import ARTIFACTS_DIR
+from .claim import Claim, claim
 from .factory import clearml_offline
 from .mapping import (_SCALAR_TYPE, EVENTS_PER_LINE, PARAM_SECTION, SESSION_PREFIX, STATUS,
                       TRACELET_SECTION, _Copies, _media_id, _media_specs, _names, _row_id,
                       _scalar_rows, _system_rows, clearml_key, clearml_name, run_hash,
                       server_error_class, session_id)
-from .offline import (IMPORTED_SUFFIX, REPRO_KEY, _cut_unfinished_line, _list_sessions,
-                      _read_session_doc, _read_session_events, _task_class, _Templates,
-                      _zip_session, missing_sessions, offline_dir)
+from .offline import (IMPORTED_SUFFIX, REPRO_KEY, WRITER_KEY, _cut_unfinished_line,
+                      _list_sessions, _read_session_doc, _read_session_events, _task_class,
+                      _Templates, _zip_session, missing_sessions, offline_dir)
 from .sources import (SOURCE_PARAM, SourceIndex, adopted_run, find_online_task,
                       last_session_info, matches, online_info, where)
 from .repro import (DIFF_ARTIFACT, MAX_DIFF_BYTES, command_line, diff_text, digest, iso_utc,
@@ -135,6 +143,7 @@ class ClearmlDestination(Destination):
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
         self.offline = clearml_offline(self.config)  # the same rule as the factory's target
+        self._claims: set[Claim] = set()  # offline: the runs this destination has open
         _quiet_clearml()
         from clearml import Task
 
@@ -221,10 +230,6 @@ class ClearmlDestination(Destination):
     def _open_offline(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
         folder = self.folder
         assert folder is not None
-        ignored = False
-        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
-        if rhex is None:
-            identity, ignored, rhex = None, True, run_hash(run)  # another run's: never used
         if identity and identity.get("dir") and Path(identity["dir"]) != folder:
             raise DestinationError(
                 f"clearml: run '{run.run_path}' was synced to offline sessions in "
@@ -232,6 +237,45 @@ class ClearmlDestination(Destination):
                 "(CLEARML_CACHE_DIR / clearml.conf changed). Point it back, or use another "
                 "--state-dir to start this target over.")
         folder.mkdir(parents=True, exist_ok=True)
+        held = self._claim(folder, run, identity)  # before the sessions are listed (.claim)
+        try:
+            handle = self._open_offline_claimed(folder, run, identity)
+        except BaseException:
+            self._release(held)
+            raise
+        handle.extra["claim"] = held
+        weakref.finalize(handle, held.release)  # a crashed sync that never calls close_run
+        return handle
+
+    def _claim(self, folder: Path, run: RunRef, identity: dict[str, Any] | None) -> Claim:
+        """This run's lock in the offline folder (:mod:`.claim`): its session prefix, the one its
+        checkpoint names, and its source id with the last part of its path (what every LOGDIR
+        level of the same files shares: ``exp/r1`` and ``r1``)."""
+        named = identity.get("run_hash") if identity else None
+        leaf = run.run_path.rsplit("/", 1)[-1]
+        keys = ["run:" + run_hash(run),
+                f"source:{run.source_id}/{leaf}" if run.source_id else ""]
+        if isinstance(named, str):
+            keys.append("run:" + named)
+        try:
+            held = claim(folder, keys, f"clearml: the ClearML run of '{run.run_path}' (offline "
+                                       f"sessions in {folder})")
+        except StateError as e:  # a link or FIFO where a lock file belongs: never written
+            raise DestinationError(f"clearml: {e}") from e
+        self._claims.add(held)
+        return held
+
+    def _release(self, held: Claim | None) -> None:
+        if held is not None:
+            held.release()
+            self._claims.discard(held)
+
+    def _open_offline_claimed(self, folder: Path, run: RunRef,
+                              identity: dict[str, Any] | None) -> RunHandle:
+        ignored = False
+        rhex = _offline_rhex(folder, run, identity) if identity else run_hash(run)
+        if rhex is None:
+            identity, ignored, rhex = None, True, run_hash(run)  # another run's: never used
         adopted = identity.get("source_run") if identity else None
         sessions = _list_sessions(folder, rhex)
         same_source = None
@@ -247,8 +291,11 @@ class ClearmlDestination(Destination):
         for stale in folder.glob(f".{SESSION_PREFIX}{rhex}*.zip.tmp-*"):
             stale.unlink(missing_ok=True)  # a zip cut by kill -9: the folder is still there
         drift = _offline_drift(folder, rhex, sessions, identity)
+        shared = None if drift else _written_elsewhere(folder, sessions, identity)
         last_seq = max(sessions, default=0)  # markers count: a name is never used twice
         ident = dict(identity or {})
+        if not isinstance(ident.get("writer"), str):  # this checkpoint's mark in its sessions
+            ident["writer"] = secrets.token_hex(8)
         if drift:
             # the engine re-sends the run from its start: occurrence numbers start over too;
             # the sessions found missing are recorded, so they are drift once, not every sync
@@ -262,7 +309,8 @@ class ClearmlDestination(Destination):
             ident["source_run"] = dict(adopted)
             run = adopted_run(run, adopted)  # sessions keep the identity the run was created with
         handle = RunHandle(identity=ident, existed=identity is not None or bool(sessions),
-                           identity_ignored=ignored, drift=drift, same_source=same_source)
+                           identity_ignored=ignored, drift=drift, same_source=same_source,
+                           shared=shared)
         handle.extra.update(run=run, sessions=sessions, task=None, templates=None, landed=None)
         last = sessions.get(last_seq)
         if last and last["dir"] is not None and last["zip"] is None and not last.get("marker"):
@@ -271,7 +319,8 @@ class ClearmlDestination(Destination):
             if (last["dir"] / "task.json").exists():
                 _cut_unfinished_line(last["dir"] / "metrics.jsonl")
                 handle.extra["task"] = self._reopen_session(run, session_id(rhex, last_seq),
-                                                            last_seq, self._repro(handle))
+                                                            last_seq, self._repro(handle),
+                                                            ident["writer"])
                 handle.extra["seq"] = last_seq
         self._store_repro(handle)
         return handle
@@ -279,13 +328,14 @@ class ClearmlDestination(Destination):
     def _new_session(self, handle: RunHandle) -> Any:
         run: RunRef = handle.extra["run"]
         ident = handle.identity
-        seq = int(ident["next_seq"])
+        seq = _take_session_number(self.folder, ident["run_hash"], int(ident["next_seq"]))
         sid = session_id(ident["run_hash"], seq)
         cls = _task_class()
         from clearml import Task
 
         task = cls(chosen_id=sid, project_name=_names(run)[0], task_name=_names(run)[1],
                    task_type=Task.TaskTypes.training)
+        task.tracelet_extra[WRITER_KEY] = ident["writer"]  # in its first whole task.json
         _prepare_session_task(task, run, seq, self._repro(handle))
         handle.extra["sessions"][seq] = {"dir": Path(task.get_offline_mode_folder()), "zip": None,
                                          "marker": None}
@@ -293,8 +343,10 @@ class ClearmlDestination(Destination):
         ident["next_seq"] = seq + 1
         return task
 
-    def _reopen_session(self, run: RunRef, sid: str, seq: int, repro: "_Repro") -> Any:
+    def _reopen_session(self, run: RunRef, sid: str, seq: int, repro: "_Repro",
+                        writer: str) -> Any:
         task = _task_class()(task_id=sid)
+        task.tracelet_extra[WRITER_KEY] = writer
         task._project_name = (None, _names(run)[0])  # offline: not restored by reload
         _prepare_session_task(task, run, seq, repro)  # again: the kill may have come before it
         return task
@@ -383,7 +435,9 @@ class ClearmlDestination(Destination):
     # -- points ------------------------------------------------------------------------------
     # Points become rows (title, series, iteration, value, timestamp_ms) first: the dedupe
     # check needs no session, so a re-send of what landed opens no new (empty) session.
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+    # ``present`` (offline, dedupe): the points the run's sessions already hold, as ClearML's
+    # import would send them (``offline._read_session_events``); online 0: nothing is asked.
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         # ClearML stores an image's bytes as they are and its UI cannot show a broken one: a
         # truncated or corrupt PNG/JPEG/GIF (checked without decoding) is quarantined instead
         rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
@@ -391,15 +445,16 @@ class ClearmlDestination(Destination):
         copies = _Copies(handle.identity["copies"])
         rows = _scalar_rows(copies, batch)
         media = _media_specs(copies, batch, {r.index for r in rejected})
-        self._write(handle, rows, media, dedupe)
+        present = self._write(handle, rows, media, dedupe)
         copies.commit()
-        return rejected
+        return SendResult(rejected=rejected, present=present)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         copies = _Copies(handle.identity["copies"])
-        self._write(handle, _system_rows(copies, rows, run.started_at), [], dedupe)
+        present = self._write(handle, _system_rows(copies, rows, run.started_at), [], dedupe)
         copies.commit()
+        return SendResult(present=present)
 
     def _templates(self, handle: RunHandle, task: Any) -> _Templates:
         t = handle.extra.get("templates")
@@ -409,13 +464,18 @@ class ClearmlDestination(Destination):
 
     # -- writing -------------------------------------------------------------------------------
     def _write(self, handle: RunHandle, rows: list[tuple], media: list[tuple],
-               dedupe: bool) -> None:
+               dedupe: bool) -> int:
+        """Write the rows and media specs; the number of them the sessions already held (left
+        out: offline dedupe; a scalar counts only with the same value)."""
+        present = 0
         if dedupe and self.offline:
             landed = self._landed(handle)
+            given = len(rows) + len(media)
             rows = [r for r in rows if landed.get(_row_id(r), _MISSING) != r[3]]
             media = [m for m in media if _media_id(m) not in landed]
+            present = given - len(rows) - len(media)
         if not rows and not media:
-            return
+            return present
         task = self._task(handle)
         templates = self._templates(handle, task)
         events = []
@@ -429,7 +489,7 @@ class ClearmlDestination(Destination):
             # No dedupe query: an event's server id is (task, iter, metric, variant[, key]),
             # so a re-sent event replaces itself.
             self._write_online(task, events, media, handle.extra["run"])
-            return
+            return 0
         path = Path(task.get_offline_mode_folder()) / "metrics.jsonl"
         size0 = path.stat().st_size if path.exists() else 0
         try:
@@ -453,6 +513,7 @@ class ClearmlDestination(Destination):
                 landed[_row_id(r)] = r[3]
             for m in media:
                 landed[_media_id(m)] = True
+        return present
 
     def _landed(self, handle: RunHandle) -> dict[tuple, Any]:
         """What this run's offline sessions already hold, keyed as the server keys events."""
@@ -553,20 +614,25 @@ class ClearmlDestination(Destination):
             handle.extra["known"] = known  # only once complete, as _landed
         return known
 
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         values = {str(k): param_text(v) for k, v in params.items()}
+        present: list[str] = []
         if self.offline:
+            # what the run's sessions hold (task.json hyperparams) with the same value is
+            # present; online nothing is asked, so nothing is reported present
             have = self._known(handle)["params"]
+            present = [k for k, v in values.items() if have.get(k) == v]
             values = {k: v for k, v in values.items() if have.get(k) != v}
             if not values:
-                return []
+                return ParamsResult(present=present)
         task = self._task(handle)
         with _editable(task, self.offline):
             task._set_parameters({f"{PARAM_SECTION}/{k}": v for k, v in values.items()},
                                  __update=True)
         if self.offline:
             self._known(handle)["params"].update(values)
-        return []  # ClearML params are not write-once: the new value replaces the old one
+        # ClearML params are not write-once: the new value replaces the old one (no conflicts)
+        return ParamsResult(present=present)
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         todo = [(Path(p), rel, _sha256(p)) for p, rel in files]
@@ -605,6 +671,12 @@ class ClearmlDestination(Destination):
         known["status"] = cstatus
 
     def close_run(self, handle: RunHandle) -> None:
+        try:
+            self._close_session(handle)
+        finally:  # the session is zipped (or the close failed): another sync may write the run
+            self._release(handle.extra.pop("claim", None))
+
+    def _close_session(self, handle: RunHandle) -> None:
         task = handle.extra.get("task")
         if task is None:
             return
@@ -621,6 +693,8 @@ class ClearmlDestination(Destination):
         handle.extra["task"] = None
 
     def close(self) -> None:
+        for held in list(self._claims):  # a run whose close_run never came (a crashed sync)
+            self._release(held)
         try:
             from clearml.backend_interface.metrics import Metrics
 
@@ -917,6 +991,41 @@ def _task_gone(e: BaseException) -> bool:
         if _server_codes(c) in ((400, 101), (400, 130)):  # InvalidTaskId, TaskNotFound
             return True
     return False
+
+
+def _written_elsewhere(folder: Path, sessions: Mapping[int, Any],
+                       identity: Mapping[str, Any] | None) -> str | None:
+    """One line naming the sessions of this run that another sync wrote since this checkpoint's
+    last one (another ``--state-dir``, the same files from another LOGDIR level), else None.
+    They are the sessions from the identity's ``next_seq`` on whose ``task.json`` does not
+    carry this checkpoint's ``writer`` (one unfinished folder of this checkpoint's own killed
+    sync carries it). Costs nothing in the common case: no session from ``next_seq`` on."""
+    if not identity:
+        return None  # a first sync (or a lost state dir): the engine dedupes all of it anyway
+    writer, next_seq = identity.get("writer"), _next_seq(identity) or 1
+    others = [seq for seq in sorted(sessions) if seq >= next_seq and (
+        not isinstance(writer, str) or _read_session_doc(sessions[seq]).get(WRITER_KEY) != writer)]
+    if not others:
+        return None
+    rhex = identity.get("run_hash")
+    names = ", ".join(session_id(str(rhex), seq) for seq in others[:3]) + (
+        f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return (f"offline session(s) {names} in {folder} were written by another sync since this "
+            "checkpoint's last one (another --state-dir, or the same files from another LOGDIR "
+            "level): this sync compares what it sends with the sessions, each point once")
+
+
+def _take_session_number(folder: Path | None, rhex: str, seq: int) -> int:
+    """The first session number from ``seq`` whose folder this call creates (``mkdir`` fails
+    on one that exists): a session is never shared, even with a writer that took no claim
+    (:mod:`.claim`; an older Tracelet). Its folder exists before the number is recorded."""
+    assert folder is not None
+    while True:
+        try:
+            os.mkdir(folder / session_id(rhex, seq))
+            return seq
+        except FileExistsError:
+            seq += 1
 
 
 _RUN_HEX_RE = re.compile(r"[0-9a-f]{20}")  # mapping.run_hash

@@ -35,6 +35,7 @@ from .mapping import _SESSION_RE, SESSION_PREFIX
 
 IMPORTED_SUFFIX = ".imported"  # <zip>.imported: written by the import helper (task id)
 REPRO_KEY = "tracelet_repro"  # task.json: digest of the reproducibility fields it holds
+WRITER_KEY = "tracelet_writer"  # task.json: the checkpoint (state dir) that wrote the session
 
 
 def offline_dir() -> Path:
@@ -214,32 +215,78 @@ def _read_session_doc(entry: Mapping[str, Path | None]) -> dict[str, Any]:
 
 
 def _read_session_events(entry: Mapping[str, Path | None]) -> list[dict[str, Any]]:
-    """Events of one session, from its folder (or its zip when the folder is gone)."""
-    lines: list[bytes] = []
+    """The events ClearML's import of this session would send, keyed fields untouched: what
+    the session holds. The import (``Task.import_offline_session``) reads the zip of a
+    finished session, else its folder; ``Metrics.report_offline_session`` then sends, per
+    ``metrics.jsonl`` line, the events whose ``task`` is ``task.json``'s id (``only_with_id``),
+    a debug sample's file only if it is in the session's ``data/``. So these are left out: every
+    event of a session without a readable ``task.json`` (the import refuses it) or whose first
+    line it cannot read (the import crashes on it); a line that is not a list of events (ClearML
+    skips it); an event of another task id; a debug sample (``key`` + ``url``) whose file is
+    missing. Used by dedupe: what is left out is written again, never counted present."""
     d, z = entry.get("dir"), entry.get("zip")
-    if d is not None and (d / "metrics.jsonl").exists():
-        lines = (d / "metrics.jsonl").read_bytes().splitlines()
-    elif z is not None:
+    if z is not None:
         try:
             with zipfile.ZipFile(z) as zf:
-                if "metrics.jsonl" in zf.namelist():
-                    lines = zf.read("metrics.jsonl").splitlines()
+                names = set(zf.namelist())
+                doc = zf.read("task.json") if "task.json" in names else b""
+                data = zf.read("metrics.jsonl") if "metrics.jsonl" in names else b""
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
             # The offline folder itself is damaged, not the points being sent: every resend
             # of this run would fail alike, so the destination fails (never a quarantine).
             raise DestinationError(
-                f"clearml: offline session {z} is not a readable zip ({e}), and its folder is "
-                "gone: it cannot be compared with what is being sent again. Restore the zip (or "
-                "its folder) from a copy, or move it out of the offline folder: the points sent "
+                f"clearml: offline session {z} is not a readable zip ({e}): it cannot be "
+                "compared with what is being sent again (and ClearML cannot import it). Restore "
+                "the zip from a copy, or move it out of the offline folder: the points sent "
                 "again are then written into a new session (an event imported twice replaces "
                 "itself).") from e
+        has_file = names.__contains__
+    elif d is not None:
+        doc = (d / "task.json").read_bytes() if (d / "task.json").exists() else b""
+        data = (d / "metrics.jsonl").read_bytes() if (d / "metrics.jsonl").exists() else b""
+        folder = d
+
+        def has_file(rel: str) -> bool:
+            return (folder / rel).is_file()
+    else:
+        return []
+    try:
+        task_id = json.loads(doc).get("id") if doc else None
+    except (ValueError, AttributeError):
+        task_id = None
+    if not isinstance(task_id, str) or not data:
+        return []
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()  # the file ends with a newline
     out: list[dict[str, Any]] = []
-    for line in lines:
-        try:
-            out.extend(json.loads(line))
-        except ValueError:
+    for i, line in enumerate(lines):
+        events = _line_events(line)
+        if events is None:
+            if i == 0:
+                return []  # ClearML's import stops on an unreadable first line
             continue  # an unfinished line of a killed sync; cut before it is ever zipped
+        for e in events:
+            if e["task"] != task_id:
+                continue
+            key = e.get("key")
+            if key and e.get("url") and not (isinstance(key, str) and has_file("data/" + key)):
+                continue
+            out.append(e)
     return out
+
+
+def _line_events(line: bytes) -> list[dict[str, Any]] | None:
+    """One ``metrics.jsonl`` line's events, or None where ClearML's import cannot use the line
+    (not JSON, not a list, an item that is not an event with a ``task``)."""
+    try:
+        events = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(events, list) or not all(isinstance(e, dict) and "task" in e
+                                               for e in events):
+        return None
+    return events
 
 
 def _zip_session(folder: Path) -> Path:

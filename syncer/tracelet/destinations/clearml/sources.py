@@ -13,7 +13,9 @@ import puts them into ONE task.
 Offline, the lookup reads one ``task.json`` per run in the offline folder (its last readable
 session: it carries the latest name, and the source id even for a run whose earlier sessions
 were written before source ids existed), once a minute at most (:class:`SourceIndex`), and
-only on a run's first sync or after a lost state dir; never on the no-op path.
+only on a run's first sync or after a lost state dir; never on the no-op path. A run not found
+lists the folder once more and reads only the runs that appeared since (another sync may have
+just written it under its other name: :mod:`.claim` makes that sync finish first).
 """
 from __future__ import annotations
 
@@ -85,13 +87,26 @@ class SourceIndex:
     def __init__(self, folder: Path):
         self.folder = folder
         self._by_source: dict[str, list[tuple[str, dict[str, str]]]] | None = None
+        self._seen: set[str] = set()  # session prefixes read (or added by this sync)
         self._at = 0.0
 
     def find(self, run: RunRef) -> tuple[str, dict[str, str]] | None:
         """(session prefix, info) of the run this one continues, else None. Several: the first
-        by session prefix (deterministic; two would mean an earlier sync made a second one)."""
+        by session prefix (deterministic; two would mean an earlier sync made a second one).
+
+        A miss looks again at the runs that appeared in the folder since the index was read
+        (one listing; a ``task.json`` only for a run not seen before): the caller holds the
+        run's claim (:mod:`.claim`), and another sync may have written the run under its other
+        name just before — an older index would make it a second task."""
         if not run.source_id:
             return None
+        found = self._find(run)
+        if found is None and self._by_source is not None:
+            self._add_new()
+            found = self._find(run)
+        return found
+
+    def _find(self, run: RunRef) -> tuple[str, dict[str, str]] | None:
         for rhex, info in sorted(self._index().get(run.source_id, ())):
             if matches(info, run):
                 return rhex, info
@@ -101,16 +116,28 @@ class SourceIndex:
         """A run this sync starts: later runs of the same pass find it without a new listing."""
         if self._by_source is not None and valid_info(info):
             self._by_source.setdefault(info["source_id"], []).append((rhex, dict(info)))
+            self._seen.add(rhex)
 
     def _index(self) -> dict[str, list[tuple[str, dict[str, str]]]]:
         if self._by_source is None or time.monotonic() - self._at > _RELIST_S:
             self._at = time.monotonic()
-            self._by_source = {}
-            for rhex, entry in sorted(_last_sessions(self.folder).items()):
-                info = source_info(_read_session_doc(entry))
-                if info is not None:
-                    self._by_source.setdefault(info["source_id"], []).append((rhex, info))
+            self._by_source, self._seen = {}, set()
+            self._add_new()
+        assert self._by_source is not None
         return self._by_source
+
+    def _add_new(self) -> None:
+        """Read the runs of the folder not read yet. A run read is not read again before the
+        next whole listing (its run id, run path and source id are those it was created with);
+        one whose last session is an unfinished folder without them (its task.json not whole
+        yet) is read again."""
+        assert self._by_source is not None
+        for rhex, entry in sorted(_last_sessions(self.folder, skip=self._seen).items()):
+            info = source_info(_read_session_doc(entry))
+            if info is not None or entry["zip"] is not None:
+                self._seen.add(rhex)
+            if info is not None:
+                self._by_source.setdefault(info["source_id"], []).append((rhex, info))
 
 
 def last_session_info(folder: Path, rhex: str) -> dict[str, str] | None:
@@ -119,9 +146,11 @@ def last_session_info(folder: Path, rhex: str) -> dict[str, str] | None:
     return source_info(_read_session_doc(entry)) if entry else None
 
 
-def _last_sessions(folder: Path, prefix: str = SESSION_PREFIX) -> dict[str, dict[str, Any]]:
+def _last_sessions(folder: Path, prefix: str = SESSION_PREFIX,
+                   skip: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
     """Session prefix -> the highest-numbered session of that run that has a ``task.json``
-    folder or a zip (one that was imported and removed has neither: nothing to read)."""
+    folder or a zip (one that was imported and removed has neither: nothing to read); the
+    prefixes in ``skip`` are left out."""
     try:
         names = os.listdir(folder)
     except OSError:
@@ -132,7 +161,7 @@ def _last_sessions(folder: Path, prefix: str = SESSION_PREFIX) -> dict[str, dict
             continue
         stem = name[:-4] if name.endswith(".zip") else name
         m = _SESSION_RE.match(stem)
-        if not m:
+        if not m or m.group(1) in skip:
             continue
         seq = int(m.group(2), 16)
         have = best.get(m.group(1))

@@ -43,7 +43,8 @@ from typing import Any, Iterator, Mapping
 from ...params import param_text
 from ...errors import DestinationError, TransientDestinationError
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, KINDS, SCALAR, TEXT, Batch
-from ..base import Capabilities, Destination, RunHandle, RunRef, SendResult, SystemRows
+from ..base import (Capabilities, Destination, ParamsResult, RunHandle, RunRef, SendResult,
+                    SystemRows)
 from .factory import option
 
 _POINT_KINDS = (SCALAR, HISTOGRAM, IMAGE, TEXT, AUDIO)  # hparams travel as params
@@ -345,12 +346,17 @@ class MemoryDestination(Destination):
         self.store.apply({"op": "system", "uid": handle.identity["uid"], "rows": rows})
         return SendResult(present=given - len(rows))
 
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         self._enter("log_params")
-        self._run(handle)
-        self.store.apply({"op": "params", "uid": handle.identity["uid"],
-                          "params": {k: param_text(v) for k, v in params.items()}})
-        return []
+        run = self._run(handle)
+        values = {k: param_text(v) for k, v in params.items()}
+        with self.store.lock:
+            present = [k for k, v in values.items() if run.params.get(k) == v]
+        changed = {k: v for k, v in values.items() if k not in present}
+        if changed:
+            self.store.apply({"op": "params", "uid": handle.identity["uid"], "params": changed})
+        # set-if-different: nothing refused; what it held with the same value is present
+        return ParamsResult(present=present)
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         self._enter("log_artifacts")

@@ -66,8 +66,8 @@ from ...identity import SOURCE_ID_TAG, same_source_names
 from ...params import param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrub
-from ..base import (CHECK_ONLY, Capabilities, Destination, RunHandle, RunRef, SendResult,
-                    SystemRows, chain, classify_error, typed_error)
+from ..base import (CHECK_ONLY, Capabilities, Destination, ParamsResult, RunHandle, RunRef,
+                    SendResult, SystemRows, chain, classify_error, typed_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
                       RUN_ID_OK, STATUS, canon, mlflow_key, run_tags, wall_ms)
 from .stamps import file_key, stamp
@@ -516,25 +516,25 @@ class MlflowDestination(Destination):
         return SendResult(present=n - len(metrics))
 
     # -- params, artifacts, status -------------------------------------------------------------
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         from mlflow.entities import Param
 
         run_id = handle.identity["run_id"]
         existing = self.client.get_run(run_id).data.params
-        conflicts, todo = [], []
+        conflicts, present, todo = [], [], []
         for k, v in params.items():
             key = mlflow_key(k)
             text = param_text(v)[:MAX_PARAM_VALUE_CHARS]
             if key in existing:
-                if existing[key] != text:
-                    conflicts.append(k)
+                # write-once: another value is a conflict, the same one is already present
+                (conflicts if existing[key] != text else present).append(k)
                 continue
             todo.append(Param(key, text))
         with self._on_run(run_id):
             for i in range(0, len(todo), MAX_PARAMS_PER_CALL):
                 self.client.log_batch(run_id, params=todo[i: i + MAX_PARAMS_PER_CALL],
                                       synchronous=True)
-        return conflicts
+        return ParamsResult(conflicts=conflicts, present=present)
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         run_id = handle.identity["run_id"]

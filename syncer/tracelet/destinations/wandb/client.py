@@ -52,7 +52,10 @@ text                ``wandb.Html`` holding the text verbatim in ``<pre>`` (HTML-
                     light (a file per point, no artifact per point as ``wandb.Table`` makes)
                     and the text is kept exactly; Markdown is shown as written, not rendered
 hparams, params     run config (``config.update(..., allow_val_change=True)``): the latest
-                    value wins, so ``log_params`` never reports conflicts
+                    value wins, so ``log_params`` never reports conflicts; names the config
+                    already held with the same value are reported present (the checkpoint's
+                    copy; after a resync, reset or drift, offline, the earlier fragments'
+                    config records; online only the copy)
 system metrics      history keys ``system/<name>`` with their own step metric ``system_step``
                     (seconds since the run started; ``define_metric("system/*",
                     step_metric="system_step")``), ``_timestamp`` = sample time
@@ -63,11 +66,13 @@ run page            the TRAINING's git commit/remote and host in the Run record 
                     ``git_commit``, ``git_remote_url``, ``host``); program, args, executable,
                     python, os, host, git, start time (``RunRef.started_at``, else the first
                     event's wall time) in W&B's environment record (``wandb-metadata.json``,
-                    :func:`.mapping.environment`) and the summary (each scalar's last value by
-                    wall time, kept in the identity) at ``close_run``; ``RunRef.repro_files``
-                    as run files at ``open_run`` (when changed), ``tracelet/requirements.txt``
-                    also as ``requirements.txt`` and ``git_diff.patch`` also as ``diff.patch``
-                    (W&B's own names)
+                    :func:`.mapping.environment`), the start time also as the run's (a Run
+                    record update, :func:`_publish_start`: each fragment's first Run record
+                    keeps its sync time, the order ``wandb sync`` uploads fragments in) and
+                    the summary (each scalar's last value by wall time, kept in the identity)
+                    at ``close_run``; ``RunRef.repro_files`` as run files at ``open_run``
+                    (when changed), ``tracelet/requirements.txt`` also as ``requirements.txt``
+                    and ``git_diff.patch`` also as ``diff.patch`` (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
                     preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The end
@@ -102,7 +107,8 @@ to drop them is therefore NOT safe; instead nothing is ever written twice:
 - ``send(..., dedupe=True)`` (a range that may have landed: kill -9 between send and commit, a
   failed send, a lost state dir) reads what landed (offline: every earlier fragment of this run
   id, read with the transaction-log framing; online: the API's history) and writes only the
-  points whose ordinal is not there, as new rows above every existing ``_step``. A kill -9
+  points whose ordinal is not there, as new rows above every existing ``_step``, and returns
+  how many it left out (``SendResult.present``: "confirmed N already present"). A kill -9
   while the W&B service was writing leaves a prefix of the rows; a half-written last record is
   cut off at the next ``open_run`` (``wandb sync`` stops at it otherwise).
 - ``send`` returns only after its last row is in the ``.wandb`` file (the service flushes it
@@ -173,8 +179,8 @@ from ..._fs import atomic_file
 from ...media import image_problem
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, Batch
 from ...redact import scrubbed_logger
-from ..base import (Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status, typed_error)
+from ..base import (Capabilities, Destination, ParamsResult, Rejected, RunHandle, RunRef,
+                    SendResult, SystemRows, chain, classify_error, http_status, typed_error)
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
@@ -183,11 +189,12 @@ from .source import (CONFIG_KEY, OfflineIndex, find_online, identity_config, nam
 from .landed import Landed
 from .mapping import (DIFF_ARTIFACT, DIFF_FILE, REPRO_ALIASES, STEP_METRIC, SYSTEM_CODE,
                       SYSTEM_STEP_METRIC, SOURCE_KEY, environment, exit_code, histogram_buckets,
-                      json_value, media_rows, param_key, scalar_rows, source_file, source_hash,
-                      system_part_hash, system_rows, update_summary, upload_hint, wandb_key,
-                      wandb_project, wandb_run_id)
-from .txlog import (F_HISTORY, Fragment, LogScanner, find_fragments, is_config_with, is_exit,
-                    is_files_with, is_history_step, next_free_step, record_field, source_texts)
+                      json_value, landed_points, media_rows, param_key, scalar_rows, source_file,
+                      source_hash, system_part_hash, system_rows, update_summary, upload_hint,
+                      wandb_key, wandb_project, wandb_run_id)
+from .txlog import (F_HISTORY, Fragment, LogScanner, config_values, find_fragments,
+                    is_config_with, is_exit, is_files_with, is_history_step, next_free_step,
+                    record_field, source_texts)
 
 log = scrubbed_logger("tracelet.wandb")  # log lines never show a credential
 
@@ -432,6 +439,9 @@ class WandbDestination(Destination):
                            drift=drift, same_source=same_source, client=r, extra={
             "source_dir": str(run.source_dir), "live_step": next_step,
             "run_started_at": run.started_at, "sync_file": r.settings.sync_file, "run": run,
+            # no checkpoint's copy of the config to trust (first sync, resync, reset, drift):
+            # log_params asks the earlier fragments what the config holds (_held_config)
+            "config_unknown": not identity or bool(drift),
         })
         try:
             self._save_repro(handle, run)
@@ -461,7 +471,7 @@ class WandbDestination(Destination):
             saved[name] = digest
 
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
         rel = source_file(handle.extra["source_dir"], batch.path)
         fk = source_hash(rel)
         ords = handle.identity["ords"].get(rel)
@@ -495,7 +505,9 @@ class WandbDestination(Destination):
                                         base[1] + len(batch.histograms),
                                         base[2] + len(batch.images), base[3] + len(batch.texts),
                                         base[4] + len(batch.audio)]
-        return rejected
+        # the points left out because W&B holds them: "confirmed N already present"
+        return SendResult(rejected, landed_points(batch, fk, base, landed,
+                                                  {r.index for r in rejected}))
 
     @staticmethod
     def _note_points(handle: RunHandle, batch: Batch) -> None:
@@ -515,9 +527,9 @@ class WandbDestination(Destination):
             ident["first_wall"] = min(walls)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
         if not rows.num_rows:
-            return
+            return SendResult()
         # A part has no name here; its content identifies it (parts are immutable).
         fk = system_part_hash(rows.timestamps, rows.names)
         attempt_key = ("system", fk, 0, rows.num_rows)
@@ -525,6 +537,7 @@ class WandbDestination(Destination):
         skip = self._landed(handle).covered(fk, SYSTEM_CODE, 0, rows.num_rows) if dedupe else ()
         self._log_rows(handle, system_rows(rows, fk, handle.extra.get("run_started_at"), skip),
                        attempt_key)
+        return SendResult(present=len(skip))  # the part's rows W&B holds were left out
 
     def _log_rows(self, handle: RunHandle, rows: list, attempt_key: tuple) -> None:
         """Log rows with consecutive explicit ``_step`` values; return once they are on disk."""
@@ -611,10 +624,13 @@ class WandbDestination(Destination):
             os.close(fd)
 
     # -- params, artifacts, status -------------------------------------------------------------
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> list[str]:
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         values = {param_key(k): json_value(v) for k, v in params.items()}
         if not values:
-            return []
+            return ParamsResult()
+        held = self._held_config(handle)
+        present = [k for k in params
+                   if param_key(k) in held and _same_json(held[param_key(k)], values[param_key(k)])]
         handle.client.config.update(values, allow_val_change=True)
         keys = set(values)
         self._wait_written(handle, is_config_with(keys), "config update")
@@ -622,7 +638,26 @@ class WandbDestination(Destination):
         copy.update(values)
         if len(json.dumps(copy, default=str)) <= MAX_CONFIG_COPY_BYTES:
             handle.identity["config"] = copy
-        return []  # W&B config takes the latest value: nothing is refused
+        return ParamsResult(present=present)  # W&B config takes the latest value: no conflicts
+
+    def _held_config(self, handle: RunHandle) -> Mapping[str, Any]:
+        """The run config W&B held before this call: the checkpoint's copy (what earlier syncs
+        sent, which every fragment's init repeats) or, when there is none to trust (resync,
+        reset, drift), offline, what the run's earlier fragments leave (read once per open).
+        Online nothing more is asked (an API call per params send): only the copy counts."""
+        held: dict[str, Any] = {}
+        if handle.extra.get("config_unknown") and self.mode == "offline":
+            cached = handle.extra.get("fragment_config")
+            if cached is None:
+                ident = handle.identity
+                current = os.path.abspath(handle.extra["sync_file"])
+                cached = {}
+                for frag in self.fragments(ident["run_id"], ident["project"], exclude=current):
+                    cached.update(config_values(frag.path))  # upload order: the latest wins
+                handle.extra["fragment_config"] = cached
+            held.update(cached)
+        held.update(handle.identity.get("config") or {})
+        return held
 
     def log_artifacts(self, handle: RunHandle, files: list[tuple[Path, str]]) -> None:
         named = [(path, "artifacts/" + rel.replace(os.sep, "/")) for path, rel in files]
@@ -696,6 +731,7 @@ class WandbDestination(Destination):
         rec = json_format.ParseDict(fields, pb.EnvironmentRecord(), ignore_unknown_fields=True)
         if started is not None:
             rec.started_at.FromMicroseconds(int(started * 1e6))
+            _publish_start(r, started)
         rec.writer_id = "tracelet"
         interface.publish_environment(rec)
 
@@ -814,6 +850,15 @@ def _not_on_server(exc: BaseException) -> bool:
     return any(isinstance(e, _sdk_types("gone")) or _status(e) == 404 for e in _causes(exc))
 
 
+def _same_json(a: Any, b: Any) -> bool:
+    """Two config values have the same JSON text (keys sorted): ``1`` is not ``true``."""
+    try:
+        return json.dumps(a, sort_keys=True, allow_nan=True) == \
+            json.dumps(b, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
+
+
 def _api_source_texts(ident: Mapping[str, Any]) -> Iterator[str]:
     """Online: the ``_tracelet`` texts of the run's history on the server."""
     import wandb
@@ -849,6 +894,23 @@ def _ensure_setup() -> None:
                 os.environ.pop("WANDB_SERVICE", None)
             wandb.setup()  # one service process for every run of this sync
             _SETUP_DONE = True
+
+
+def _publish_start(r, started: float) -> None:
+    """The training's start as the run's start time: a Run record update (what W&B's own
+    ``run.name = ...`` writes) whose ``start_time`` is ``started``.
+
+    wandb 0.31 has no setting for it (``wandb.init`` overwrites ``Settings.x_start_time`` and
+    stamps the first Run record with the time of the call). The first Run record of each
+    fragment keeps that sync time on purpose: ``wandb sync`` uploads the fragments of one run in
+    the order of their FIRST Run record's start time (wandb-core ``runsync``; tracelet's own
+    :func:`.txlog.find_fragments` reads the same), and a later Run record is an update of the
+    run. So every fragment says the same start, and the upload order is untouched."""
+    interface = getattr(r, "_interface", None)
+    if not hasattr(r, "_start_time") or not hasattr(interface, "publish_run"):
+        return  # another wandb: the start stays in the environment record (wandb-metadata.json)
+    r._start_time = started
+    interface.publish_run(r)
 
 
 def _announce(root: str) -> None:

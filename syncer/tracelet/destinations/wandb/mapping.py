@@ -259,6 +259,22 @@ def media_rows(batch: Batch, fk: str, base: Sequence[int], landed: Landed | None
     return [(row, f"{fk}:" + ",".join(src)) for row, src in rows]
 
 
+def landed_points(batch: Batch, fk: str, base: Sequence[int], landed: Landed | None,
+                  refused: set[int] | frozenset[int] = frozenset()) -> int:
+    """How many points of the batch ``landed`` holds: those :func:`scalar_rows` and
+    :func:`media_rows` leave out of a dedupe send (images in ``refused`` are the mapping's
+    rejections, not points W&B holds). ``base`` as for :func:`media_rows`."""
+    if landed is None:
+        return 0
+    n = 0
+    for kind, points, b in ((SCALAR, batch.scalars, base[0]),
+                            (HISTOGRAM, batch.histograms, base[1]), (IMAGE, batch.images, base[2]),
+                            (TEXT, batch.texts, base[3]), (AUDIO, batch.audio, base[4])):
+        skip = landed.covered(fk, KIND_CODE[kind], b, len(points))
+        n += len(skip - set(refused)) if kind == IMAGE else len(skip)
+    return n
+
+
 def system_rows(part: SystemRows, fk: str, started_at: float | None,
                 skip: set[int] | tuple = ()) -> list[Row]:
     """The rows of one sidecar part: one per sample time (a name seen twice at one time

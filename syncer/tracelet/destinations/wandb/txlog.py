@@ -11,13 +11,14 @@ needed (``wandb.proto`` is imported inside the functions that parse).
 Offline, each sync of a run writes one fragment ``$WANDB_DIR/wandb/offline-run-<time>-<id>/
 run-<id>.wandb`` (:class:`Fragment`). What this module does with them:
 
-- :func:`find_fragments`: a run's fragments in ``wandb sync`` upload order (their Run record's
-  start time); a fragment without a Run record (a sync killed inside ``wandb.init``: no data,
-  and ``wandb sync`` of the whole folder would fail on it) is renamed
+- :func:`find_fragments`: a run's fragments in ``wandb sync`` upload order (their first Run
+  record's start time); a fragment without a Run record (a sync killed inside ``wandb.init``:
+  no data, and ``wandb sync`` of the whole folder would fail on it) is renamed
   ``*.wandb.tracelet-empty``;
 - :func:`next_free_step`: the first ``_step`` above everything they hold, cutting off a record
   the writer never finished (``wandb sync`` stops at it, and skips the run's later fragments);
 - :func:`source_texts`: the ``_tracelet`` texts of their history rows (what landed);
+- :func:`config_values`: the run config they leave (which params W&B already holds);
 - :func:`wait_for_writers`: before any of that, wait until no other process (a killed sync's
   W&B service, which outlives it by a second or two) holds a fragment open;
 - the ``is_*`` predicates: has the service written a given record to the live fragment yet.
@@ -209,7 +210,7 @@ class Fragment:
     """One offline run folder (``offline-run-<time>-<id>``): one sync of one run."""
 
     path: str  # the .wandb file
-    start_time: tuple[int, int]  # the Run record's start time: `wandb sync` uploads in this order
+    start_time: tuple[int, int]  # the FIRST Run record's start: `wandb sync` uploads in this order
     project: str
 
 
@@ -298,7 +299,9 @@ def _scan_open_files() -> dict[str, str] | None:
 
 
 def read_run_record(path: str):
-    """The ``RunRecord`` at the head of a ``.wandb`` file, or None if it has none (yet)."""
+    """The first ``RunRecord`` of a ``.wandb`` file, or None if it has none (yet). Its
+    ``start_time`` is the time of the sync that wrote the file (what ``wandb sync`` orders a
+    run's fragments by); a later Run record is an update (the training's start time)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     try:
@@ -439,6 +442,32 @@ def source_texts(path: str) -> Iterator[str]:
                 text = _item_value(item)
                 if isinstance(text, str):
                     yield text
+
+
+def config_values(path: str) -> dict[str, Any]:
+    """The run config a ``.wandb`` file leaves (its Run record's config, then its config
+    updates and removals in order): top-level key -> JSON value. A value that is not JSON
+    (the file is anyone's) is left out."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out: dict[str, Any] = {}
+    for _, raw in LogScanner(path).poll():
+        kind = record_field(raw)
+        if kind not in (F_RUN, F_CONFIG):
+            continue
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        config = rec.run.config if kind == F_RUN else rec.config
+        for item in config.update:
+            key = item.key or (item.nested_key[0] if len(item.nested_key) == 1 else "")
+            try:
+                out[key] = json.loads(item.value_json)
+            except ValueError:
+                out.pop(key, None)
+        for item in config.remove:
+            out.pop(item.key or (item.nested_key[0] if item.nested_key else ""), None)
+    out.pop("", None)
+    return out
 
 
 # -- has the service written it yet --------------------------------------------------------------
