@@ -1,10 +1,23 @@
-"""Aim harness: a local Aim repo in the test's tmp dir, read back with Aim's own SDK."""
+"""Aim harness: a local Aim repo in the test's tmp dir, read back with Aim's own SDK; a real
+``aim server`` on a free port (the ``aim_server`` fixture) and ``index_repo`` (what ``aim up``
+does to a repo)."""
 from __future__ import annotations
 
+import gc
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
+
+from tests.destinations.harness_mlflow import free_port
 from tracelet.testing.harness import Harness, ReadBack
 
 SYSTEM_PREFIXES = ("__system__", "system/")
@@ -126,6 +139,80 @@ class AimLocalHarness(Harness):
         shown = (run_path, run_path.removeprefix(f"{project}/"))
         assert rb.name in shown, (rb.name, run_path)  # type: ignore[attr-defined]
         return rb
+
+
+AIM_CLI = str(Path(sys.executable).with_name("aim"))  # Aim's console script, beside python
+SERVER_START_S = 60
+
+
+def index_repo(path: str | Path) -> None:
+    """Index every run of a local repo in Aim's index (``Repo.iter_runs``, queries), as ``aim
+    up`` on it does: Tracelet leaves a remote repo's index to the server's side."""
+    from aim import Repo
+    from aim.sdk.index_manager import RepoIndexManager
+
+    repo = Repo(str(path))
+    manager = RepoIndexManager.get_index_manager(repo)
+    for run_hash in repo.list_all_runs():
+        manager.index(run_hash)
+
+
+@dataclass
+class AimServer:
+    """A running ``aim server`` over the local repo at ``repo``."""
+
+    repo: Path
+    url: str  # aim://127.0.0.1:PORT
+    log: Path
+
+    def harness(self) -> AimLocalHarness:
+        """Syncs go to the server (``--aim-repo aim://``), read back from its repo folder."""
+        h = AimLocalHarness()
+        h.root = str(self.repo)
+        h.config = {"aim_repo": self.url}
+        return h
+
+
+@pytest.fixture
+def aim_server(tmp_path) -> Iterator[AimServer]:
+    """A real ``aim server`` on a free port over a new repo ``tmp_path/server``, stopped at the
+    end of the test."""
+    from aim import Repo
+
+    repo = tmp_path / "server"
+    repo.mkdir()
+    Repo.from_path(str(repo), init=True)
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([AIM_CLI, "server", "--repo", str(repo), "--host", "127.0.0.1",
+                                 "--port", str(port), "-y"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    why = (f"exited with {proc.returncode}" if proc.poll() is not None
+                           else f"not listening after {SERVER_START_S} s")
+                    pytest.fail(f"aim server on port {port} {why}; its log:\n"
+                                f"{log.read_text(errors='replace')[-2000:]}")
+                time.sleep(0.3)
+        yield AimServer(repo, f"aim://127.0.0.1:{port}", log)
+    finally:
+        # Aim's remote objects release their server resources while it is up (else Aim's exit
+        # handler retries forever); its cached run listing holds a remote Repo as well
+        Repo._all_run_hashes.cache_clear()
+        gc.collect()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 HARNESSES = [AimLocalHarness]

@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,14 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from tests.destinations.harness_aim import AimLocalHarness, find_aim_runs, read_aim_run
+from tests.destinations.harness_aim import (AIM_CLI, AimLocalHarness, find_aim_runs, index_repo,
+                                            read_aim_run)
+from tests.destinations.harness_mlflow import free_port
 from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
 from tracelet.testing.events import T0, event_record, header_record
 from tracelet.testing.sources import (SourceTruth, build_conformance_logdir, build_kill_logdir,
                                       write_simple_run)
-
-
-AIM_CLI = str(Path(sys.executable).with_name("aim"))  # Aim's console script, beside python
 
 
 @pytest.fixture
@@ -280,67 +276,24 @@ def test_import_tracelet_does_not_import_aim():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.server
-def test_remote_aim_server(tmp_path, project):
+def test_remote_aim_server(aim_server, tmp_path, project):
     """``--aim-repo aim://127.0.0.1:PORT``: a real ``aim server``; read back from its repo with
     Aim's SDK after indexing it as ``aim up`` on that repo would."""
-    from aim import Repo
-    from aim.sdk.index_manager import RepoIndexManager
-
-    server_repo = tmp_path / "server"
-    server_repo.mkdir()
-    Repo.from_path(str(server_repo), init=True)
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([AIM_CLI, "server", "--repo", str(server_repo),
-                             "--host", "127.0.0.1", "--port", str(port), "-y"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, \
-                    (tmp_path / "server.log").read_text()[-2000:]
-                time.sleep(0.3)
-        h = AimLocalHarness()
-        h.root = str(server_repo)
-        h.config = {"aim_repo": f"aim://127.0.0.1:{port}"}
-        logdir = tmp_path / "logs"
-        truth = build_conformance_logdir(logdir, project)
-        report = sync_once(logdir, h, project)
-        assert report.exit_code == 0, report.to_dict()
-        shutil.rmtree(logdir / ".tracelet")  # lost state: the same runs are found over RPC
-        assert sync_once(logdir, h, project).exit_code == 0
-        repo = Repo(str(server_repo))
-        manager = RepoIndexManager.get_index_manager(repo)
-        for run_hash in repo.list_all_runs():
-            manager.index(run_hash)
-        assert_exactly_once(h, truth, project_fn(project))
-        rb = h.read_back(project, f"{project}/recorded")
-        assert rb.system_points == truth.system[f"{project}/recorded"] and rb.status == "finished"
-        unsupported = {r.run: r.destinations["aim"].unsupported for r in report.runs}
-        assert unsupported[f"{project}/recorded"] == {"artifact": 2}  # no artifacts uri given
-    finally:
-        import gc
-
-        report = None
-        gc.collect()  # Aim's remote objects release their server resources while it is up
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    h = aim_server.harness()
+    logdir = tmp_path / "logs"
+    truth = build_conformance_logdir(logdir, project)
+    report = sync_once(logdir, h, project)
+    assert report.exit_code == 0, report.to_dict()
+    shutil.rmtree(logdir / ".tracelet")  # lost state: the same runs are found over RPC
+    assert sync_once(logdir, h, project).exit_code == 0
+    index_repo(aim_server.repo)
+    assert_exactly_once(h, truth, project_fn(project))
+    rb = h.read_back(project, f"{project}/recorded")
+    assert rb.system_points == truth.system[f"{project}/recorded"] and rb.status == "finished"
+    unsupported = {r.run: r.destinations["aim"].unsupported for r in report.runs}
+    assert unsupported[f"{project}/recorded"] == {"artifact": 2}  # no artifacts uri given
 
 
 # -- typed errors and the index lock ------------------------------------------------------------
@@ -479,7 +432,7 @@ def test_classify_aims_errors_by_their_classes(aim_h, tmp_path):
     assert type(e) is Exception and classify(e) is TransientDestinationError
     assert classify(_raised(_raise, Exception("aim server lock timed out"))) is PermanentDestinationError
     # no `aim server` at that address: Aim's RuntimeError, raised inside its except
-    e = _raised(Client, f"127.0.0.1:{_free_port()}")
+    e = _raised(Client, f"127.0.0.1:{free_port()}")
     assert type(e) is RuntimeError and classify(e) is TransientDestinationError
     assert classify(RuntimeError("Failed to connect to Aim Server.")) is PermanentDestinationError
     # the write socket: closed mid-write is transient, a refused handshake is its HTTP status
@@ -498,6 +451,6 @@ def test_unreachable_aim_server_is_named(tmp_path, monkeypatch):
     from tracelet.errors import DestinationError
 
     monkeypatch.delenv("AIM_REPO", raising=False)
-    url = f"aim://127.0.0.1:{_free_port()}"
+    url = f"aim://127.0.0.1:{free_port()}"
     with pytest.raises(DestinationError, match=r"cannot open repo aim://127\.0\.0\.1:\d+.*aim server"):
         AimDestination({"aim_repo": url})

@@ -10,22 +10,19 @@ import gc
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.destinations.harness_aim import AimLocalHarness, find_aim_runs, read_aim_run
+from tests.destinations.harness_aim import AimLocalHarness, find_aim_runs, index_repo, read_aim_run
 from tracelet.checkpoint import CheckpointStore
 from tracelet.destinations import target_key
 from tracelet.destinations.base import RunRef
 from tracelet.engine import state_dir_for
 from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
-from tracelet.testing.sources import SourceTruth, write_recorded_run, write_simple_run
+from tracelet.testing.sources import SourceTruth, write_recorded_run, write_simple_run, write_tf2_run
 
 SIMPLE = ("run0", "run1")
 EVENTS = "events.out.tfevents.1700000000.host.1.0"  # write_simple_run's file
@@ -291,78 +288,90 @@ def test_reset_and_resync_fill_a_deleted_run_exactly_once(aim_h, tmp_path, proje
     _assert_all_once(aim_h, truth, project)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _dests(done: subprocess.CompletedProcess) -> dict[str, dict]:
+    assert done.returncode == 0, done.stderr
+    return {r["run"]: r["destinations"]["aim"] for r in json.loads(done.stdout)["runs"]}
+
+
+def _points(d: dict) -> int:
+    return sum(d["points_sent"].values())
+
+
+def test_a_resend_of_what_aim_holds_is_confirmed_present_not_synced(aim_h, tmp_path, project):
+    """``tracelet reset`` and ``sync --resync`` re-send with dedupe: the points the Aim run
+    already holds (its landed record covers them; or, for a file that grew, matched point by
+    point) are reported as present (``confirmed N already present``), not as synced; points
+    appended since are the only ones synced. Scalars, media, histograms, text and system rows
+    alike; read back from the repo with Aim's SDK, every point is there once."""
+    logdir = tmp_path / "logs"
+    truth = _logdir(logdir, project)
+    write_tf2_run(logdir / "keras", "keras", truth)  # images, audio, histograms, text, hparams
+    assert _cli(aim_h, "sync", str(logdir), project=project).returncode == 0
+    assert _cli(aim_h, "reset", str(logdir), project=project).returncode == 0
+    runs = _dests(_cli(aim_h, "sync", str(logdir), "--json", project=project))
+    assert set(runs) == {*SIMPLE, f"{project}/rec", "keras"}
+    for run, d in runs.items():
+        assert d["state"] == "synced" and d["points_present"] == _points(d) > 0, (run, d)
+    assert runs[f"{project}/rec"]["points_sent"]["system"] > 0
+    assert {"image", "audio", "histogram", "text"} <= set(runs["keras"]["points_sent"])
+    _assert_all_once(aim_h, truth, project)
+
+    # sync --resync, as a person reads it
+    done = _cli(aim_h, "sync", str(logdir), "--resync", project=project)
+    assert done.returncode == 0, done.stderr
+    for run in runs:
+        n = _points(runs[run])
+        assert f"tracelet: {run} -> aim ({aim_h.root}): confirmed {n:,} already present" \
+            in done.stderr, done.stderr
+    _assert_all_once(aim_h, truth, project)
+
+    # new points since: only they are synced, the rest confirmed (matched one by one: the
+    # landed record covers only the file's first part)
+    _append(logdir, truth, project, range(40, 50))
+    assert _cli(aim_h, "reset", str(logdir), project=project).returncode == 0
+    again = _dests(_cli(aim_h, "sync", str(logdir), "--json", project=project))
+    for run in (*SIMPLE, f"{project}/rec"):
+        d = again[run]
+        assert d["points_present"] == _points(d) - 2 * 10 == _points(runs[run]), (run, d)
+    done = _cli(aim_h, "sync", str(logdir), "--resync", project=project)
+    n = _points(again["run0"])
+    assert f"tracelet: run0 -> aim ({aim_h.root}): confirmed {n:,} already present" in done.stderr
+    _assert_all_once(aim_h, truth, project)
 
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_run_deleted_on_an_aim_server_is_sent_again(tmp_path, project):
+def test_run_deleted_on_an_aim_server_is_sent_again(aim_server, tmp_path, project):
     from aim import Repo
-    from aim.sdk.index_manager import RepoIndexManager
 
-    server_repo = tmp_path / "server"
-    server_repo.mkdir()
-    Repo.from_path(str(server_repo), init=True)
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    aim_cli = str(Path(sys.executable).with_name("aim"))
-    proc = subprocess.Popen([aim_cli, "server", "--repo", str(server_repo), "--host", "127.0.0.1",
-                             "--port", str(port), "-y"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, \
-                    (tmp_path / "server.log").read_text()[-2000:]
-                time.sleep(0.3)
-        h = AimLocalHarness()
-        h.root = str(server_repo)
-        url = f"aim://127.0.0.1:{port}"
-        h.config = {"aim_repo": url}
-        logdir = tmp_path / "logs"
-        truth = SourceTruth()
-        for k, run in enumerate(SIMPLE):
-            write_simple_run(logdir / run, run, truth, ["loss"], list(range(30)), seed=k)
-        write_recorded_run(logdir / project / "rec", f"{project}/rec", truth, project)
-        assert sync_once(logdir, h, project).exit_code == 0
-        run_hash = _hash(h, project, "run0")
-        remote = Repo.from_path(url)
-        assert remote.delete_run(run_hash)  # through the server, as `aim runs rm` there
-        remote = None
-        gc.collect()
-        for k, run in enumerate(SIMPLE):
-            write_simple_run(logdir / run, run, truth, ["loss"], list(range(30, 40)),
-                             seed=5 + k, append=True)
-        report = sync_once(logdir, h, project)
-        assert report.exit_code == 0, report.to_dict()
-        drift = _drift(report)
-        assert drift["run0"].startswith(f"run missing on aim: run deleted: run {run_hash} ('run0') is no longer in "
-                                        f"the Aim repo {url}"), drift
-        assert drift["run1"] is None
-        repo = Repo(str(server_repo))
-        manager = RepoIndexManager.get_index_manager(repo)
-        for h_ in repo.list_all_runs():
-            manager.index(h_)
-        assert_exactly_once(h, truth, project_fn(project))
-        assert read_aim_run(repo, run_hash).runs_found == 1
-        # no artifact storage on the server: the manifest is in the run's dict instead
-        rec = read_aim_run(repo, _hash(h, project, f"{project}/rec")).aim_run
-        manifest = rec["tracelet"]["manifest"]
-        assert manifest["run_id"] == f"rid-{project}-rec" and manifest["tags"] == {"team": "vision"}
-        assert list(rec.artifacts) == []
-    finally:
-        report = None
-        gc.collect()  # Aim's remote objects release their server resources while it is up
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    h = aim_server.harness()
+    url = aim_server.url
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    for k, run in enumerate(SIMPLE):
+        write_simple_run(logdir / run, run, truth, ["loss"], list(range(30)), seed=k)
+    write_recorded_run(logdir / project / "rec", f"{project}/rec", truth, project)
+    assert sync_once(logdir, h, project).exit_code == 0
+    run_hash = _hash(h, project, "run0")
+    remote = Repo.from_path(url)
+    assert remote.delete_run(run_hash)  # through the server, as `aim runs rm` there
+    remote = None
+    gc.collect()
+    for k, run in enumerate(SIMPLE):
+        write_simple_run(logdir / run, run, truth, ["loss"], list(range(30, 40)),
+                         seed=5 + k, append=True)
+    report = sync_once(logdir, h, project)
+    assert report.exit_code == 0, report.to_dict()
+    drift = _drift(report)
+    assert drift["run0"].startswith(f"run missing on aim: run deleted: run {run_hash} ('run0') is no longer in "
+                                    f"the Aim repo {url}"), drift
+    assert drift["run1"] is None
+    index_repo(aim_server.repo)
+    repo = Repo(str(aim_server.repo))
+    assert_exactly_once(h, truth, project_fn(project))
+    assert read_aim_run(repo, run_hash).runs_found == 1
+    # no artifact storage on the server: the manifest is in the run's dict instead
+    rec = read_aim_run(repo, _hash(h, project, f"{project}/rec")).aim_run
+    manifest = rec["tracelet"]["manifest"]
+    assert manifest["run_id"] == f"rid-{project}-rec" and manifest["tags"] == {"team": "vision"}
+    assert list(rec.artifacts) == []

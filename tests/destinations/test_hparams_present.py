@@ -29,9 +29,9 @@ from tracelet.testing.sources import SourceTruth, write_tf2_run
 PROJECT = "p"
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 # The kinds each destination can confirm present (README "confirmed N already present"):
-# MLflow its scalars (histograms, images, texts, audio are artifacts there); Aim's sends do
-# not tell, only its params do; the others every kind. hparams everywhere.
-PRESENT_KINDS = {"mlflow": {"scalar", "hparams"}, "aim": {"hparams"}}
+# MLflow its scalars (histograms, images, texts, audio are artifacts there); the others every
+# kind. hparams everywhere.
+PRESENT_KINDS = {"mlflow": {"scalar", "hparams"}}
 
 
 @pytest.fixture(params=[MemoryHarness, MlflowLocalHarness, WandbOfflineHarness,

@@ -91,7 +91,8 @@ a lost state dir); a range past the series record never landed and is written pl
 range between the two (a kill between the two containers' writes), a file with no record yet
 that the checkpoint marks as maybe sent, or a remote/unbatched send that broke off is matched
 point by point against what Aim holds at (name, context, step): the same value and time means
-"already there". Slots filled or matched by this sync are remembered
+"already there". What is skipped either way is returned as ``SendResult.present`` (the report's
+"confirmed N already present"). Slots filled or matched by this sync are remembered
 (claims), so two identical source points of one sync never collapse into one slot; in the
 point-by-point case only, a copy sent by an earlier sync that is identical in tag, step, value
 and wall time can be taken for the one being re-sent.
@@ -117,7 +118,9 @@ Remote (``aim://``): the same calls go through Aim's RPC client; a send waits un
 queue has delivered its writes (``TRACELET_AIM_REMOTE_TIMEOUT_S``, default 120 s). Aim's client
 retries a vanished server forever; the wait turns that into a transient error. Sends are not
 atomic there (the landed record follows the points). Indexing is left to ``aim up`` on the
-server's repo.
+server's repo. Whether the server has a run is asked of its run listing, which it answers from
+a copy kept 0.5 s (:class:`.storage.RemoteRunListing`: "no" is asked again once that copy is
+newer than this destination).
 """
 from __future__ import annotations
 
@@ -141,13 +144,13 @@ from ...media import image_problem
 from ...params import flatten_params
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch, ImagePoint
 from ...redact import scrubbed_logger
-from ..base import (CHECK_ONLY, Capabilities, Destination, Rejected, RunHandle, RunRef, SystemRows, chain,
-                    classify_error, http_status)
+from ..base import (CHECK_ONLY, Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
+                    SystemRows, chain, classify_error, http_status)
 from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distribution_bins,
                       manifest_record, media_groups, nest_params, system_params,
                       system_part_key, system_samples, tracelet_record)
 from .repo import aim_repo_root, ensure_local_repo, open_local_repo, repo_name, repo_token
-from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RunIndex, _AimRun,
+from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RemoteRunListing, RunIndex, _AimRun,
                       forget_run_listing)
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
@@ -197,6 +200,7 @@ class AimDestination(Destination):
         self.index_runs = not self.remote and str(index).lower() not in ("0", "false", "no", "off")
         self._indexer: RunIndex | None = RunIndex(self.repo, self.classify) if self.index_runs else None
         self.repo_token = None if self.remote else repo_token(self.repo.path)
+        self._remote_runs = RemoteRunListing(self.repo) if self.remote else None
 
     @property
     def target(self) -> str:
@@ -231,8 +235,7 @@ class AimDestination(Destination):
     def _run_exists(self, run_hash: str) -> bool:
         if not self.remote:
             return os.path.isdir(os.path.join(self.repo.path, "meta", "chunks", run_hash))
-        forget_run_listing()
-        return run_hash in self.repo.list_all_runs()
+        return run_hash in self._remote_runs
 
     def _scan_index(self) -> dict[str, list[str]]:
         """Run id -> hashes of the runs in Aim's index, and (``self._index_sources``) source id
@@ -490,11 +493,19 @@ class AimDestination(Destination):
             log.debug("aim: creation time of %s: %s", run_hash, e)
 
     # -- points ------------------------------------------------------------------------------
-    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> list[Rejected]:
+    def send(self, handle: RunHandle, batch: Batch, *, dedupe: bool) -> SendResult:
+        """Store the batch's points; ``present``: those the run already held (skipped)."""
         st: _AimRun = handle.client
         source = st.source_key(batch.path)
+        # aim.Image is built from a Pillow decode: an image Pillow cannot take (truncated, bad
+        # CRC, a header declaring 2^30 x 2^30 pixels) is left out and quarantined by the engine
+        rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
+                    if (why := image_problem(im.encoded, decode=True))]
         if batch.end_offset <= st.landed_meta.get(source, 0):
-            return []  # Aim's own record: this range landed (a kill after the send, a lost state dir)
+            # Aim's own record: this range landed (a kill after the send, a lost state dir)
+            return SendResult(rejected, present=len(batch.scalars) + len(batch.histograms)
+                              + len(batch.images) - len(rejected) + len(batch.texts)
+                              + len(batch.audio))
         if st.atomic and source in st.landed_series:
             # Aim's record is the truth, whatever the checkpoint says: points past the series
             # record never landed; points before it landed, their meta maybe not (a kill between
@@ -504,12 +515,9 @@ class AimDestination(Destination):
             dedupe = dedupe or st.dirty  # no record of this file: the checkpoint's word
         else:
             dedupe = dedupe or st.dirty or batch.start_offset < st.landed_meta.get(source, 0)
-        # aim.Image is built from a Pillow decode: an image Pillow cannot take (truncated, bad
-        # CRC, a header declaring 2^30 x 2^30 pixels) is left out and quarantined by the engine
-        rejected = [Rejected(IMAGE, j, why) for j, im in enumerate(batch.images)
-                    if (why := image_problem(im.encoded, decode=True))]
         refused = {r.index for r in rejected}
         sequences = len(st.tracker.sequence_infos)
+        present = 0  # points matched to what the run holds: not stored again
         with st.writes():
             st.mark_landed(source, batch.end_offset)
             cols = batch.scalars
@@ -520,42 +528,48 @@ class AimDestination(Destination):
                     name = names.get(tag)
                     if name is None:
                         name = names[tag] = self.metric_key(tag)
-                    put(name, step, wall, value, dedupe)
+                    present += put(name, step, wall, value, dedupe)
             if batch.histograms:
                 from aim import Distribution
 
                 for h in batch.histograms:
                     weights, bin_range = distribution_bins(h)
-                    st.put(self.metric_key(h.tag), h.step, h.wall_time,
-                           Distribution(hist=weights, bin_range=bin_range), dedupe)
+                    present += st.put(self.metric_key(h.tag), h.step, h.wall_time,
+                                      Distribution(hist=weights, bin_range=bin_range), dedupe)
             # images / audio clips of one event: one list-valued point, in tensor order
             for media, make, skip in ((batch.images, _aim_image, refused),
                                       (batch.audio, _aim_audio, ())):
                 for (tag, step, wall), points in media_groups(media, skip):
-                    st.put(self.metric_key(tag), step, wall, [make(p) for p in points], dedupe)
+                    if st.put(self.metric_key(tag), step, wall, [make(p) for p in points], dedupe):
+                        present += len(points)
             if batch.texts:
                 from aim import Text
 
                 for t in batch.texts:
-                    st.put(self.metric_key(t.tag), t.step, t.wall_time, Text(t.text), dedupe)
+                    present += st.put(self.metric_key(t.tag), t.step, t.wall_time, Text(t.text),
+                                      dedupe)
         st.dirty = False
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
-        return rejected
+        return SendResult(rejected, present=present)
 
     def send_system(self, handle: RunHandle, rows: SystemRows, run: RunRef, *,
-                    dedupe: bool) -> None:
+                    dedupe: bool) -> SendResult:
+        """Store a sidecar part's samples; ``present``: those the run already held."""
         st: _AimRun = handle.client
         part = system_part_key(rows)
         if st.landed_meta.get(part):
-            return  # this part landed (Aim's own record)
+            # this part landed (Aim's own record): every sample it stores is there
+            return SendResult(present=sum(1 for _ in system_samples(rows)))
         dedupe = bool(st.landed_series.get(part)) if st.atomic else (dedupe or st.dirty)
         sequences = len(st.tracker.sequence_infos)
+        present = 0
         with st.writes():
             st.mark_landed(part, 1)
             for name, context, ts, value in system_samples(rows):
-                st.put_system(name, context, ts, value, dedupe=dedupe)
+                present += st.put_system(name, context, ts, value, dedupe=dedupe)
         st.dirty = False
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
+        return SendResult(present=present)
 
     # -- params, artifacts, status -------------------------------------------------------------
     def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> Any:  # a ParamsResult
@@ -650,8 +664,11 @@ class AimDestination(Destination):
 
     def close(self) -> None:
         # Drop Aim objects now: a remote repo's client releases its server-side resources when
-        # collected, which must happen while the server is still reachable.
-        self._index_ids = self._indexer = None
+        # collected, which must happen while the server is still reachable (else Aim's exit
+        # handler retries the release forever). Aim's cached run listing holds the Repo too.
+        self._index_ids = self._indexer = self._remote_runs = None
+        if self.remote:
+            forget_run_listing()
         self.repo = None
 
 

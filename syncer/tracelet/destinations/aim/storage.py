@@ -11,7 +11,8 @@ containers, and the run index.
 * :class:`RunIndex` — Aim's ``RepoIndexManager.index`` for one run (what ``aim up`` does when a
   run changes), retried shortly while ``aim up`` holds the index DB.
 * container lookups (:func:`_full_prefix`, :func:`_root_container`), Aim's cached run listing
-  (:func:`forget_run_listing`), a remote repo's write queue (:func:`_drain_remote_queue`).
+  (:func:`forget_run_listing`), a remote repo's run listing (:class:`RemoteRunListing`), its
+  write queue (:func:`_drain_remote_queue`).
 
 Everything here reaches into Aim 3.x internals (``RunTracker``, ``sequence_infos``, container
 pools); each use checks the shape it relies on and falls back to Aim's public path when it
@@ -316,11 +317,11 @@ class _AimRun:
             ctx = self._contexts[repeat] = Context(repeat_context(repeat))
         return ctx
 
-    def put(self, name: str, step: int, wall: float, value: Any, dedupe: bool) -> None:
+    def put(self, name: str, step: int, wall: float, value: Any, dedupe: bool) -> bool:
         """Store one source point at ``step`` in the first free slot (context ``{}``, then
         ``{"tracelet_repeat": 1}``...: :func:`.mapping.repeat_context`), or nowhere if
         ``dedupe`` and a slot not claimed by this sync already holds it: same time, and for
-        metrics the same value."""
+        metrics the same value. True if it was there already (not stored again)."""
         tracker = self.tracker
         base = self.context(0)
         seq = tracker.sequence_infos.get((base.idx, name))
@@ -334,7 +335,7 @@ class _AimRun:
             else:
                 tracker._track(value, wall, name, step, None, context=base.to_dict())
             self.claims.add_increasing(key, step)
-            return
+            return False
         repeat = 0
         while True:
             ctx = self.context(repeat)
@@ -344,11 +345,11 @@ class _AimRun:
                 if stored is None:
                     tracker._track(value, wall, name, step, None, context=ctx.to_dict())
                     self.claims.add(key, step)
-                    return
+                    return False
                 if dedupe and stored[1] == wall and (
                         stored[0] is _NOT_COMPARED or _same_float(stored[0], value)):
                     self.claims.add(key, step)
-                    return
+                    return True
             repeat += 1
 
     def _direct(self, key: tuple[int, str], seq: Any) -> "_DirectMetric | None":
@@ -386,9 +387,10 @@ class _AimRun:
 
     # -- system metrics ------------------------------------------------------------------------
     def put_system(self, name: str, context: dict, ts: float, value: float, *,
-                   dedupe: bool) -> None:
+                   dedupe: bool) -> bool:
         """Append a sample like Aim's resource tracker (step = next index). With ``dedupe``, a
-        sample whose time is already in the sequence (and not matched yet) has landed."""
+        sample whose time is already in the sequence (and not matched yet) has landed: True,
+        nothing is stored."""
         from aim.storage.context import Context
 
         ctx = Context(context)
@@ -400,8 +402,9 @@ class _AimRun:
             n = landed.get(ts, 0)
             if n:
                 landed[ts] = n - 1
-                return
+                return True
         self.tracker._track(value, ts, name, None, None, context=context)
+        return False
 
     def _landed_times(self, key: tuple[int, str]) -> dict[float, int]:
         seq = self.tracker.sequence_infos.get(key)
@@ -493,6 +496,36 @@ def forget_run_listing() -> None:
     clear = getattr(getattr(Repo, "_all_run_hashes", None), "cache_clear", None)
     if clear is not None:
         clear()
+
+
+# Aim's server answers ``list_all_runs`` from ITS Repo's listing, cached 0.5 s
+# (aim/sdk/repo.py: ``Repo._all_run_hashes``, ``@ttl_cache(ttl=0.5)``), which a client cannot
+# clear (:func:`forget_run_listing` clears this process's only): Aim's 0.5 s and a margin.
+SERVER_LISTING_TTL_S = 0.6
+
+
+class RemoteRunListing:
+    """Whether a remote repo has a run, as of this destination's start at the latest.
+
+    A run made by a sync that ended less than 0.5 s before this one started (the tests' two
+    syncs in a row; a retry) may be missing from the server's cached listing: "not there" is
+    asked again once that listing has expired (at most :data:`SERVER_LISTING_TTL_S` after the
+    start, once per destination), else the run would be made again or taken as deleted."""
+
+    def __init__(self, repo: Any):
+        self.repo = repo
+        self.fresh_from = time.monotonic() + SERVER_LISTING_TTL_S
+
+    def __contains__(self, run_hash: str) -> bool:
+        forget_run_listing()
+        if run_hash in self.repo.list_all_runs():
+            return True
+        wait = self.fresh_from - time.monotonic()
+        if wait <= 0:
+            return False
+        time.sleep(wait)  # computed after this destination started: what earlier syncs made
+        forget_run_listing()
+        return run_hash in self.repo.list_all_runs()
 
 
 def _root_container(tree: Any) -> Any:
