@@ -26,6 +26,16 @@ def _isolate_vendor_state(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_server_left_behind():
+    """The `mlflow server`s tests start (tests/destinations/harness_mlflow.py) end with the
+    session, whatever a test did with them."""
+    yield
+    from tests.destinations.harness_mlflow import MlflowServer
+
+    MlflowServer.stop_all()
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -131,7 +131,7 @@ def test_a_killed_mlflow_server_is_tried_by_one_run_the_others_skip_it_aim_gets_
     assert [p.stem for p in mlflow_checkpoints(logdir)] == ["run0"]
     assert report.totals()["mlflow"]["runs_skipped"] == RUNS - 1
 
-    MlflowServer(server.root, server.port).start()  # back, same port, same database
+    server = MlflowServer(server.root, server.port).start()  # back: same port, same database
     try:
         mlflow_calls.clear()
         again = tracelet.sync(logdir, to="mlflow,aim", project=project, dest_config=config)
@@ -250,7 +250,7 @@ def test_next_pass_probes_with_one_run_then_syncs_all_once_the_server_is_back(
             assert len(tried) <= 3, mlflow_calls  # pass 1: workers racing; pass 2: one probe
             assert report.destinations_down and report.exit_code == 1
         assert len(tried) == 1 and len(mlflow_calls) == ATTEMPTS, mlflow_calls
-        MlflowServer(server.root, server.port).start()
+        server = MlflowServer(server.root, server.port).start()  # stopped by the finally
         engine.run_pass([str(logdir)], report)
         assert not report.destinations_down
         assert {r.destinations["mlflow"].state for r in report.runs} == {"synced"}

@@ -20,7 +20,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 with a sqlite backend, started and stopped here."""
+    """A real `mlflow server` on 127.0.0.1 with a sqlite backend, started and stopped here.
+    Every server still running when the test session ends is stopped then (:meth:`stop_all`,
+    from tests/conftest.py): a test that loses track of one must not leave it behind."""
+
+    _live: set["MlflowServer"] = set()
 
     def __init__(self, root: Path, port: int | None = None):
         self.root = root
@@ -40,6 +44,7 @@ class MlflowServer:
         self.log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True, cwd=self.root)
+        MlflowServer._live.add(self)
         deadline = time.monotonic() + timeout_s
         import urllib.request
 
@@ -67,6 +72,12 @@ class MlflowServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
+        MlflowServer._live.discard(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for server in list(cls._live):
+            server.stop()
 
 
 class _MlflowHarness(Harness):
