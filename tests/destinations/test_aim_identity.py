@@ -19,10 +19,11 @@ import sys
 import pytest
 
 from tests.destinations.harness_aim import AimLocalHarness, index_repo
+from tests.destinations.identity_scenarios import (TAGS, same_source_lines,
+                                                 sync_project_given, sync_same_head_apart)
 from tracelet.testing.conformance import assert_exactly_once, project_fn
 from tracelet.testing.sources import SourceTruth, write_simple_run
 
-TAGS = ["loss", "acc"]
 
 
 def _all_runs(root: str) -> list[tuple[str, str, str, str]]:
@@ -43,9 +44,6 @@ def _all_runs(root: str) -> list[tuple[str, str, str, str]]:
     return sorted(out)
 
 
-def _same_source_lines(problems: list[str]) -> list[str]:
-    return [p for p in problems if "is the same source as" in p]
-
 
 def test_three_levels_of_one_run_are_one_aim_run_with_each_point_once(tmp_path, monkeypatch):
     import tracelet
@@ -60,7 +58,7 @@ def test_three_levels_of_one_run_are_one_aim_run_with_each_point_once(tmp_path, 
 
     first = tracelet.sync(sub, to="aim", dest_config=config)
     assert first.exit_code == 0, first.to_dict()
-    assert not any(_same_source_lines(r.problems) for r in first.runs)
+    assert not any(same_source_lines(r.problems) for r in first.runs)
     assert_exactly_once(harness, truth, project_fn("sub"))
     runs = _all_runs(harness.root)
     assert [r[:3] for r in runs] == [("sub", "exp/r1", "exp/r1"), ("sub", "exp/r2", "exp/r2")]
@@ -92,7 +90,7 @@ def test_three_levels_of_one_run_are_one_aim_run_with_each_point_once(tmp_path, 
     assert third.exit_code == 0, third.to_dict()
     [run] = third.runs
     assert run.run == "r1" and run.destinations["aim"].state == "synced"
-    [line] = _same_source_lines(run.problems)
+    [line] = same_source_lines(run.problems)
     assert "run 'r1' (project 'r1')" in line and "as 'exp/r1' in experiment 'sub'" in line
 
     # ONE Aim run per source, in the experiment, name and run path of the first sync
@@ -111,16 +109,9 @@ def test_three_levels_of_one_run_are_one_aim_run_with_each_point_once(tmp_path, 
 def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monkeypatch):
     """Two folders whose first event file is byte-for-byte the same start (a copied template)
     but whose names are not two levels of one path are two runs, as before."""
-    import tracelet
-
     harness = AimLocalHarness()
-    config = harness.config = harness.setup(tmp_path, monkeypatch)
-    truth = SourceTruth()
-    write_simple_run(tmp_path / "a" / "r1", "r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(tmp_path / "a", to="aim", dest_config=config, project="same")
-    write_simple_run(tmp_path / "b" / "r1x", "r1x", truth, TAGS, [0, 1], seed=2)
-    report = tracelet.sync(tmp_path / "b", to="aim", dest_config=config, project="same")
-    assert report.exit_code == 0 and not _same_source_lines(report.runs[0].problems)
+    harness.config = harness.setup(tmp_path, monkeypatch)
+    truth = sync_same_head_apart(tmp_path, "aim", harness)
     runs = _all_runs(harness.root)
     assert [r[:2] for r in runs] == [("same", "r1"), ("same", "r1x")]
     assert runs[0][3] == runs[1][3]  # the same head: only the names keep them apart
@@ -130,22 +121,9 @@ def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monk
 def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
     """With --project (or a manifest project) the level changes the run path only: the run is
     found by source id in that project; in another project given it is a run of its own."""
-    import tracelet
-
     harness = AimLocalHarness()
-    config = harness.config = harness.setup(tmp_path, monkeypatch)
-    sub = tmp_path / "sub"
-    truth = SourceTruth()
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(sub, to="aim", dest_config=config, project="P")
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
-    same = tracelet.sync(sub / "exp", to="aim", dest_config=config, project="P")
-    [line] = _same_source_lines(same.runs[0].problems)
-    assert "run 'r1' (project 'P') is the same source as 'exp/r1' in experiment 'P'" in line
-    assert_exactly_once(harness, truth, project_fn("P"))
-    other = tracelet.sync(sub / "exp", to="aim", dest_config=config, project="Q",
-                          state_dir=str(tmp_path / "state-q"))
-    assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
+    harness.config = harness.setup(tmp_path, monkeypatch)
+    sync_project_given(tmp_path, "aim", harness, projects=("P", "Q"), container="experiment")
     assert [r[:2] for r in _all_runs(harness.root)] == [("P", "exp/r1"), ("Q", "r1")]
 
 
@@ -172,7 +150,7 @@ def test_remote_aim_server_finds_the_run_by_source_id(aim_server, tmp_path):
     write_simple_run(r1, "exp/r1", truth, TAGS, list(range(20, 30)), seed=1, append=True)
     report = tracelet.sync(sub / "exp", to="aim", dest_config=config)
     assert report.exit_code == 0, report.to_dict()
-    [line] = _same_source_lines(report.runs[0].problems)
+    [line] = same_source_lines(report.runs[0].problems)
     assert "run 'r1' (project 'exp') is the same source as 'exp/r1' in experiment 'sub'" in line
     index_repo(aim_server.repo)
     assert _all_runs(str(aim_server.repo)) == runs

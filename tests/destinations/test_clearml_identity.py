@@ -17,15 +17,12 @@ import subprocess
 import sys
 
 from tests.destinations.harness_clearml import ClearmlOfflineHarness, offline_sessions
+from tests.destinations.identity_scenarios import (SAME, TAGS, same_source_lines,
+                                                 sync_project_given, sync_same_head_apart)
 from tracelet.testing.conformance import assert_exactly_once, project_fn
 from tracelet.testing.sources import SourceTruth, write_simple_run
 
-TAGS = ["loss", "acc"]
-SAME = "is the same source as"
 
-
-def _same_source_lines(problems: list[str]) -> list[str]:
-    return [p for p in problems if SAME in p]
 
 
 def _runs(harness) -> dict[str, set]:
@@ -53,7 +50,7 @@ def test_three_levels_of_one_run_are_one_clearml_run_with_each_point_once(tmp_pa
 
     first = tracelet.sync(sub, to="clearml", dest_config=config)
     assert first.exit_code == 0, first.to_dict()
-    assert not any(_same_source_lines(r.problems) for r in first.runs)
+    assert not any(same_source_lines(r.problems) for r in first.runs)
     assert_exactly_once(harness, truth, project_fn("sub"))
     runs = _runs(harness)
     assert len(runs) == 2 and all(len(v) == 1 for v in runs.values()), runs
@@ -89,7 +86,7 @@ def test_three_levels_of_one_run_are_one_clearml_run_with_each_point_once(tmp_pa
     assert third.exit_code == 0, third.to_dict()
     [run] = third.runs
     assert run.run == "r1" and run.destinations["clearml"].state == "synced"
-    [line] = _same_source_lines(run.problems)
+    [line] = same_source_lines(run.problems)
     assert "run 'r1' (project 'r1')" in line and "as 'exp/r1' in project 'sub'" in line
 
     # ONE run per source: every session (a new one per sync that wrote) keeps the identity of
@@ -119,16 +116,9 @@ def test_three_levels_of_one_run_are_one_clearml_run_with_each_point_once(tmp_pa
 def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monkeypatch):
     """Two folders whose first event file is byte-for-byte the same start (a copied template)
     but whose names are not two levels of one path are two runs, as before."""
-    import tracelet
-
     harness = ClearmlOfflineHarness()
-    config = harness.config = harness.setup(tmp_path, monkeypatch)
-    truth = SourceTruth()
-    write_simple_run(tmp_path / "a" / "r1", "r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(tmp_path / "a", to="clearml", dest_config=config, project="same")
-    write_simple_run(tmp_path / "b" / "r1x", "r1x", truth, TAGS, [0, 1], seed=2)
-    report = tracelet.sync(tmp_path / "b", to="clearml", dest_config=config, project="same")
-    assert report.exit_code == 0 and not _same_source_lines(report.runs[0].problems)
+    harness.config = harness.setup(tmp_path, monkeypatch)
+    truth = sync_same_head_apart(tmp_path, "clearml", harness)
     runs = _runs(harness)
     assert len({h[4] for vs in runs.values() for h in vs}) == 1  # the same source id ...
     assert sorted(h[3] for vs in runs.values() for h in vs) == ["r1", "r1x"]  # ... two runs
@@ -138,22 +128,10 @@ def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monk
 def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
     """With --project (or a manifest project) the level changes the run path only: the run is
     found by source id in that project; in another project given it is a run of its own."""
-    import tracelet
-
     harness = ClearmlOfflineHarness()
-    config = harness.config = harness.setup(tmp_path, monkeypatch)
-    sub = tmp_path / "sub"
-    truth = SourceTruth()
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(sub, to="clearml", dest_config=config, project="PPP")
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
-    same = tracelet.sync(sub / "exp", to="clearml", dest_config=config, project="PPP")
-    [line] = _same_source_lines(same.runs[0].problems)
-    assert "run 'r1' (project 'PPP') is the same source as 'exp/r1' in project 'PPP'" in line
-    assert_exactly_once(harness, truth, project_fn("PPP"))
-    other = tracelet.sync(sub / "exp", to="clearml", dest_config=config, project="QQQ",
-                          state_dir=str(tmp_path / "state-q"))
-    assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
+    harness.config = harness.setup(tmp_path, monkeypatch)
+    sync_project_given(tmp_path, "clearml", harness, projects=("PPP", "QQQ"),
+                       container="project")
     assert sorted({(h[0], h[3]) for vs in _runs(harness).values() for h in vs}) == [
         ("PPP", "exp/r1"), ("QQQ", "r1")]
 
@@ -211,7 +189,7 @@ def test_the_checkpoint_of_a_run_taken_by_source_id_is_confirmed_and_never_trust
     write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
     second = tracelet.sync(sub / "exp", to="clearml", dest_config=config)
     assert second.exit_code == 0, second.to_dict()
-    assert all(len(_same_source_lines(r.problems)) == 1 for r in second.runs)
+    assert all(len(same_source_lines(r.problems)) == 1 for r in second.runs)
     import shutil
 
     for name in junk:  # not Tracelet's: the read-back (as ClearML's importer) would stop at it
@@ -248,6 +226,6 @@ def test_the_checkpoint_of_a_run_taken_by_source_id_is_confirmed_and_never_trust
     write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [5], seed=1, append=True)
     third = tracelet.sync(sub / "exp", to="clearml", dest_config=config)
     assert third.exit_code == 0, third.to_dict()
-    assert all(len(_same_source_lines(r.problems)) == 1 for r in third.runs)
+    assert all(len(same_source_lines(r.problems)) == 1 for r in third.runs)
     assert len(_runs(harness)) == 2
     assert_exactly_once(harness, truth, project_fn("sub"))

@@ -16,10 +16,11 @@ import subprocess
 import sys
 
 from tests.destinations.harness_mlflow import MlflowLocalHarness
+from tests.destinations.identity_scenarios import (TAGS, same_source_lines,
+                                                 sync_project_given, sync_same_head_apart)
 from tracelet.testing.conformance import assert_exactly_once, project_fn
 from tracelet.testing.sources import SourceTruth, write_simple_run
 
-TAGS = ["loss", "acc"]
 
 
 def _all_runs(uri: str) -> list:
@@ -29,9 +30,6 @@ def _all_runs(uri: str) -> list:
     exps = [e.experiment_id for e in c.search_experiments()]
     return c.search_runs(exps)
 
-
-def _same_source_lines(problems: list[str]) -> list[str]:
-    return [p for p in problems if "is the same source as" in p]
 
 
 def test_three_levels_of_one_run_are_one_mlflow_run_with_each_point_once(tmp_path, monkeypatch):
@@ -47,7 +45,7 @@ def test_three_levels_of_one_run_are_one_mlflow_run_with_each_point_once(tmp_pat
 
     first = tracelet.sync(sub, to="mlflow", dest_config=config)
     assert first.exit_code == 0, first.to_dict()
-    assert not any(_same_source_lines(r.problems) for r in first.runs)
+    assert not any(same_source_lines(r.problems) for r in first.runs)
     assert_exactly_once(harness, truth, project_fn("sub"))
 
     # the files grow (the identity is their first record: unchanged), then the sync is pointed
@@ -75,7 +73,7 @@ def test_three_levels_of_one_run_are_one_mlflow_run_with_each_point_once(tmp_pat
     assert third.exit_code == 0, third.to_dict()
     [run] = third.runs
     assert run.run == "r1" and run.destinations["mlflow"].state == "synced"
-    [line] = _same_source_lines(run.problems)
+    [line] = same_source_lines(run.problems)
     assert "run 'r1' (project 'r1')" in line and "as 'exp/r1' in experiment 'sub'" in line
 
     # ONE MLflow run per source, in the experiment of the first sync; no empty experiments
@@ -100,16 +98,9 @@ def test_three_levels_of_one_run_are_one_mlflow_run_with_each_point_once(tmp_pat
 def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monkeypatch):
     """Two folders whose first event file is byte-for-byte the same start (a copied template)
     but whose names are not two levels of one path are two runs, as before."""
-    import tracelet
-
     harness = MlflowLocalHarness()
-    config = harness.config = harness.setup(tmp_path, monkeypatch)
-    truth = SourceTruth()
-    write_simple_run(tmp_path / "a" / "r1", "r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(tmp_path / "a", to="mlflow", dest_config=config, project="same")
-    write_simple_run(tmp_path / "b" / "r1x", "r1x", truth, TAGS, [0, 1], seed=2)
-    report = tracelet.sync(tmp_path / "b", to="mlflow", dest_config=config, project="same")
-    assert report.exit_code == 0 and not _same_source_lines(report.runs[0].problems)
+    harness.config = harness.setup(tmp_path, monkeypatch)
+    truth = sync_same_head_apart(tmp_path, "mlflow", harness)
     assert sorted(r.data.tags["tracelet.run_path"] for r in _all_runs(harness.uri)) \
         == ["r1", "r1x"]
     assert_exactly_once(harness, truth, project_fn("same"))
@@ -118,24 +109,11 @@ def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monk
 def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
     """With --project (or a manifest project) the level changes the run path only: the run is
     found by source id in that project; in another project given it is a run of its own."""
-    import tracelet
-
-    harness = MlflowLocalHarness()
-    config = harness.config = harness.setup(tmp_path, monkeypatch)
-    sub = tmp_path / "sub"
-    truth = SourceTruth()
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(sub, to="mlflow", dest_config=config, project="P")
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
-    same = tracelet.sync(sub / "exp", to="mlflow", dest_config=config, project="P")
-    [line] = _same_source_lines(same.runs[0].problems)
-    assert "run 'r1' (project 'P') is the same source as 'exp/r1' in experiment 'P'" in line
-    assert_exactly_once(harness, truth, project_fn("P"))
-    other = tracelet.sync(sub / "exp", to="mlflow", dest_config=config, project="Q",
-                          state_dir=str(tmp_path / "state-q"))
-    assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
     from mlflow import MlflowClient
 
+    harness = MlflowLocalHarness()
+    harness.config = harness.setup(tmp_path, monkeypatch)
+    sync_project_given(tmp_path, "mlflow", harness, projects=("P", "Q"), container="experiment")
     c = MlflowClient(tracking_uri=harness.uri)
     assert sorted((c.get_experiment(r.info.experiment_id).name, r.data.tags["tracelet.run_path"])
                   for r in _all_runs(harness.uri)) == [("P", "exp/r1"), ("Q", "r1")]

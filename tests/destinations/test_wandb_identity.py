@@ -16,10 +16,11 @@ import subprocess
 import sys
 
 from tests.destinations.harness_wandb import WandbOfflineHarness, upload
+from tests.destinations.identity_scenarios import (TAGS, same_source_lines,
+                                                 sync_project_given, sync_same_head_apart)
 from tracelet.testing.conformance import assert_exactly_once, project_fn
 from tracelet.testing.sources import SourceTruth, write_simple_run
 
-TAGS = ["loss", "acc"]
 LINE = ("tracelet: {run}: wandb: run '{run}' (project 'exp') is the same source as "
         "'exp/{run}' in project 'sub' (same first event file): continued in that run, nothing "
         "sent twice; a plain run's name is its path under the LOGDIR given, so sync the same "
@@ -31,9 +32,6 @@ def _harness(tmp_path, monkeypatch) -> WandbOfflineHarness:
     h.config = h.setup(tmp_path, monkeypatch)
     return h
 
-
-def _same_source_lines(problems: list[str]) -> list[str]:
-    return [p for p in problems if "is the same source as" in p]
 
 
 def _runs(h) -> dict[tuple[str, str], list]:
@@ -56,7 +54,7 @@ def test_three_levels_of_one_run_are_one_wandb_run_with_each_point_once(tmp_path
 
     first = tracelet.sync(sub, to="wandb", dest_config=h.config, state_dir=str(tmp_path / "s1"))
     assert first.exit_code == 0, first.to_dict()
-    assert not any(_same_source_lines(r.problems) for r in first.runs)
+    assert not any(same_source_lines(r.problems) for r in first.runs)
     assert_exactly_once(h, truth, project_fn("sub"))
     ids = {f.config["tracelet"]["run_path"]: f.run_id for f in h.fragments()}
     assert sorted(ids) == ["exp/r1", "exp/r2"]
@@ -80,7 +78,7 @@ def test_three_levels_of_one_run_are_one_wandb_run_with_each_point_once(tmp_path
     assert third.exit_code == 0, third.to_dict()
     [run] = third.runs
     assert run.run == "r1" and run.destinations["wandb"].state == "synced"
-    [line] = _same_source_lines(run.problems)
+    [line] = same_source_lines(run.problems)
     assert "run 'r1' (project 'r1')" in line and "as 'exp/r1' in project 'sub'" in line
 
     # ONE W&B run per source, in the project of the first sync, which keeps the name and the
@@ -118,15 +116,8 @@ def test_three_levels_of_one_run_are_one_wandb_run_with_each_point_once(tmp_path
 def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monkeypatch):
     """Two folders whose first event file is byte-for-byte the same start (a copied template)
     but whose names are not two levels of one path are two runs, as before."""
-    import tracelet
-
     h = _harness(tmp_path, monkeypatch)
-    truth = SourceTruth()
-    write_simple_run(tmp_path / "a" / "r1", "r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(tmp_path / "a", to="wandb", dest_config=h.config, project="same")
-    write_simple_run(tmp_path / "b" / "r1x", "r1x", truth, TAGS, [0, 1], seed=2)
-    report = tracelet.sync(tmp_path / "b", to="wandb", dest_config=h.config, project="same")
-    assert report.exit_code == 0 and not _same_source_lines(report.runs[0].problems)
+    truth = sync_same_head_apart(tmp_path, "wandb", h)
     runs = _runs(h)
     assert len(runs) == 2
     assert sorted(f[0].config["tracelet"]["run_path"] for f in runs.values()) == ["r1", "r1x"]
@@ -136,22 +127,9 @@ def test_runs_with_the_same_head_under_unrelated_names_stay_apart(tmp_path, monk
 def test_a_project_given_is_where_the_run_is_looked_for(tmp_path, monkeypatch):
     """With --project the level changes the run path only: the run is found by source id in
     that project; in another project given it is a run of its own."""
-    import tracelet
-
     h = _harness(tmp_path, monkeypatch)
-    sub = tmp_path / "sub"
-    truth = SourceTruth()
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [0, 1, 2], seed=1)
-    tracelet.sync(sub, to="wandb", dest_config=h.config, project="P")
-    write_simple_run(sub / "exp" / "r1", "exp/r1", truth, TAGS, [3, 4], seed=1, append=True)
-    same = tracelet.sync(sub / "exp", to="wandb", dest_config=h.config, project="P",
-                         state_dir=str(tmp_path / "state-p"))
-    [line] = _same_source_lines(same.runs[0].problems)
-    assert "run 'r1' (project 'P') is the same source as 'exp/r1' in project 'P'" in line
-    assert_exactly_once(h, truth, project_fn("P"))
-    other = tracelet.sync(sub / "exp", to="wandb", dest_config=h.config, project="Q",
-                          state_dir=str(tmp_path / "state-q"))
-    assert other.exit_code == 0 and not _same_source_lines(other.runs[0].problems)
+    sync_project_given(tmp_path, "wandb", h, projects=("P", "Q"), container="project",
+                       own_state_dir=True)
     assert sorted((p, frags[0].config["tracelet"]["run_path"])
                   for (p, _), frags in _runs(h).items()) == [("P", "exp/r1"), ("Q", "r1")]
 
@@ -205,7 +183,7 @@ def test_unreadable_or_foreign_fragments_under_wandb_dir_do_not_stop_the_lookup(
         report = tracelet.sync(sub / "exp", to="wandb", dest_config=h.config,
                                state_dir=str(tmp_path / "s2"))
     assert report.exit_code == 0, report.to_dict()
-    [line] = _same_source_lines(report.runs[0].problems)
+    [line] = same_source_lines(report.runs[0].problems)
     assert "as 'exp/r1' in project 'sub'" in line
     assert any(str(bad) in r.getMessage() and "cannot be read" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
