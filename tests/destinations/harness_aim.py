@@ -174,6 +174,15 @@ class AimServer:
 
 
 @pytest.fixture
+def aim_h(tmp_path, monkeypatch) -> Iterator[AimLocalHarness]:
+    """A local Aim repo harness, its config set up in ``tmp_path``, torn down after the test."""
+    h = AimLocalHarness()
+    h.config = h.setup(tmp_path, monkeypatch)
+    yield h
+    h.teardown()
+
+
+@pytest.fixture
 def aim_server(tmp_path) -> Iterator[AimServer]:
     """A real ``aim server`` on a free port over a new repo ``tmp_path/server``, stopped at the
     end of the test."""

@@ -19,21 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from tests.destinations.harness_aim import (AIM_CLI, AimLocalHarness, find_aim_runs, index_repo,
+from tests.destinations.harness_aim import (AIM_CLI, find_aim_runs, index_repo,
                                             read_aim_run)
 from tests.destinations.harness_mlflow import free_port
 from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
 from tracelet.testing.events import T0, event_record, header_record
 from tracelet.testing.sources import (SourceTruth, build_conformance_logdir, build_kill_logdir,
                                       write_simple_run)
-
-
-@pytest.fixture
-def aim_h(tmp_path, monkeypatch):
-    h = AimLocalHarness()
-    h.config = h.setup(tmp_path, monkeypatch)
-    yield h
-    h.teardown()
 
 
 def _cli(h, logdir, project, **env):

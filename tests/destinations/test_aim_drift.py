@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.destinations.harness_aim import AimLocalHarness, find_aim_runs, index_repo, read_aim_run
+from tests.destinations.harness_aim import find_aim_runs, index_repo, read_aim_run
 from tracelet.checkpoint import CheckpointStore
 from tracelet.destinations import target_key
 from tracelet.destinations.base import RunRef
@@ -26,14 +26,6 @@ from tracelet.testing.sources import SourceTruth, write_recorded_run, write_simp
 
 SIMPLE = ("run0", "run1")
 EVENTS = "events.out.tfevents.1700000000.host.1.0"  # write_simple_run's file
-
-
-@pytest.fixture
-def aim_h(tmp_path, monkeypatch):
-    h = AimLocalHarness()
-    h.config = h.setup(tmp_path, monkeypatch)
-    yield h
-    h.teardown()
 
 
 def _logdir(root: Path, project: str) -> SourceTruth:
@@ -147,17 +139,22 @@ def test_run_deleted_with_aims_api_is_made_again_without_its_old_landed_record(
     _assert_all_once(aim_h, truth, project)
 
 
+def _synced_run0(logdir: Path, aim_h, project: str):
+    """``run0`` (20 points of ``loss``) synced once: its truth, checkpoint file and document."""
+    truth = SourceTruth()
+    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20)), seed=1)
+    assert sync_once(logdir, aim_h, project).exit_code == 0
+    (ck,) = (logdir / ".tracelet" / "checkpoints").glob("aim-*/run0.json")
+    return truth, ck, json.loads(ck.read_text())
+
+
 def test_a_deleted_run_not_at_the_derived_hash_is_drift_not_a_foreign_identity(
         aim_h, tmp_path, project):
     """A run found by its run id (made by an older Tracelet or another tool: Aim's random hash)
     and deleted since: the checkpoint's hash is in no repo listing. That is drift, not a
     checkpoint naming another run's Aim run (which is set aside: test_foreign_identity.py)."""
     logdir = tmp_path / "logs"
-    truth = SourceTruth()
-    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20)), seed=1)
-    assert sync_once(logdir, aim_h, project).exit_code == 0
-    (ck,) = (logdir / ".tracelet" / "checkpoints").glob("aim-*/run0.json")
-    doc = json.loads(ck.read_text())
+    truth, ck, doc = _synced_run0(logdir, aim_h, project)
     gone = "0123456789abcdef01234567"  # the deleted run's hash, as Aim draws them
     doc["identity"]["run_hash"] = gone
     ck.write_text(json.dumps(doc))
@@ -176,11 +173,7 @@ def test_a_checkpoint_from_before_the_tokens_is_not_drift(aim_h, tmp_path, proje
     """Checkpoints written before the repo and run tokens (identity = the run hash alone): the
     run is there, so no drift; the tokens are added for the next comparison."""
     logdir = tmp_path / "logs"
-    truth = SourceTruth()
-    write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20)), seed=1)
-    assert sync_once(logdir, aim_h, project).exit_code == 0
-    (ck,) = (logdir / ".tracelet" / "checkpoints").glob("aim-*/run0.json")
-    doc = json.loads(ck.read_text())
+    truth, ck, doc = _synced_run0(logdir, aim_h, project)
     tokens = {k: doc["identity"].pop(k) for k in ("incarnation", "repo")}
     ck.write_text(json.dumps(doc))
     write_simple_run(logdir / "run0", "run0", truth, ["loss"], list(range(20, 25)), seed=2,
