@@ -46,6 +46,7 @@ import json
 import os
 import time
 import warnings
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -317,25 +318,21 @@ def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR
     """All points of one batch as a table with the export schema (see the module docstring) in
     its dictionary form (:func:`_schema`).
 
-    Scalars come as :class:`TypedScalars` from the reader (``typed_scalars=True``): their typed
-    buffers become the step/wall_time/value columns as they are, their tag numbers the tag
-    column's indices. Columns are built from raw buffers: ``pa.array`` and ``pa.scalar`` import
-    pandas (~0.15 s) to check their input, which ``tracelet export`` never needs."""
+    Scalars come as :class:`TypedScalars` (a reader made with ``typed_scalars=True``, as
+    export's :class:`FileScan`): their typed buffers become the step/wall_time/value columns as
+    they are, their tag numbers the tag column's indices. Columns are built from raw buffers:
+    ``pa.array`` and ``pa.scalar`` import pandas (~0.15 s) to check their input, which
+    ``tracelet export`` never needs."""
     import pyarrow as pa
 
     schema = _schema(dictionary=True)
-    s = batch.scalars
-    if not isinstance(s, TypedScalars):  # lists (a reader made without typed_scalars)
-        typed = TypedScalars(capacity=len(s))
-        for point in zip(s.tags, s.steps, s.wall_times, s.values):
-            typed.append(*point)
-        s = typed
+    s: TypedScalars = batch.scalars
     table = s.table
     parts = []
     n = s.n
     if n:
         parts.append(pa.Table.from_arrays([
-            _repeat(run, n), _dictionary(s.ids, n, table), _kind(SCALAR, n),
+            _repeat(run, n), _dictionary(s.ids, n, _TAG_NAMES.of(table)), _kind(SCALAR, n),
             _buffer(pa.int64(), s.steps, n), _buffer(pa.float64(), s.wall_times, n),
             _buffer(pa.float64(), s.values, n), pa.nulls(n, pa.string()),
         ], schema=schema))
@@ -362,9 +359,10 @@ def batch_to_table(batch: Batch, run: str, redactor: Redactor = DEFAULT_REDACTOR
     if rows:
         tags, kinds, steps, walls, summaries = zip(*rows)
         m = len(rows)
+        tag_ids = array("i", map(table.id, tags))  # may add tags: the dictionary is read after
         parts.append(pa.Table.from_arrays([
-            _repeat(run, m), _dictionary(_ids(map(table.id, tags), m), m, table),
-            _dictionary(_ids(map(KIND_NAMES.index, kinds), m), m, _KIND_TABLE),
+            _repeat(run, m), _dictionary(tag_ids, m, _TAG_NAMES.of(table)),
+            _dictionary(array("i", map(KIND_NAMES.index, kinds)), m, _kind_names()),
             _numbers(steps, "int64"), _numbers(walls, "float64"), pa.nulls(m, pa.float64()),
             _strings(summaries),
         ], schema=schema))
@@ -389,12 +387,6 @@ def _buffer(type_, data, n: int):
     return pa.Array.from_buffers(type_, n, [None, pa.py_buffer(data)])
 
 
-def _ids(numbers, n: int):
-    from array import array
-
-    return array("i", numbers)
-
-
 class _Names:
     """The dictionary (Arrow string array) of a :class:`TagTable`, rebuilt only when it grew: a
     column's dictionary stays the same object from batch to batch, so Parquet keeps one
@@ -414,17 +406,22 @@ class _Names:
         return self.array
 
 
-_TAG_NAMES = _Names()
+_TAG_NAMES = _Names()  # tags of the file being exported (system rows: of the sidecar part)
 _KIND_TABLE = TagTable()
 for _k in KIND_NAMES:
     _KIND_TABLE.id(_k)
 _KIND_NAMES = _Names()
 
 
-def _dictionary(ids, n: int, table: TagTable):
+def _kind_names():
+    return _KIND_NAMES.of(_KIND_TABLE)
+
+
+def _dictionary(ids, n: int, names):
+    """A dictionary column: ``n`` numbers from the buffer ``ids`` into ``names`` (an Arrow string
+    array)."""
     import pyarrow as pa
 
-    names = (_KIND_NAMES if table is _KIND_TABLE else _TAG_NAMES).of(table)
     return pa.DictionaryArray.from_buffers(pa.dictionary(pa.int32(), pa.string()), n,
                                            [None, pa.py_buffer(ids)], names)
 
@@ -432,7 +429,7 @@ def _dictionary(ids, n: int, table: TagTable):
 def _kind(kind: str, n: int):
     import numpy as np
 
-    return _dictionary(np.full(n, KIND_NAMES.index(kind), dtype=np.int32), n, _KIND_TABLE)
+    return _dictionary(np.full(n, KIND_NAMES.index(kind), dtype=np.int32), n, _kind_names())
 
 
 def _string_column(lengths, data: bytes, n: int):
@@ -761,9 +758,9 @@ def _system_tables(run, parts: list, name: str, problems: list[str]):
             start = float(ts.min())
         steps = np.maximum(np.floor(ts - start), 0).astype("int64")
         metrics = TagTable()
-        ids = _ids(map(metrics.id, table.column("name").to_pylist()), n)
+        ids = array("i", map(metrics.id, table.column("name").to_pylist()))
         yield pa.Table.from_arrays([
-            _repeat(name, n), _dictionary(ids, n, metrics), _kind(SYSTEM, n),
+            _repeat(name, n), _dictionary(ids, n, _TAG_NAMES.of(metrics)), _kind(SYSTEM, n),
             _numbers(steps, "int64"), _numbers(ts, "float64"),
             _numbers(table.column("value").to_numpy(), "float64"), pa.nulls(n, pa.string()),
         ], schema=schema)
