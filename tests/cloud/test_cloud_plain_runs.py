@@ -63,3 +63,32 @@ def test_export_with_system_from_a_bucket(s3, tmp_path):
     df = pq.read_table(tmp_path / "o.parquet").to_pandas()
     system = df[df.kind == "system"]
     assert sorted(system.step) == sorted(part * 100 + k for part in (1, 2) for k in range(10))
+
+
+def test_a_sidecar_part_added_to_a_plain_run_in_a_bucket_is_not_unchanged(s3, tmp_path):
+    """The listing twin of the local no-op check: a part (or artifact) added to a run without
+    a manifest syncs at the next pass, without an event object changing."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def part(ts: list[float]) -> bytes:
+        out = io.BytesIO()
+        pq.write_table(pa.table({"timestamp": ts, "name": ["cpu/percent"] * len(ts),
+                                 "value": [1.0] * len(ts)}), out)
+        return out.getvalue()
+
+    reset_stores()
+    events = framed(version_event(T0)) + framed(scalar_event("loss", 0, 1.0, wall=T0 + 1))
+    s3.put(f"runs/plain/{EV}", events)
+    s3.put("runs/plain/sysmetrics/part-000001.parquet", part([T0 + 1, T0 + 2]))
+    url = s3.url("runs")
+    assert sync(url, tmp_path).runs[0].destinations["memory"].points_sent == {
+        "scalar": 1, "system": 2}
+    assert sync(url, tmp_path).runs[0].destinations["memory"].state == "unchanged"
+    s3.put("runs/plain/sysmetrics/part-000002.parquet", part([T0 + 3]))
+    d = sync(url, tmp_path).runs[0].destinations["memory"]
+    assert d.state == "synced" and d.points_sent == {"system": 1}
+    [run] = store_named("mem:cloud").runs.values()
+    assert len(run.system) == 3

@@ -50,6 +50,32 @@ def recorded_run(folder: Path, project: str, name: str) -> None:
         "status": "running", "started_at": T0 - 50}))
 
 
+# -- what the no-op pass looks at ------------------------------------------------------------------
+def test_a_sidecar_part_or_artifact_added_to_a_plain_run_is_not_unchanged(tmp_path):
+    """A run without a manifest syncs its sidecar parts and artifacts too, so the stat-only
+    no-op check must see them: a part or an artifact written after the last event (the
+    training's last system sample, a checkpoint saved at the end) syncs at the next pass,
+    without waiting for an event file to change."""
+    from tracelet.sidecar import write_part
+
+    logdir = tmp_path / "logs"
+    plain_run(logdir / "a")
+    write_part(logdir / "a", 1, [T0 + 1, T0 + 2], ["cpu/percent"] * 2, [1.0, 2.0])
+    first = sync(logdir)
+    assert first.runs[0].destinations["memory"].points_sent == {"scalar": 5, "system": 2}
+    assert sync(logdir).runs[0].destinations["memory"].state == "unchanged"
+    write_part(logdir / "a", 2, [T0 + 3], ["cpu/percent"], [3.0])
+    second = sync(logdir).runs[0].destinations["memory"]
+    assert second.state == "synced" and second.points_sent == {"system": 1}
+    assert len(runs()["a"].system) == 3
+    (logdir / "a" / "artifacts").mkdir()
+    (logdir / "a" / "artifacts" / "model.txt").write_text("weights")
+    third = sync(logdir).runs[0].destinations["memory"]
+    assert third.state == "synced" and third.artifacts_sent == 1
+    assert runs()["a"].artifacts == {"model.txt": b"weights"}
+    assert sync(logdir).runs[0].destinations["memory"].state == "unchanged"
+
+
 # -- start / end / --finish-idle -------------------------------------------------------------------
 def test_plain_run_starts_at_its_first_event_and_is_finished_when_idle(tmp_path):
     logdir = tmp_path / "logs"

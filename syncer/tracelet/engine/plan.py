@@ -81,7 +81,8 @@ def run_signature(run: RunSource, event_files: list[Path], follow_links: bool = 
     """Stat-only fingerprint of everything a sync would send, and whether the run is idle.
 
     Plain TensorBoard runs (no manifest) cost one stat per event file, plus one for a
-    Lightning ``hparams.yaml``: they have no sidecar or artifacts to look at. Artifacts are
+    Lightning ``hparams.yaml`` and a listing each of ``sysmetrics/`` and ``artifacts/`` (sync
+    sends those for a run without a manifest too; absent, they add nothing). Artifacts are
     those :meth:`RunFiles.artifacts` lists (no link out of the run). Runs in object storage:
     size + ETag of each object, from the pass's listing.
 
@@ -109,24 +110,25 @@ def run_signature(run: RunSource, event_files: list[Path], follow_links: bool = 
         except OSError:
             h.update(f"e {p}:missing\n".encode())
     h.update(hparams_signature(run).encode())
-    if not run.has_manifest:
-        idle = check_idle and is_idle(newest, idle_after_s, now)
-        if idle:
-            h.update(b"idle\n")
-        return h.hexdigest(), idle
     base = os.fspath(run.path)
-    try:
-        st = os.stat(os.path.join(base, MANIFEST_NAME))
-        h.update(f"m {st.st_size}:{st.st_mtime_ns}\n".encode())
-    except OSError:
-        pass
+    if run.has_manifest:
+        try:
+            st = os.stat(os.path.join(base, MANIFEST_NAME))
+            h.update(f"m {st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            pass
+    # sidecar parts and artifacts sync for a run without a manifest too: a part or an artifact
+    # written after the last event must not wait for an event file to change
     try:
         h.update(("s " + ",".join(sorted(os.listdir(os.path.join(base, SIDECAR_DIR)))) + "\n").encode())
     except OSError:
         pass
     for rel, (size, mtime) in sorted(RunFiles(run.path, follow_links).artifacts().items()):
         h.update(f"a {rel}:{size}:{mtime}\n".encode())
-    return h.hexdigest(), False
+    idle = not run.has_manifest and check_idle and is_idle(newest, idle_after_s, now)
+    if idle:
+        h.update(b"idle\n")
+    return h.hexdigest(), idle
 
 
 class Planner:

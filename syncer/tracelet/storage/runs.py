@@ -32,11 +32,11 @@ def signature(run, event_files) -> str:
     for p in event_files:
         e = loc.entry(p)
         h.update((f"e {p}:{e.size}:{e.etag}\n" if e else f"e {p}:missing\n").encode())
-    if not run.has_manifest:
-        return h.hexdigest()
-    e = loc.entry(run.path / MANIFEST_NAME)
-    if e is not None:
-        h.update(f"m {e.size}:{e.etag}\n".encode())
+    if run.has_manifest:
+        e = loc.entry(run.path / MANIFEST_NAME)
+        if e is not None:
+            h.update(f"m {e.size}:{e.etag}\n".encode())
+    # sidecar parts and artifacts sync for a run without a manifest too (see the twin)
     h.update(("s " + ",".join(p.name for p in sidecar_parts(run)) + "\n").encode())
     for rel, (size, etag) in sorted(artifacts(run).items()):
         h.update(f"a {rel}:{size}:{etag}\n".encode())
