@@ -1,7 +1,8 @@
 """Fault injection for the crash tests: real kills of a real process at exact protocol steps.
 
 ``TRACELET_CRASH_AT=name:N`` SIGKILLs this process the N-th time it passes ``crash_point(name)``
-(``after_send``, ``before_rename``, ``wandb_rows_handed``, ``aim_repo_init``, ``aim_run_open``).
+(``after_send``, ``before_rename``, ``wandb_rows_handed``, ``wandb_summary_fragment``,
+``aim_repo_init``, ``aim_run_open``).
 Unset (always, outside the tests), a crash point costs one environment lookup. Imports nothing
 of ours, so every layer may call it.
 """

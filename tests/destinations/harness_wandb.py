@@ -174,6 +174,7 @@ def upload(fragments: list[Fragment], rule: str = STEP_RULE) -> dict:
     """What the server holds after ``wandb sync`` of these fragments of one run."""
     kept: list[tuple[int, dict]] = []
     config: dict = {}
+    summary: dict = {}  # summary records are updates: the last value of each key wins
     files: list[str] = []
     state = None
     for frag in sorted(fragments, key=lambda f: f.start):
@@ -186,13 +187,14 @@ def upload(fragments: list[Fragment], rule: str = STEP_RULE) -> dict:
             kept.append((step, row))
             next_step = step + 1
         config.update(frag.config)
+        summary.update(frag.summary)
         files.extend(frag.files)
         code = 1 if frag.exit_code is None or frag.torn else frag.exit_code
         state = "preempted" if frag.preempting and code == 0 else (
             "finished" if code == 0 else "failed")
         if frag.torn:
             break  # wandb-core stops this run's sync at the error
-    return {"rows": kept, "config": config, "files": files, "state": state}
+    return {"rows": kept, "config": config, "summary": summary, "files": files, "state": state}
 
 
 def _text(v) -> str:

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.destinations.harness_wandb import WandbOfflineHarness
+from tests.destinations.harness_wandb import WandbOfflineHarness, upload
 from tests.destinations.recorded_repo import API_KEY, SECRET, git, record_in_repo
 from tracelet.destinations.wandb.mapping import environment, program_args
 from tracelet.manifest import manifest_time
@@ -43,10 +43,14 @@ def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, 
     assert report.exit_code == 0, report.to_dict()
 
     run_path = run_dir.relative_to(logdir).as_posix()
-    frags = [f for f in wb.fragments() if (f.config.get("tracelet") or {}).get("run_path")
-             == run_path]
-    assert len(frags) == 1
+    frags = sorted([f for f in wb.fragments() if (f.config.get("tracelet") or {}).get(
+        "run_path") == run_path], key=lambda g: g.start)
+    # the points, then (the run has ended) its summary with the training's Duration
+    assert len(frags) == 2 and not frags[1].rows
     f = frags[0]
+    seconds = int(manifest_time(manifest["ended_at"]) - manifest_time(manifest["started_at"]))
+    assert upload(frags)["summary"]["_wandb/runtime"] == seconds
+    assert frags[1].environment == f.environment and frags[1].run_start == f.run_start
     # the Run record: what W&B's run page shows as the git state and host
     assert f.git == {"remote_url": "https://example.com/org/repo.git", "commit": head}
     # a recorded run shows its run path less "<project>/" (README "Run names")
@@ -86,11 +90,12 @@ def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, 
     assert sync_once(logdir, wb, project).exit_code == 0
     frags = sorted([g for g in wb.fragments() if (g.config.get("tracelet") or {}).get(
         "run_path") == run_path], key=lambda g: g.start)
-    assert len(frags) == 2
-    assert frags[1].summary["acc"] == pytest.approx(0.95)
-    assert frags[1].summary["Loss/train"] == pytest.approx(0.2)  # not in this fragment's rows
-    assert "tracelet/requirements.txt" not in frags[1].files
-    assert frags[1].run_start == f.run_start
+    assert len(frags) == 4
+    assert frags[2].summary["acc"] == pytest.approx(0.95)
+    assert frags[2].summary["Loss/train"] == pytest.approx(0.2)  # not in this fragment's rows
+    assert "tracelet/requirements.txt" not in frags[2].files
+    assert frags[2].run_start == frags[3].run_start == f.run_start
+    assert upload(frags)["summary"]["_wandb/runtime"] == seconds
 
 
 def test_program_and_args_of_recorded_commands():

@@ -24,7 +24,8 @@ letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_
 display name = ``RunRef.name``; config ``tracelet = {run_id, run_path, source_id}`` (``source_id``:
 plain runs, :mod:`tracelet.identity`); manifest tags become W&B tags ``key:value``. Every sync
 opens the same id with ``resume="allow"``: one W&B run, one offline fragment
-(``offline-run-<time>-<id>``) per sync, ``run.finish()`` in ``close_run``. When the run's own id
+(``offline-run-<time>-<id>``) per sync (and, for a run that has ended, one more holding only
+its summary: :mod:`.runtime`), ``run.finish()`` in ``close_run``. When the run's own id
 has no run yet, the run of the same files synced from another LOGDIR level is found by its
 source id and continued under its id, project, name and config (:mod:`.source`).
 
@@ -75,8 +76,9 @@ run page            the TRAINING's git commit/remote and host in the Run record 
                     and ``git_diff.patch`` also as ``diff.patch`` (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
-                    preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The end
-                    time is the sync's (W&B takes it from the exit record).
+                    preempting, exit 0 (W&B: "preempted"; the next sync resumes it). An
+                    ended run's Duration (``_wandb.runtime``) is end − start of the training:
+                    one more fragment, of its summary only (:mod:`.runtime`)
 ==================  =========================================================================
 
 Tag names are kept unchanged (W&B accepts any text). Only names that collide with keys W&B or
@@ -184,6 +186,7 @@ from ..base import (Capabilities, Destination, ParamsResult, Rejected, RunHandle
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
+from .runtime import ENDED, duration, summary_record
 from .source import (CONFIG_KEY, OfflineIndex, find_online, identity_config, named_run,
                      offline_owner, online_owner)
 from .landed import Landed
@@ -293,7 +296,7 @@ class WandbDestination(Destination):
         return classify_wandb(exc)
 
     # -- identity ----------------------------------------------------------------------------
-    def _settings(self, run: RunRef | None = None):
+    def _settings(self, run: RunRef | None = None, *, summary_only: bool = False):
         import wandb
 
         fields = getattr(wandb.Settings, "model_fields", {})
@@ -309,6 +312,8 @@ class WandbDestination(Destination):
             symlink=False, allow_media_symlink=False,
             x_transaction_log_flush_interval=FLUSH_INTERVAL_S,
             init_timeout=INIT_TIMEOUT_S,
+            # a fragment of a summary only (runtime.py): wandb-core leaves the summary to us
+            x_server_side_derived_summary=summary_only,
         )
         return wandb.Settings(**{k: v for k, v in wanted.items() if k in fields})
 
@@ -362,8 +367,6 @@ class WandbDestination(Destination):
         return find_online(wandb.Api(timeout=API_TIMEOUT_S), self.entity, run, wid), []
 
     def open_run(self, run: RunRef, identity: dict[str, Any] | None) -> RunHandle:
-        import wandb
-
         if self.mode == "offline":
             _announce(self.root)
         else:
@@ -400,17 +403,14 @@ class WandbDestination(Destination):
         tags = [f"{k}:{v}"[:64] for k, v in sorted(run.tags.items())] or None
         os.makedirs(self.root, exist_ok=True)
         opened_at = time.time()
-        with _LOCK:
-            try:
-                r = wandb.init(project=project, entity=self.entity,
-                               id=wid, name=name, resume="allow", dir=self.root,
-                               config=config, tags=tags, reinit="create_new",
-                               settings=self._settings(run))
-            except Exception:
-                if self.mode == "online":
-                    reach(self._base_url())  # the server went away meanwhile: say so
-                raise
-        self._open[id(r)] = r
+        init = {"project": project, "id": wid, "name": name, "tags": tags,
+                CONFIG_KEY: config[CONFIG_KEY]}  # the same run again: _close_fragment
+        try:
+            r = self._init(run, init, dict(config))
+        except Exception:
+            if self.mode == "online":
+                reach(self._base_url())  # the server went away meanwhile: say so
+            raise
         try:
             if self.mode == "online":
                 existed = existed or bool(getattr(r, "resumed", False))
@@ -442,6 +442,7 @@ class WandbDestination(Destination):
             # no checkpoint's copy of the config to trust (first sync, resync, reset, drift):
             # log_params asks the earlier fragments what the config holds (_held_config)
             "config_unknown": not identity or bool(drift),
+            "init": init,
         })
         try:
             self._save_repro(handle, run)
@@ -683,9 +684,10 @@ class WandbDestination(Destination):
         return names
 
     def finish(self, handle: RunHandle, status: str, ended_at: float | None) -> None:
-        # Applied by close_run (W&B writes the state with the exit record). Kept in the identity
-        # so every later fragment of this run ends with the same state.
-        handle.identity["status"] = status
+        # Applied by close_run (W&B writes the state with the exit record; the end gives the
+        # Duration, runtime.py). Kept in the identity so every later fragment of this run ends
+        # with the same state and Duration.
+        handle.identity["status"], handle.identity["ended_at"] = status, ended_at
 
     def close_run(self, handle: RunHandle) -> None:
         r = handle.client
@@ -707,6 +709,48 @@ class WandbDestination(Destination):
             self._wait_written(handle, is_exit, "exit record")
         except TimeoutError as e:  # the next sync's fragment ends with the same state anyway
             log.warning("%s", e)
+            return
+        seconds = duration(handle.extra["run"], handle.identity)
+        if handle.identity.get("status") in ENDED and seconds is not None:
+            try:  # the run's Duration: the training's (runtime.py)
+                self._close_fragment(handle, seconds, code)
+            except Exception as e:  # cosmetic: every point and the state are written
+                log.warning("wandb: the run's Duration was not set to %d s: %s", seconds, e)
+
+    def _init(self, run: RunRef, init: Mapping[str, Any], config: dict[str, Any], *,
+              summary_only: bool = False):
+        """``wandb.init`` of this run (one more fragment of it). ``summary_only``: wandb-core
+        derives no summary and no timing in it (:mod:`.runtime`)."""
+        import wandb
+
+        with _LOCK:
+            r = wandb.init(project=init["project"], entity=self.entity,
+                           id=init["id"], name=init["name"], resume="allow", dir=self.root,
+                           config=config, tags=init["tags"], reinit="create_new",
+                           settings=self._settings(run, summary_only=summary_only))
+        self._open[id(r)] = r
+        return r
+
+    def _close_fragment(self, handle: RunHandle, seconds: int, code: int) -> None:
+        """The run's last fragment of this sync: its summary with ``_wandb.runtime`` = the
+        training's ``seconds``, the environment record, the exit record; no history."""
+        import wandb
+
+        if "x_server_side_derived_summary" not in getattr(wandb.Settings, "model_fields", {}):
+            return  # another wandb: its own timer decides (the sync's seconds)
+        init, ident = handle.extra["init"], handle.identity
+        config = {CONFIG_KEY: init[CONFIG_KEY], **(ident.get("config") or {})}
+        r = self._init(handle.extra["run"], init, config, summary_only=True)
+        handle.client, handle.extra["sync_file"] = r, r.settings.sync_file
+        handle.extra.pop("scanner", None)
+        try:
+            self._describe(handle)
+            r._interface._publish_summary(summary_record(seconds))
+            crash_point("wandb_summary_fragment")  # kill -9 tests: an ended run's last fragment
+        finally:
+            self._finish(r, code)
+            handle.client = None
+        self._wait_written(handle, is_exit, "exit record")
 
     def _describe(self, handle: RunHandle) -> None:
         """Before the exit record: the run summary (each scalar's last value) and W&B's

@@ -1,0 +1,62 @@
+"""The run's W&B Duration (``_wandb.runtime``) from the source, not from the sync.
+
+W&B's Duration is the summary's ``_wandb.runtime``, and no client sends it: wandb-core (0.31)
+writes it, with ``_runtime``, at every history flush and at the exit record from its own
+stopwatch (``handler.go``: ``updateRunTiming`` ← ``handleExit``/``flushPartialHistory``), and
+``wandb sync`` uploads the summary records of a ``.wandb`` file as written (``runsync`` sends
+records to the Sender only). Offline, nothing moves that stopwatch's start: the offset a resumed
+run starts from (``RunUpserter.StartRuntime``) is set only when there is a server to ask; so
+every fragment of a synced run ends with the seconds its sync took.
+
+The one switch wandb-core honours is ``x_server_side_derived_summary`` ("delegate automatic
+computation of summary from history to the server; does not disable user-provided summary
+updates"): with it, wandb-core writes neither the timing nor the derived summary, and the
+summary records the client publishes are the only ones. A fragment without history rows has no
+derived summary to lose, so: when a run has ended (finished/failed/killed), ``close_run`` adds
+one more fragment to it, holding only the run's summary (each scalar's last value, the
+environment record, the start time) with ``_wandb.runtime``/``_runtime`` = :func:`duration`,
+under that setting, then its exit record (the client's ``_close_fragment``). It is the run's
+last fragment in ``wandb sync``'s upload order (the order of the fragments' first Run records),
+and summary records are updates, so the history-derived summary of the earlier fragments stays
+as it was. A run still running shows W&B's own count (the seconds of its syncs) until it ends.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from ..base import RunRef
+
+ENDED = frozenset({"finished", "failed", "killed"})
+
+
+def duration(run: RunRef, ident: Mapping[str, Any]) -> int | None:
+    """Whole seconds (as W&B counts them) from the run's start — ``RunRef.started_at``, else the
+    first event's wall time — to its end: the end the status was set with (manifest
+    ``ended_at``; ``--finish-idle``: the newest wall time delivered), else the newest scalar
+    wall time delivered. None when the start is unknown; never negative."""
+    start = run.started_at if run.started_at is not None else ident.get("first_wall")
+    if not _usable(start):
+        return None
+    end = ident.get("ended_at")
+    if not _usable(end):
+        end = run.ended_at
+    if not _usable(end):
+        walls = [v[0] for v in (ident.get("summary") or {}).values()
+                 if isinstance(v, (list, tuple)) and v and _usable(v[0])]
+        end = max(walls) if walls else start
+    return max(0, int(math.floor(float(end) - float(start))))
+
+
+def summary_record(seconds: int):
+    """The summary record wandb-core's ``updateRunTiming`` writes, with ``seconds``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    rec = pb.SummaryRecord()
+    rec.update.add(nested_key=["_wandb", "runtime"], value_json=str(seconds))
+    rec.update.add(key="_runtime", value_json=str(seconds))
+    return rec
+
+
+def _usable(t) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0

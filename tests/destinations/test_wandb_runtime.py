@@ -1,0 +1,148 @@
+"""W&B: the run's Duration is the training's (#11: "start/end times from the source").
+
+W&B's Duration is the summary's ``_wandb.runtime``, which wandb-core writes at the exit record
+from its own run timer (destinations/wandb/runtime.py). Read back here from the ``.wandb``
+files with W&B's own protobufs, in ``wandb sync``'s upload order (harness_wandb.upload): the
+summary W&B ends with holds ``_wandb.runtime`` = source end - source start, whatever the sync
+took, and every point once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.destinations.harness_wandb import WandbOfflineHarness, upload
+from tracelet.testing.conformance import assert_exactly_once, project_fn, sync_once
+from tracelet.testing.sources import T0, SourceTruth, write_recorded_run, write_simple_run
+
+PROJECT = "p"  # write_recorded_run's manifest names it
+TAGS = ["Loss/Train/CrossEntropy", "Metrics/Accuracy/Validation"]  # write_recorded_run's
+
+
+@pytest.fixture
+def wb(tmp_path, monkeypatch):
+    h = WandbOfflineHarness()
+    h.config = h.setup(tmp_path, monkeypatch)
+    return h
+
+
+def _run(wb, run_path: str) -> tuple[list, dict]:
+    frags = sorted((f for f in wb.fragments() if (f.config.get("tracelet") or {}).get(
+        "run_path") == run_path), key=lambda f: f.start)
+    return frags, upload(frags)
+
+
+def _manifest(path, **fields):
+    m = path / "tracelet.json"
+    m.write_text(json.dumps({**json.loads(m.read_text()), **fields}))
+
+
+def _age(folder, seconds: float = 7200) -> None:
+    t = time.time() - seconds
+    for p in folder.rglob("events.out.tfevents.*"):
+        os.utime(p, (t, t))
+
+
+def test_a_recorded_runs_duration_is_its_manifests_end_minus_start(wb, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_recorded_run(logdir / "rec", "rec", truth, PROJECT)
+    _manifest(logdir / "rec", started_at=T0 - 0.5, ended_at=T0 + 3725.25)
+    report = sync_once(logdir, wb, PROJECT)
+    assert report.exit_code == 0, report.to_dict()
+    frags, server = _run(wb, "rec")
+    # the points' fragment, then one holding the summary only: W&B's upload order
+    assert len(frags) == 2 and frags[0].rows and not frags[1].rows
+    assert frags[1].summary["_wandb/runtime"] == 3725  # whole seconds, as W&B counts them
+    assert server["summary"]["_wandb/runtime"] == 3725 and server["summary"]["_runtime"] == 3725
+    assert server["state"] == "finished" and frags[1].exit_code == 0
+    assert all(f.run_start == pytest.approx(T0 - 0.5, abs=1e-3) for f in frags)
+    # the summary fragment repeats the scalars' last values and the environment record
+    assert server["summary"]["Loss/Train/CrossEntropy"] == frags[1].summary[
+        "Loss/Train/CrossEntropy"]
+    assert frags[1].environment.get("startedAt") == frags[0].environment.get("startedAt")
+    assert_exactly_once(wb, truth, project_fn(PROJECT))
+    # a later sync of the ended run (an artifact added): its points' fragment ends with W&B's
+    # own count again, so the summary fragment follows it again
+    (logdir / "rec" / "artifacts" / "late.txt").write_text("late\n")
+    assert sync_once(logdir, wb, PROJECT).exit_code == 0
+    frags, server = _run(wb, "rec")
+    assert len(frags) == 4 and "_wandb/runtime" in frags[2].summary
+    assert server["summary"]["_wandb/runtime"] == 3725
+    assert "artifacts/late.txt" in server["files"]
+    assert sync_once(logdir, wb, PROJECT).runs[0].destinations["wandb"].state == "unchanged"
+    assert len(_run(wb, "rec")[0]) == 4
+
+
+def test_a_running_run_gets_its_duration_when_it_ends(wb, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_recorded_run(logdir / "rec", "rec", truth, PROJECT)  # events at T0 + 7000 + k/2
+    _manifest(logdir / "rec", status="running", ended_at=None)
+    assert sync_once(logdir, wb, PROJECT).exit_code == 0
+    write_simple_run(logdir / "rec", "rec", truth, TAGS, [25, 26], seed=9, append=True)
+    assert sync_once(logdir, wb, PROJECT).exit_code == 0
+    frags, server = _run(wb, "rec")
+    assert len(frags) == 2 and all(f.rows for f in frags)  # no summary fragment while running
+    assert server["state"] == "preempted"
+    _manifest(logdir / "rec", status="finished", ended_at=T0 + 9999.9)
+    assert sync_once(logdir, wb, PROJECT).exit_code == 0
+    frags, server = _run(wb, "rec")
+    assert len(frags) == 4 and server["state"] == "finished"
+    assert server["summary"]["_wandb/runtime"] == 9999
+    assert_exactly_once(wb, truth, project_fn(PROJECT))
+
+
+def test_a_plain_run_finished_idle_ends_with_its_events_span(wb, tmp_path):
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_simple_run(logdir / "plain", "plain", truth, ["loss"], list(range(40)), seed=2)
+    _age(logdir / "plain")  # walls T0 (file_version) .. T0 + 2000 + 19.5
+    report = sync_once(logdir, wb, PROJECT, finish_idle_s=3600)
+    assert report.exit_code == 0, report.to_dict()
+    frags, server = _run(wb, "plain")
+    assert len(frags) == 2 and frags[1].rows == []
+    assert server["summary"]["_wandb/runtime"] == 2019
+    assert server["state"] == "finished"
+    assert server["summary"]["loss"] == truth.scalars[("plain", "loss")][-1][1]  # kept
+    assert all(f.run_start == pytest.approx(T0, abs=1e-3) for f in frags)
+    assert sync_once(logdir, wb, PROJECT, finish_idle_s=3600).runs[0].destinations[
+        "wandb"].state == "unchanged"
+    assert len(_run(wb, "plain")[0]) == 2
+    assert_exactly_once(wb, truth, project_fn(PROJECT))
+    # it grows again (running: no summary fragment), then goes idle: it ends with the new span
+    write_simple_run(logdir / "plain", "plain", truth, ["loss"], [40, 41], seed=3, append=True)
+    assert sync_once(logdir, wb, PROJECT, finish_idle_s=3600).exit_code == 0
+    assert len(_run(wb, "plain")[0]) == 3
+    _age(logdir / "plain")
+    assert sync_once(logdir, wb, PROJECT, finish_idle_s=3600).exit_code == 0
+    frags, server = _run(wb, "plain")
+    assert len(frags) == 5 and server["state"] == "finished"
+    assert server["summary"]["_wandb/runtime"] == 3000
+    assert_exactly_once(wb, truth, project_fn(PROJECT))
+
+
+def test_kill_in_the_summary_fragment_then_resync(wb, tmp_path):
+    """kill -9 while the summary fragment is open (its service may still be writing): the
+    resync at once runs the run's close again; W&B ends with every point once, the run
+    finished and its Duration the training's; every folder uploads (a Run record in each)."""
+    logdir = tmp_path / "logs"
+    truth = SourceTruth()
+    write_recorded_run(logdir / "rec", "rec", truth, PROJECT)  # T0 .. T0 + 3600
+    env = dict(os.environ, **wb.env(), TRACELET_CRASH_AT="wandb_summary_fragment:1")
+    proc = subprocess.run([sys.executable, "-m", "tracelet.cli", "sync", str(logdir), "--to",
+                           "wandb", "--project", PROJECT], env=env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    report = sync_once(logdir, wb, PROJECT)
+    assert report.exit_code == 0, report.to_dict()
+    frags, server = _run(wb, "rec")
+    assert not any(f.torn for f in frags), [f.torn for f in frags]
+    assert server["state"] == "finished" and server["summary"]["_wandb/runtime"] == 3600
+    assert_exactly_once(wb, truth, project_fn(PROJECT))
+    assert sync_once(logdir, wb, PROJECT).runs[0].destinations["wandb"].state == "unchanged"
