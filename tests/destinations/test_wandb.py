@@ -39,6 +39,11 @@ def run_fragments(h, project, run_path):
     return sorted(frags, key=lambda f: f.start)
 
 
+def data_fragments(h, project, run_path):
+    """The run's fragments holding rows: each sync's first (the next one holds the summary)."""
+    return [f for f in run_fragments(h, project, run_path) if f.rows]
+
+
 def assert_steps_only_grow(h, project, run_path):
     """No row is ever written at or below a ``_step`` already written for the run: then every
     upload rule (old servers drop such rows, wandb 0.31 renumbers them) keeps the same rows."""
@@ -90,7 +95,8 @@ def test_offline_fragments_continue_step(wb, tmp_path, project, capfd):
     assert sync_once(logdir, wb, project).exit_code == 0
     report = sync_once(logdir, wb, project)  # nothing new: no W&B call, no new folder
     assert all(d.state == "unchanged" for r in report.runs for d in r.destinations.values())
-    frags = assert_steps_only_grow(wb, project, "a")
+    assert len(assert_steps_only_grow(wb, project, "a")) == 4  # each sync: rows, summary
+    frags = data_fragments(wb, project, "a")
     assert len(frags) == 2
     assert frags[1].rows[0][0] == frags[0].rows[-1][0] + 1
     assert_exactly_once(wb, truth, project_fn(project))
@@ -106,7 +112,7 @@ def test_rows_grouped_per_step(wb, tmp_path, project):
     write_points(logdir / "g", points)
     truth = truth_of("g", points)
     assert sync_once(logdir, wb, project).exit_code == 0
-    (frag,) = run_fragments(wb, project, "g")
+    (frag,) = data_fragments(wb, project, "g")
     metric_keys = [sorted(k for k in row if not k.startswith("_") and k != "global_step")
                    for _, row in frag.rows]
     assert metric_keys[:20] == [["a", "b", "c"]] * 20
@@ -126,7 +132,7 @@ def test_histogram_over_512_bins_is_rebinned(wb, tmp_path, project):
     (logdir / "h" / "events.out.tfevents.1700000000.host.1.0").write_bytes(
         header_record() + event_record(3, T0, [summary_pb2.Summary.Value(tag="w", histo=histo)]))
     assert sync_once(logdir, wb, project).exit_code == 0
-    (frag,) = run_fragments(wb, project, "h")
+    (frag,) = data_fragments(wb, project, "h")
     (hist,) = [row["w"] for _, row in frag.rows if "w" in row]
     assert hist["_type"] == "histogram"
     assert len(hist["values"]) == 512 and len(hist["bins"]) == 513
@@ -182,7 +188,7 @@ def test_killed_sync_leftovers_are_repaired(wb, tmp_path, project):
     truth = SourceTruth()
     write_simple_run(logdir / "k", "k", truth, ["loss"], list(range(30)), seed=3)
     assert sync_once(logdir, wb, project).exit_code == 0
-    (frag,) = run_fragments(wb, project, "k")
+    (frag,) = data_fragments(wb, project, "k")
     with open(frag.path, "r+b") as f:  # the end of the file never made it to disk
         f.truncate(os.path.getsize(frag.path) - 5)
     assert load_fragment(frag.path).torn

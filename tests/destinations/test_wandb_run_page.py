@@ -45,7 +45,7 @@ def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, 
     run_path = run_dir.relative_to(logdir).as_posix()
     frags = sorted([f for f in wb.fragments() if (f.config.get("tracelet") or {}).get(
         "run_path") == run_path], key=lambda g: g.start)
-    # the points, then (the run has ended) its summary with the training's Duration
+    # the points, then the summary with the training's Duration
     assert len(frags) == 2 and not frags[1].rows
     f = frags[0]
     seconds = int(manifest_time(manifest["ended_at"]) - manifest_time(manifest["started_at"]))
@@ -123,8 +123,9 @@ def test_entity_option_is_the_runs_entity_and_keeps_the_target(wb, tmp_path, mon
     write_simple_run(logdir / "r", "r", SourceTruth(), ["loss"], list(range(3)))
     wb.config = {**wb.config, "wandb_entity": "acme"}
     assert sync_once(logdir, wb, project).exit_code == 0
-    (f,) = [g for g in wb.fragments() if g.project == project]
-    assert f.entity == "acme"  # `wandb sync` uploads the folder to this entity
+    frags = [g for g in wb.fragments() if g.project == project]
+    assert len(frags) == 2  # the points, the summary (test_wandb_runtime.py)
+    assert {f.entity for f in frags} == {"acme"}  # `wandb sync` uploads the folders there
     # the option names the target WANDB_ENTITY names; configs without it keep theirs
     online = {"wandb_mode": "online"}
     before = FACTORY.target(online)

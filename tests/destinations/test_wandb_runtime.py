@@ -3,8 +3,8 @@
 W&B's Duration is the summary's ``_wandb.runtime``, which wandb-core writes at the exit record
 from its own run timer (destinations/wandb/runtime.py). Read back here from the ``.wandb``
 files with W&B's own protobufs, in ``wandb sync``'s upload order (harness_wandb.upload): the
-summary W&B ends with holds ``_wandb.runtime`` = source end - source start, whatever the sync
-took, and every point once.
+summary W&B ends with holds ``_wandb.runtime`` = source end (else its newest point delivered) -
+source start, whatever the sync took, and every point once.
 """
 from __future__ import annotations
 
@@ -79,21 +79,25 @@ def test_a_recorded_runs_duration_is_its_manifests_end_minus_start(wb, tmp_path)
     assert len(_run(wb, "rec")[0]) == 4
 
 
-def test_a_running_run_gets_its_duration_when_it_ends(wb, tmp_path):
+def test_a_running_run_shows_the_span_delivered_then_its_end(wb, tmp_path):
     logdir = tmp_path / "logs"
     truth = SourceTruth()
     write_recorded_run(logdir / "rec", "rec", truth, PROJECT)  # events at T0 + 7000 + k/2
     _manifest(logdir / "rec", status="running", ended_at=None)
     assert sync_once(logdir, wb, PROJECT).exit_code == 0
+    frags, server = _run(wb, "rec")
+    assert len(frags) == 2 and not frags[1].rows and frags[1].preempting
+    assert server["state"] == "preempted"  # still running: the next sync resumes it
+    assert server["summary"]["_wandb/runtime"] == 7012  # the newest point delivered
     write_simple_run(logdir / "rec", "rec", truth, TAGS, [25, 26], seed=9, append=True)
     assert sync_once(logdir, wb, PROJECT).exit_code == 0
     frags, server = _run(wb, "rec")
-    assert len(frags) == 2 and all(f.rows for f in frags)  # no summary fragment while running
-    assert server["state"] == "preempted"
+    assert len(frags) == 4 and server["state"] == "preempted"
+    assert server["summary"]["_wandb/runtime"] == 9000
     _manifest(logdir / "rec", status="finished", ended_at=T0 + 9999.9)
     assert sync_once(logdir, wb, PROJECT).exit_code == 0
     frags, server = _run(wb, "rec")
-    assert len(frags) == 4 and server["state"] == "finished"
+    assert len(frags) == 6 and server["state"] == "finished"
     assert server["summary"]["_wandb/runtime"] == 9999
     assert_exactly_once(wb, truth, project_fn(PROJECT))
 
@@ -115,14 +119,16 @@ def test_a_plain_run_finished_idle_ends_with_its_events_span(wb, tmp_path):
         "wandb"].state == "unchanged"
     assert len(_run(wb, "plain")[0]) == 2
     assert_exactly_once(wb, truth, project_fn(PROJECT))
-    # it grows again (running: no summary fragment), then goes idle: it ends with the new span
+    # it grows again (running again), then goes idle: it ends with the new span
     write_simple_run(logdir / "plain", "plain", truth, ["loss"], [40, 41], seed=3, append=True)
     assert sync_once(logdir, wb, PROJECT, finish_idle_s=3600).exit_code == 0
-    assert len(_run(wb, "plain")[0]) == 3
+    frags, server = _run(wb, "plain")
+    assert len(frags) == 4 and server["state"] == "preempted"
+    assert server["summary"]["_wandb/runtime"] == 3000
     _age(logdir / "plain")
     assert sync_once(logdir, wb, PROJECT, finish_idle_s=3600).exit_code == 0
     frags, server = _run(wb, "plain")
-    assert len(frags) == 5 and server["state"] == "finished"
+    assert len(frags) == 6 and server["state"] == "finished"
     assert server["summary"]["_wandb/runtime"] == 3000
     assert_exactly_once(wb, truth, project_fn(PROJECT))
 

@@ -24,8 +24,8 @@ letters/digits, else ``tl`` + 30 hex digits of its SHA-1 (:func:`.mapping.wandb_
 display name = ``RunRef.name``; config ``tracelet = {run_id, run_path, source_id}`` (``source_id``:
 plain runs, :mod:`tracelet.identity`); manifest tags become W&B tags ``key:value``. Every sync
 opens the same id with ``resume="allow"``: one W&B run, one offline fragment
-(``offline-run-<time>-<id>``) per sync (and, for a run that has ended, one more holding only
-its summary: :mod:`.runtime`), ``run.finish()`` in ``close_run``. When the run's own id
+(``offline-run-<time>-<id>``) per sync, offline followed by one holding only its summary (the
+run's Duration: :mod:`.runtime`), ``run.finish()`` in ``close_run``. When the run's own id
 has no run yet, the run of the same files synced from another LOGDIR level is found by its
 source id and continued under its id, project, name and config (:mod:`.source`).
 
@@ -76,9 +76,10 @@ run page            the TRAINING's git commit/remote and host in the Run record 
                     and ``git_diff.patch`` also as ``diff.patch`` (W&B's own names)
 status              exit record at ``close_run``: finished → exit 0 ("finished"); failed → 1
                     ("failed"); killed → 137 (W&B: failed, exit code 137); running → marked
-                    preempting, exit 0 (W&B: "preempted"; the next sync resumes it). An
-                    ended run's Duration (``_wandb.runtime``) is end − start of the training:
-                    one more fragment, of its summary only (:mod:`.runtime`)
+                    preempting, exit 0 (W&B: "preempted"; the next sync resumes it). The
+                    Duration (``_wandb.runtime``) is the training's end (else its newest
+                    point delivered) − start: offline, one more fragment, of the summary
+                    only (:mod:`.runtime`); online W&B's own count
 ==================  =========================================================================
 
 Tag names are kept unchanged (W&B accepts any text). Only names that collide with keys W&B or
@@ -186,7 +187,7 @@ from ..base import (Capabilities, Destination, ParamsResult, Rejected, RunHandle
 from .drift import fragment_name, offline_drift, online_drift
 from .factory import wandb_mode, wandb_root
 from .online import INIT_TIMEOUT_S, reach
-from .runtime import ENDED, duration, summary_record
+from .runtime import duration, summary_record
 from .source import (CONFIG_KEY, OfflineIndex, find_online, identity_config, named_run,
                      offline_owner, online_owner)
 from .landed import Landed
@@ -711,9 +712,9 @@ class WandbDestination(Destination):
             log.warning("%s", e)
             return
         seconds = duration(handle.extra["run"], handle.identity)
-        if handle.identity.get("status") in ENDED and seconds is not None:
+        if seconds is not None and self.mode == "offline":  # online: runtime.py, "Online"
             try:  # the run's Duration: the training's (runtime.py)
-                self._close_fragment(handle, seconds, code)
+                self._close_fragment(handle, seconds, code, preempting)
             except Exception as e:  # cosmetic: every point and the state are written
                 log.warning("wandb: the run's Duration was not set to %d s: %s", seconds, e)
 
@@ -731,9 +732,11 @@ class WandbDestination(Destination):
         self._open[id(r)] = r
         return r
 
-    def _close_fragment(self, handle: RunHandle, seconds: int, code: int) -> None:
+    def _close_fragment(self, handle: RunHandle, seconds: int, code: int,
+                        preempting: bool) -> None:
         """The run's last fragment of this sync: its summary with ``_wandb.runtime`` = the
-        training's ``seconds``, the environment record, the exit record; no history."""
+        training's ``seconds``, the environment record, the state (``preempting``: still
+        running) and the exit record; no history."""
         import wandb
 
         if "x_server_side_derived_summary" not in getattr(wandb.Settings, "model_fields", {}):
@@ -746,7 +749,9 @@ class WandbDestination(Destination):
         try:
             self._describe(handle)
             r._interface._publish_summary(summary_record(seconds))
-            crash_point("wandb_summary_fragment")  # kill -9 tests: an ended run's last fragment
+            if preempting:
+                r.mark_preempting()
+            crash_point("wandb_summary_fragment")  # kill -9 tests: a run's last fragment
         finally:
             self._finish(r, code)
             handle.client = None
