@@ -152,3 +152,23 @@ def test_kill_in_the_summary_fragment_then_resync(wb, tmp_path):
     assert server["state"] == "finished" and server["summary"]["_wandb/runtime"] == 3600
     assert_exactly_once(wb, truth, project_fn(PROJECT))
     assert sync_once(logdir, wb, PROJECT).runs[0].destinations["wandb"].state == "unchanged"
+
+
+@pytest.mark.parametrize("ident,want", [
+    ({}, 0),  # nothing delivered yet: the start
+    ({"summary": {"a": [T0 + 5.9, 1.0], "b": [T0 + 2, 0.0]}}, 5),
+    ({"summary": {"a": ["x", 1.0], "b": None, "c": [float("nan"), 1]}}, 0),
+    ({"status": "finished", "ended_at": T0 + 7.5, "summary": {"a": [T0 + 99, 1]}}, 7),
+    ({"status": "finished", "ended_at": "soon"}, 0),
+    ({"ended_at": T0 - 50}, 0),  # an end before the start: never negative
+    ({"ended_at": 1e300}, 2 ** 31 - 1),  # an absurd end: W&B's int32
+])
+def test_duration_from_untrusted_times(ident, want):
+    from tracelet.destinations.base import RunRef
+    from tracelet.destinations.wandb.runtime import duration
+
+    ref = RunRef(run_id="r", run_path="r", project="p", source_dir=".", started_at=T0)
+    assert duration(ref, ident) == want
+    assert duration(RunRef(run_id="r", run_path="r", project="p", source_dir="."), {}) is None
+    assert duration(RunRef(run_id="r", run_path="r", project="p", source_dir="."),
+                    {"first_wall": T0, "summary": {"a": [T0 + 3, 1]}}) == 3

@@ -33,11 +33,14 @@ from typing import Any, Mapping
 
 from ..base import RunRef
 
+MAX_SECONDS = 2 ** 31 - 1  # W&B keeps a run's runtime as an int32 (RunRecord, RunExitRecord)
+
 def duration(run: RunRef, ident: Mapping[str, Any]) -> int | None:
     """Whole seconds (as W&B counts them) from the run's start — ``RunRef.started_at``, else the
     first event's wall time — to its end: the end the status was set with (manifest
     ``ended_at``; ``--finish-idle``: the newest wall time delivered), else the newest scalar
-    wall time delivered. None when the start is unknown; never negative."""
+    wall time delivered. None when the start is unknown; never negative, at most
+    :data:`MAX_SECONDS` (the times come from files and checkpoints anyone may have written)."""
     start = run.started_at if run.started_at is not None else ident.get("first_wall")
     if not _usable(start):
         return None
@@ -48,7 +51,7 @@ def duration(run: RunRef, ident: Mapping[str, Any]) -> int | None:
         walls = [v[0] for v in (ident.get("summary") or {}).values()
                  if isinstance(v, (list, tuple)) and v and _usable(v[0])]
         end = max(walls) if walls else start
-    return max(0, int(math.floor(float(end) - float(start))))
+    return min(MAX_SECONDS, max(0, int(math.floor(float(end) - float(start)))))
 
 
 def summary_record(seconds: int):
