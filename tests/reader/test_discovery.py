@@ -264,3 +264,43 @@ def test_dangling_link_named_like_an_event_file_stays_listed(tmp_path):
     (tmp_path / "r/events.out.tfevents.1.x").symlink_to(tmp_path / "gone")
     disc = discover_runs(tmp_path)
     assert _runs(tmp_path) == {"r": ["events.out.tfevents.1.x"]} and disc.problems == []
+
+
+def test_many_folders_reached_twice_are_named_up_to_a_bound_then_counted(tmp_path):
+    """A link into a tree full of aliases (a folder linked to /usr: hundreds) names the first
+    few and counts the rest in one line, instead of a screen of warnings at every sync."""
+    from tracelet.reader.logdir import REPEATS_NAMED
+
+    _event_file(tmp_path / "run")
+    tree = tmp_path / "tree"
+    for k in range(REPEATS_NAMED + 7):
+        (tree / f"d{k:02d}").mkdir(parents=True)
+        os.symlink(tree / f"d{k:02d}", tree / f"d{k:02d}-alias")
+    disc = discover_runs(tmp_path)
+    assert [r.name for r in disc.runs] == ["run"]
+    named = [p for p in disc.problems if "same folder as" in p]
+    assert len(named) == REPEATS_NAMED
+    assert [p for p in disc.problems if p.startswith("7 more folders reached a second time")]
+    assert len(disc.problems) == REPEATS_NAMED + 1
+
+
+def test_a_big_symlinked_tree_holding_no_run_is_reported(tmp_path):
+    from tracelet.reader.logdir import BIG_EMPTY_TREE
+
+    outside = tmp_path / "outside"
+    for k in range(BIG_EMPTY_TREE):
+        (outside / f"{k // 40}" / f"{k % 40}").mkdir(parents=True, exist_ok=True)
+    logdir = tmp_path / "logs"
+    _event_file(logdir / "run")
+    os.symlink(outside, logdir / "system")
+    (tmp_path / "few" / "a" / "b").mkdir(parents=True)
+    os.symlink(tmp_path / "few", logdir / "few")  # 3 folders and no run: not worth a line
+    disc = discover_runs(logdir)
+    assert [r.name for r in disc.runs] == ["run"]
+    [line] = [p for p in disc.problems if "holding no run" in p]
+    assert line.startswith(f"{logdir / 'system'}: a symlinked folder (to {outside})")
+    assert "Remove the link" in line
+    _event_file(outside / "7" / "3")  # the same tree holding a run: followed, no warning
+    disc = discover_runs(logdir)
+    assert [r.name for r in disc.runs] == ["run", "system/7/3"]
+    assert not [p for p in disc.problems if "holding no run" in p]

@@ -84,6 +84,10 @@ def _not_regular(entry: os.DirEntry, problems: list[str]) -> str | None:
     return kind
 
 
+REPEATS_NAMED = 5  # folders reached a second time named one by one; the rest are counted
+BIG_EMPTY_TREE = 1000  # a symlinked tree this many folders big holding no run is reported
+
+
 def _event_file_order(p: Path):
     # TensorBoard's order: lexicographic by file name (the timestamp sits after the prefix).
     return p.name
@@ -108,6 +112,9 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
     runs: dict[str, RunSource] = {}
     seen: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> the path it was read under
     links: list[str] = []  # symlinked folders met during a walk: walked after the real tree
+    named_again: list[str] = []  # folders reached a second time, named one by one
+    again = [0]  # ... and how many more (past REPEATS_NAMED): one line for all of them
+    walked = [0]  # folders read so far
 
     def onerror(err: OSError) -> None:
         problems.append(f"{err.filename}: cannot read folder ({err.strerror}); skipped. "
@@ -129,10 +136,15 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                problems.append(f"{dirpath}: same folder as {seen[key]} (a symlink loop or a "
-                                "second link to it); read once, under the first name.")
+                if len(named_again) < REPEATS_NAMED:
+                    named_again.append(dirpath)
+                    problems.append(f"{dirpath}: same folder as {seen[key]} (a symlink loop or "
+                                    "a second link to it); read once, under the first name.")
+                else:
+                    again[0] += 1
                 continue
             seen[key] = dirpath
+            walked[0] += 1
             filenames, dirnames = [], []
             for entry in entries:
                 try:
@@ -161,7 +173,17 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
     root_s = os.path.normpath(os.fspath(root))
     walk(root_s)
     while links:  # FIFO: shallow links first; links inside a linked tree queue up behind
-        walk(links.pop(0))
+        link = links.pop(0)
+        before, found = walked[0], len(runs)
+        walk(link)
+        if len(runs) == found and walked[0] - before >= BIG_EMPTY_TREE:
+            problems.append(
+                f"{link}: a symlinked folder (to {os.path.realpath(link)}) holding no run; "
+                f"{walked[0] - before} folders under it are read at every sync. Remove the "
+                "link if it is not meant to hold runs.")
+    if again[0]:
+        problems.append(f"{again[0]} more folders reached a second time (symlink loops or "
+                        "second links, as above); each read once, under the first name.")
     return _finish(root, runs, problems)
 
 
