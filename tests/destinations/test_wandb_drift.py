@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.destinations.harness_wandb import WandbOfflineHarness
+from tests.destinations.harness_wandb import WandbOfflineHarness, load_fragment
 from tracelet.destinations.base import RunRef
 from tracelet.destinations.wandb.client import WandbDestination
 from tracelet.destinations.wandb.mapping import wandb_run_id
@@ -41,7 +41,12 @@ def _wid(logdir: Path, run: str) -> str:
 
 
 def _folders(h, logdir: Path, run: str) -> list[Path]:
-    return sorted((h.root / "wandb").glob(f"offline-run-*-{_wid(logdir, run)}"))
+    """The run's offline folders holding its points (each sync's first: the next one, named
+    the same or with a ``-N`` suffix within one second, holds the summary only)."""
+    wid = _wid(logdir, run)
+    return sorted(d for d in (h.root / "wandb").glob(f"offline-run-*-{wid}*")
+                  if d.name.endswith(wid) or d.name.rpartition("-")[0].endswith(wid)
+                  if load_fragment(d / f"run-{wid}.wandb").rows)
 
 
 def _ref(logdir: Path, run: str, project: str) -> RunRef:
@@ -75,7 +80,7 @@ def test_removed_offline_folder_is_drift_and_the_run_is_resent_once(wb, tmp_path
     assert d["a"].points == 2 * 55  # the whole run again, not only the 30 new points
     assert d["b"].state == "unchanged" and d["b"].drift is None
     # the new offline run holds every point exactly once
-    assert len(list((wb.root / "wandb").glob(f"offline-run-*-{wandb_run_id(ref_a.run_id)}"))) == 1
+    assert len(_folders(wb, logdir, "a")) == 1
     assert_exactly_once(wb, truth, project_fn(project))
     assert dest.check_run(_ref(logdir, "a", project), _identity(logdir, "a")) is None
 
