@@ -55,7 +55,7 @@ def test_recorded_run_shows_git_command_host_python_summary_files(wb, tmp_path, 
     assert f.git == {"remote_url": "https://example.com/org/repo.git", "commit": head}
     # a recorded run shows its run path less "<project>/" (README "Run names")
     assert f.host == socket.gethostname() and f.display_name == run_path.split("/", 1)[1]
-    # the run's start time: the training's (a Run record update; test_wandb_start_time.py)
+    # the run's start time: the training's (a Run record update; test_wandb_times.py)
     assert f.run_start == pytest.approx(manifest_time(manifest["started_at"]), abs=1e-3)
     # the environment record (wandb-metadata.json)
     e = f.environment
@@ -124,7 +124,7 @@ def test_entity_option_is_the_runs_entity_and_keeps_the_target(wb, tmp_path, mon
     wb.config = {**wb.config, "wandb_entity": "acme"}
     assert sync_once(logdir, wb, project).exit_code == 0
     frags = [g for g in wb.fragments() if g.project == project]
-    assert len(frags) == 2  # the points, the summary (test_wandb_runtime.py)
+    assert len(frags) == 2  # the points, the summary (test_wandb_times.py)
     assert {f.entity for f in frags} == {"acme"}  # `wandb sync` uploads the folders there
     # the option names the target WANDB_ENTITY names; configs without it keep theirs
     online = {"wandb_mode": "online"}
