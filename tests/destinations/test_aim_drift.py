@@ -253,6 +253,41 @@ def test_check_run_names_the_drift_and_changes_nothing(aim_h, tmp_path, project)
     dest.close()
 
 
+def test_a_repo_restored_from_an_older_copy_is_drift_and_nothing_is_lost(aim_h, tmp_path,
+                                                                         project):
+    """The runs are still there (same hash, same token) but not what was sent after the copy:
+    their landed record covers less than the checkpoint saw, so `status --check` says so and
+    the next sync of a changed run re-sends it whole, deduplicated by that record. Each sync is
+    its own process (as cron runs it): the copy is taken with no process holding the repo."""
+    logdir = tmp_path / "logs"
+    truth = _logdir(logdir, project)
+    assert _cli(aim_h, "sync", str(logdir), project=project).returncode == 0
+    repo = Path(aim_h.root) / ".aim"
+    backup = tmp_path / "aim-backup"
+    shutil.copytree(repo, backup, symlinks=True)
+    _append(logdir, truth, project, range(40, 50))
+    assert _cli(aim_h, "sync", str(logdir), project=project).returncode == 0
+    shutil.rmtree(repo)
+    shutil.copytree(backup, repo, symlinks=True)  # the 10 steps of every run are gone from Aim
+
+    done = _cli(aim_h, "status", str(logdir), "--check", project=project)
+    assert done.returncode == 1 and done.stdout.count("drifted") == 3, done.stdout + done.stderr
+    assert "points gone" in done.stdout, done.stdout
+
+    _append(logdir, truth, project, range(50, 55))
+    done = _cli(aim_h, "sync", str(logdir), "--json", project=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    d = _dests(done)
+    for run in SIMPLE:
+        line = d[run].get("drift") or ""
+        assert line.startswith("run missing on aim: points gone: run ") and f"('{run}')" in line
+        assert "older copy" in line, line
+        assert _points(d[run]) == 2 * 55 and d[run]["points_present"] == 2 * 40, d[run]
+    _assert_all_once(aim_h, truth, project)
+    done = _cli(aim_h, "sync", str(logdir), "--json", project=project)
+    assert {x["state"] for x in _dests(done).values()} == {"unchanged"}
+
+
 def test_reset_and_resync_fill_a_deleted_run_exactly_once(aim_h, tmp_path, project):
     from aim import Repo
 

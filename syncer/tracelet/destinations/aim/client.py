@@ -68,9 +68,11 @@ repro files         ``tracelet/tracelet.json``, ``tracelet/requirements.txt`` as
 ==================  =========================================================================
 
 Drift (``RunHandle.drift``, :meth:`AimDestination.check_run`): the checkpoint's identity holds
-the run hash, the repo's token (:func:`.repo.repo_token`, local only) and the run's token
-(meta ``__tracelet_incarnation``). A run hash the repo lacks is "run missing on aim" (repo removed:
-the repo token differs; else run deleted); a run there with another token is "run replaced on aim".
+the run hash, the repo's token (:func:`.repo.repo_token`, local only), the run's token
+(meta ``__tracelet_incarnation``) and the landed record's total after the last send
+(``landed``). A run hash the repo lacks is "run missing on aim" (repo removed: the repo token
+differs; else run deleted); a run there with another token is "run replaced on aim"; a landed
+record below the checkpoint's total is "run missing on aim: points gone" (restored from a copy).
 Either way the run is found again or created at the same hash and the engine re-sends it whole
 with dedupe.
 
@@ -150,8 +152,8 @@ from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distri
                       manifest_record, media_groups, nest_params, system_params,
                       system_part_key, system_samples, tracelet_record)
 from .repo import aim_repo_root, ensure_local_repo, open_local_repo, repo_name, repo_token
-from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RemoteRunListing, RunIndex, _AimRun,
-                      forget_run_listing)
+from .storage import (_AIM_LOCK, INCARNATION_KEY, LANDED_KEY, REPRO_KEY, RemoteRunListing,
+                      RunIndex, _AimRun, forget_run_listing, landed_total)
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 AIM_HASH = re.compile(r"[0-9a-f]{24}")  # aim.sdk.base_run.generate_run_hash: uuid4().hex[:24]
@@ -346,13 +348,17 @@ class AimDestination(Destination):
         known = (identity or {}).get("incarnation") if not (ignored or drift) else None
         if isinstance(known, str) and known != incarnation:
             drift = self._replaced(run, aim_run.hash)
+        st = _AimRun(aim_run, run.source_dir)
+        if not (ignored or drift):
+            drift = self._points_gone(run, aim_run.hash, st.landed_total(),
+                                      (identity or {}).get("landed"))
         # status/end time describe the run the checkpoint knew: not a run made anew
         keep = {k: v for k, v in (identity or {}).items() if k in ("status", "end_time")
                 and not (ignored or drift)}
-        st = _AimRun(aim_run, run.source_dir)
         self._index_if(st, changed or not existed)  # listed at once, even if killed later
         crash_point("aim_run_open")  # 4: indexed
-        ident = {"run_hash": aim_run.hash, "incarnation": incarnation, **keep}
+        ident = {"run_hash": aim_run.hash, "incarnation": incarnation, **keep,
+                 "landed": st.landed_total()}
         if self.repo_token:
             ident["repo"] = self.repo_token
         handle = RunHandle(identity=ident, existed=existed, client=st, identity_ignored=ignored,
@@ -381,6 +387,17 @@ class AimDestination(Destination):
         return (f"run missing on aim: run deleted: run {run_hash} ('{run.run_path}') is no longer in "
                 f"the Aim repo {self._where()} (removed with `aim runs rm`, in Aim's UI or with "
                 "Repo.delete_run; or the repo was removed)")
+
+    def _points_gone(self, run: RunRef, run_hash: str, have: int, known: Any) -> str | None:
+        """Drift when the run's landed record covers less than the checkpoint saw after its
+        last send (``identity["landed"]``: the record's total of source bytes and sidecar
+        parts, which only grows): a repo restored from an older copy keeps the run and its
+        token but not what was sent since; its points would never be sent again."""
+        if not (isinstance(known, int) and not isinstance(known, bool)) or have >= known:
+            return None
+        return (f"run missing on aim: points gone: run {run_hash} ('{run.run_path}') in the Aim "
+                f"repo {self._where()} holds less than the last sync sent ({have} of {known} "
+                "source bytes and parts recorded; the repo restored from an older copy?)")
 
     def _replaced(self, run: RunRef, run_hash: str) -> str:
         return (f"run replaced on aim: run {run_hash} ('{run.run_path}') in the Aim repo {self._where()} "
@@ -416,10 +433,18 @@ class AimDestination(Destination):
                     return None  # a checkpoint from before the token: nothing to compare
                 tree = self.repo.request_tree("meta", run_hash, read_only=True,
                                               skip_read_optimization=True)
-                token = tree.subtree(("meta", "chunks", run_hash)).get(INCARNATION_KEY)
+                meta = tree.subtree(("meta", "chunks", run_hash))
+                token = meta.get(INCARNATION_KEY)
+                if token != known:
+                    return self._replaced(run, run_hash)
+                try:
+                    landed = meta.get(LANDED_KEY) or {}
+                except Exception:  # nothing recorded yet
+                    landed = {}
         except Exception as e:  # the repo itself cannot be read: say so, never raise here
             return f"cannot check: {self._where()}: {type(e).__name__}: {e}"
-        return None if token == known else self._replaced(run, run_hash)
+        return self._points_gone(run, run_hash, landed_total(landed),
+                                 (identity or {}).get("landed"))
 
     def _open(self, run: RunRef, run_hash: str, existed: bool) -> tuple[Any, bool]:
         """The Aim run, and whether what Aim's index holds about it changed."""
@@ -549,6 +574,7 @@ class AimDestination(Destination):
                     present += st.put(self.metric_key(t.tag), t.step, t.wall_time, Text(t.text),
                                       dedupe)
         st.dirty = False
+        handle.identity["landed"] = st.landed_total()  # committed with this batch (drift)
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
         return SendResult(rejected, present=present)
 
@@ -568,6 +594,7 @@ class AimDestination(Destination):
             for name, context, ts, value in system_samples(rows):
                 present += st.put_system(name, context, ts, value, dedupe=dedupe)
         st.dirty = False
+        handle.identity["landed"] = st.landed_total()
         self._index_if(st, len(st.tracker.sequence_infos) != sequences)
         return SendResult(present=present)
 

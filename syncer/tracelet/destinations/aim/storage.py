@@ -167,6 +167,15 @@ class _BatchedWrites:
                 c.__dict__.pop(attr, None)
 
 
+def landed_total(landed: Any) -> int:
+    """The landed record's source bytes plus sidecar parts: it only grows as sends land (a
+    drift check compares it with the checkpoint's copy). Anything else in it counts 0."""
+    if not isinstance(landed, dict):
+        return 0
+    return sum(v for v in landed.values() if isinstance(v, int) and not isinstance(v, bool)
+               and v > 0)
+
+
 class _AimRun:
     """One open Aim run and what this sync sent to it."""
 
@@ -291,6 +300,10 @@ class _AimRun:
             self.landed_series = read(self._series_tree())
         else:
             self.landed_series = dict(self.landed_meta)
+
+    def landed_total(self) -> int:
+        """What the run's landed record covers, as one number (:func:`landed_total`)."""
+        return landed_total(self.landed_meta)
 
     def _series_tree(self) -> Any:
         return self.run.repo.request_tree("seqs", self.run.hash, read_only=False)

@@ -7,7 +7,9 @@ plain runs, ``tracelet.source_id`` (:mod:`tracelet.identity`). A run is found ag
 (the same files synced from another LOGDIR level).
 ``open_run`` confirms the run its checkpoint names with one ``get_run``: deleted, gone (the
 store wiped) or carrying another tracelet run id is drift (``RunHandle.drift``); the run is
-then found by its tag or created anew, never restored. Tags (:func:`.mapping.run_tags`: MLflow's
+then found by its tag or created anew, never restored. A run that lacks the checkpoint's
+sentinel point (a store restored from an older copy, :mod:`.sentinel`) is drift too, and kept.
+Tags (:func:`.mapping.run_tags`: MLflow's
 ``mlflow.source.*``/``mlflow.user``/``mlflow.runName`` from the recorded git, command and user,
 ``tracelet.*``) are set at creation and set-if-different at every open; the reproducibility
 files are uploaded as ``tracelet/...`` artifacts when their content changed.
@@ -70,6 +72,7 @@ from ..base import (CHECK_ONLY, Capabilities, Destination, ParamsResult, RunHand
                     SendResult, SystemRows, chain, classify_error, typed_error)
 from .mapping import (MAX_METRICS_PER_CALL, MAX_PARAM_VALUE_CHARS, MAX_PARAMS_PER_CALL,
                       RUN_ID_OK, STATUS, canon, mlflow_key, run_tags, wall_ms)
+from .sentinel import sentinel_gone, sentinel_of
 from .stamps import file_key, stamp
 
 # MLflow error codes (mlflow.protos.databricks_pb2) by what the engine does about them.
@@ -235,6 +238,11 @@ class MlflowDestination(Destination):
         if r.info.lifecycle_stage == "deleted":
             return None, (f"{_MISSING} deleted at {self.target}: MLflow run {rid} (tracelet "
                           "does not restore a run you deleted)"), False
+        gone = sentinel_gone(r, identity.get("sentinel"))
+        if gone:
+            return r, (f"{_MISSING} points gone at {self.target}: MLflow run {rid} no longer "
+                       f"holds {gone}, sent by an earlier sync (the store restored from an "
+                       "older copy?)"), False
         return r, None, False
 
     def _missing_cause(self, run: RunRef, identity: dict, rid: str, exp) -> str:
@@ -263,13 +271,15 @@ class MlflowDestination(Destination):
             tags[SOURCE_ID_TAG] = run.source_id
         if r is not None:  # the run the checkpoint names, confirmed: its state carries on
             exp_id, exp_created = exp if exp is not None else (None, None)
-            kept = {k: v for k, v in identity.items() if k in ("stamps", "repro")}  # type: ignore[union-attr]
+            # points gone (drift): the reproducibility files may be gone too: upload them again
+            kept = {k: v for k, v in identity.items()  # type: ignore[union-attr]
+                    if k in (("stamps", "sentinel") if drift else ("stamps", "repro", "sentinel"))}
             same = r.info.experiment_id == exp_id  # else --experiment changed since: it stays
             handle = RunHandle(identity={
                 "run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
                 "experiment": name if same else identity.get("experiment"),  # type: ignore[union-attr]
                 "experiment_created": exp_created if same else identity.get("experiment_created"),  # type: ignore[union-attr]
-                **kept}, existed=True)
+                **kept}, existed=True, drift=drift)
             self._update_tags(r, tags, run)
         else:
             found = self.client.search_runs(
@@ -434,6 +444,7 @@ class MlflowDestination(Destination):
             times, state = stamp(stamps.get(rel), batch.start_offset, batch.end_offset, names,
                                  cols.steps, [wall_ms(w) for w in cols.wall_times], cols.values)
             metrics = [Metric(k, v, t, s) for k, v, t, s in zip(names, cols.values, times, cols.steps)]
+            top = sentinel_of(metrics)  # held by MLflow once this batch landed (sentinel_gone)
             if dedupe:
                 n = len(metrics)
                 metrics = self._missing(handle, metrics)
@@ -443,6 +454,8 @@ class MlflowDestination(Destination):
             self._send_artifact_points(run_id, batch)
         if len(cols):  # only now: a retry of this batch computes the same timestamps again
             handle.identity["stamps"] = {**stamps, rel: state}
+            if top is not None:
+                handle.identity["sentinel"] = top
         return present
 
     def _log_metrics(self, run_id: str, metrics: list) -> None:
