@@ -112,8 +112,7 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
     runs: dict[str, RunSource] = {}
     seen: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) -> the path it was read under
     links: list[str] = []  # symlinked folders met during a walk: walked after the real tree
-    named_again: list[str] = []  # folders reached a second time, named one by one
-    again = [0]  # ... and how many more (past REPEATS_NAMED): one line for all of them
+    again = [0]  # folders reached a second time: the first REPEATS_NAMED named, then counted
     walked = [0]  # folders read so far
 
     def onerror(err: OSError) -> None:
@@ -136,12 +135,10 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
                 continue
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                if len(named_again) < REPEATS_NAMED:
-                    named_again.append(dirpath)
+                again[0] += 1
+                if again[0] <= REPEATS_NAMED:
                     problems.append(f"{dirpath}: same folder as {seen[key]} (a symlink loop or "
                                     "a second link to it); read once, under the first name.")
-                else:
-                    again[0] += 1
                 continue
             seen[key] = dirpath
             walked[0] += 1
@@ -181,9 +178,9 @@ def discover_runs(logdir: str | os.PathLike) -> Discovery:
                 f"{link}: a symlinked folder (to {os.path.realpath(link)}) holding no run; "
                 f"{walked[0] - before} folders under it are read at every sync. Remove the "
                 "link if it is not meant to hold runs.")
-    if again[0]:
-        problems.append(f"{again[0]} more folders reached a second time (symlink loops or "
-                        "second links, as above); each read once, under the first name.")
+    if again[0] > REPEATS_NAMED:
+        problems.append(f"{again[0] - REPEATS_NAMED} more folders reached a second time (symlink "
+                        "loops or second links, as above); each read once, under the first name.")
     return _finish(root, runs, problems)
 
 

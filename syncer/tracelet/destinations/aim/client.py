@@ -143,17 +143,17 @@ from ...errors import DestinationError, TraceletError, TransientDestinationError
 from ...faults import crash_point
 from ...identity import same_source_names
 from ...media import image_problem
-from ...params import flatten_params
+from ...params import flatten_params, param_text
 from ...reader.points import AUDIO, HISTOGRAM, IMAGE, SCALAR, TEXT, AudioPoint, Batch, ImagePoint
 from ...redact import scrubbed_logger
-from ..base import (CHECK_ONLY, Capabilities, Destination, Rejected, RunHandle, RunRef, SendResult,
-                    SystemRows, chain, classify_error, http_status)
+from ..base import (CHECK_ONLY, Capabilities, Destination, ParamsResult, Rejected, RunHandle, RunRef,
+                    SendResult, SystemRows, chain, classify_error, http_status)
 from .mapping import (aim_end_time, aim_key, aim_run_hash, creation_time, distribution_bins,
                       manifest_record, media_groups, nest_params, system_params,
                       system_part_key, system_samples, tracelet_record)
 from .repo import aim_repo_root, ensure_local_repo, open_local_repo, repo_name, repo_token
-from .storage import (_AIM_LOCK, INCARNATION_KEY, LANDED_KEY, REPRO_KEY, RemoteRunListing,
-                      RunIndex, _AimRun, forget_run_listing, landed_total)
+from .storage import (_AIM_LOCK, INCARNATION_KEY, REPRO_KEY, RemoteRunListing, RunIndex,
+                      _AimRun, forget_run_listing, landed_total, read_landed)
 
 log = scrubbed_logger("tracelet.aim")  # log lines never show a credential
 AIM_HASH = re.compile(r"[0-9a-f]{24}")  # aim.sdk.base_run.generate_run_hash: uuid4().hex[:24]
@@ -434,13 +434,9 @@ class AimDestination(Destination):
                 tree = self.repo.request_tree("meta", run_hash, read_only=True,
                                               skip_read_optimization=True)
                 meta = tree.subtree(("meta", "chunks", run_hash))
-                token = meta.get(INCARNATION_KEY)
-                if token != known:
+                if meta.get(INCARNATION_KEY) != known:
                     return self._replaced(run, run_hash)
-                try:
-                    landed = meta.get(LANDED_KEY) or {}
-                except Exception:  # nothing recorded yet
-                    landed = {}
+                landed = read_landed(meta)
         except Exception as e:  # the repo itself cannot be read: say so, never raise here
             return f"cannot check: {self._where()}: {type(e).__name__}: {e}"
         return self._points_gone(run, run_hash, landed_total(landed),
@@ -599,11 +595,7 @@ class AimDestination(Destination):
         return SendResult(present=present)
 
     # -- params, artifacts, status -------------------------------------------------------------
-    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> Any:  # a ParamsResult
-        # imports kept local: this function's edit stays apart from the send path's
-        from ...params import param_text
-        from ..base import ParamsResult
-
+    def log_params(self, handle: RunHandle, params: Mapping[str, Any]) -> ParamsResult:
         aim_run = handle.client.run
         current = aim_run.get("hparams") or {}
         flat = flatten_params(current) if isinstance(current, dict) else {}

@@ -167,6 +167,16 @@ class _BatchedWrites:
                 c.__dict__.pop(attr, None)
 
 
+def read_landed(tree: Any) -> dict[str, int]:
+    """The landed record (:data:`LANDED_KEY`) under an Aim tree: {} when there is none yet or
+    it is not a mapping."""
+    try:
+        got = tree.get(LANDED_KEY) or {}
+    except Exception:  # nothing recorded yet
+        got = {}
+    return dict(got) if isinstance(got, dict) else {}
+
+
 def landed_total(landed: Any) -> int:
     """The landed record's source bytes plus sidecar parts: it only grows as sends land (a
     drift check compares it with the checkpoint's copy). Anything else in it counts 0."""
@@ -288,16 +298,9 @@ class _AimRun:
         return self._containers is not None
 
     def _read_landed(self) -> None:
-        def read(tree: Any) -> dict[str, int]:
-            try:
-                got = tree.get(LANDED_KEY) or {}
-            except Exception:  # nothing recorded yet
-                got = {}
-            return dict(got) if isinstance(got, dict) else {}
-
-        self.landed_meta = read(self.run.meta_run_tree)
+        self.landed_meta = read_landed(self.run.meta_run_tree)
         if self.atomic:
-            self.landed_series = read(self._series_tree())
+            self.landed_series = read_landed(self._series_tree())
         else:
             self.landed_series = dict(self.landed_meta)
 

@@ -271,9 +271,10 @@ class MlflowDestination(Destination):
             tags[SOURCE_ID_TAG] = run.source_id
         if r is not None:  # the run the checkpoint names, confirmed: its state carries on
             exp_id, exp_created = exp if exp is not None else (None, None)
-            # points gone (drift): the reproducibility files may be gone too: upload them again
             kept = {k: v for k, v in identity.items()  # type: ignore[union-attr]
-                    if k in (("stamps", "sentinel") if drift else ("stamps", "repro", "sentinel"))}
+                    if k in ("stamps", "repro", "sentinel")}
+            if drift:  # points gone: the reproducibility files may be gone too: upload again
+                kept.pop("repro", None)
             same = r.info.experiment_id == exp_id  # else --experiment changed since: it stays
             handle = RunHandle(identity={
                 "run_id": r.info.run_id, "experiment_id": r.info.experiment_id,

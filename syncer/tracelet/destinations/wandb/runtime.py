@@ -35,6 +35,7 @@ from ..base import RunRef
 
 MAX_SECONDS = 2 ** 31 - 1  # W&B keeps a run's runtime as an int32 (RunRecord, RunExitRecord)
 
+
 def duration(run: RunRef, ident: Mapping[str, Any]) -> int | None:
     """Whole seconds (as W&B counts them) from the run's start — ``RunRef.started_at``, else the
     first event's wall time — to its end: the end the status was set with (manifest
